@@ -1,0 +1,3 @@
+from zimage_mcp.cli import main
+
+raise SystemExit(main())

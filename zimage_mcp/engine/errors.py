@@ -1,0 +1,15 @@
+"""Engine exceptions. The engine knows nothing of MCP or the registry; plugins translate these."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class for the engine's own errors."""
+
+
+class WeightsError(EngineError):
+    """Weights or configs missing, corrupt, or not matching the architecture; names the file and keys."""
+
+
+class GenerationCancelled(EngineError):
+    """``should_stop()`` returned True between two denoising steps."""

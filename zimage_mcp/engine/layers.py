@@ -1,0 +1,125 @@
+"""Building blocks of the S3-DiT. Attribute names match the checkpoint keys (``to_q``, ``w1``, ...)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zimage_mcp.engine.attention import AttentionBackend, attention
+from zimage_mcp.engine.rope import apply_rope
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Statistics in fp32, then back to the weight dtype before scaling (as the reference does).
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.to(self.weight.dtype) * self.weight
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoid (cos first, fp32) -> Linear -> SiLU -> Linear. t is already multiplied by t_scale."""
+
+    def __init__(self, out_size: int, mid_size: int = 1024, freq_size: int = 256) -> None:
+        super().__init__()
+        self.freq_size = freq_size
+        self.mlp = nn.Sequential(nn.Linear(freq_size, mid_size), nn.SiLU(), nn.Linear(mid_size, out_size))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_size // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 256)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        head_dim = dim // n_heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim, bias=False)])
+        self.norm_q = RMSNorm(head_dim, eps)
+        self.norm_k = RMSNorm(head_dim, eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None, backend: AttentionBackend) -> Tensor:
+        q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (B, S, H, Dh)
+        k = self.to_k(x).unflatten(-1, (self.n_heads, -1))
+        v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
+        q = apply_rope(self.norm_q(q), cos, sin)  # QK-norm before RoPE
+        k = apply_rope(self.norm_k(k), cos, sin)
+        return self.to_out[0](attention(q, k, v, key_mask, backend))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Sandwich-norm block. Modulated: 1+scale and tanh gates from c (no shift, no SiLU before adaLN)."""
+
+    def __init__(self, dim: int, n_heads: int, ffn_hidden: int, eps: float, adaln_dim: int, modulation: bool) -> None:
+        super().__init__()
+        self.attention = Attention(dim, n_heads)
+        self.feed_forward = FeedForward(dim, ffn_hidden)
+        self.attention_norm1 = RMSNorm(dim, eps)
+        self.attention_norm2 = RMSNorm(dim, eps)
+        self.ffn_norm1 = RMSNorm(dim, eps)
+        self.ffn_norm2 = RMSNorm(dim, eps)
+        self.modulation = modulation
+        if modulation:
+            self.adaLN_modulation = nn.Sequential(nn.Linear(adaln_dim, 4 * dim))
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        key_mask: Tensor | None = None,
+        c: Tensor | None = None,
+        backend: AttentionBackend = "sdpa",
+    ) -> Tensor:
+        if not self.modulation:
+            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), cos, sin, key_mask, backend))
+            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+        assert c is not None
+        # c: (B, adaln_dim) -> four (B, 1, D) chunks: scale_msa, gate_msa, scale_mlp, gate_mlp
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(4, dim=2)
+        h = self.attention(self.attention_norm1(x) * (1.0 + scale_msa), cos, sin, key_mask, backend)
+        x = x + gate_msa.tanh() * self.attention_norm2(h)
+        h = self.feed_forward(self.ffn_norm1(x) * (1.0 + scale_mlp))
+        return x + gate_mlp.tanh() * self.ffn_norm2(h)
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm (no affine) * (1 + Linear(SiLU(c))) -> Linear. The only adaLN with a SiLU in front."""
+
+    def __init__(self, dim: int, out_features: int, adaln_dim: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, out_features)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(adaln_dim, dim))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        scale = 1.0 + self.adaLN_modulation(c).unsqueeze(1)  # (B, 1, D)
+        return self.linear(self.norm_final(x) * scale)

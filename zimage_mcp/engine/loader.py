@@ -1,0 +1,112 @@
+"""Building engine components from files: meta-device construction, strict loading, dtype policy.
+
+Dtype policy, in one place: the DiT and the text encoder run in bf16 on a GPU (fp32 on the CPU);
+the VAE runs in fp32 like the reference pipelines (its weights are stored 16-bit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from zimage_mcp.engine.attention import AttentionBackend, best_backend
+from zimage_mcp.engine.config import TRANSFORMER_PRESETS, SchedulerConfig, TransformerConfig, VAEConfig, VAE_PRESETS, replace
+from zimage_mcp.engine.errors import WeightsError
+from zimage_mcp.engine.layout import ModelFiles
+from zimage_mcp.engine.transformer import ZImageTransformer
+from zimage_mcp.engine.vae import AutoencoderKL
+from zimage_mcp.engine.vae_keys import convert_bfl_vae_state_dict, is_bfl_vae_state_dict
+from zimage_mcp.engine.weights import StateDict, convert_comfy_transformer, is_comfy_transformer, load_strict, read_files
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def infer_transformer_config(sd: StateDict, source: str) -> TransformerConfig:
+    """A single file carries no config.json: read the architecture off the tensor shapes."""
+    try:
+        dim, cap_dim = sd["cap_embedder.1.weight"].shape
+        head_dim = sd["layers.0.attention.norm_q.weight"].shape[0]
+    except KeyError as e:
+        raise WeightsError(f"{source}: not a Z-Image transformer (no {e.args[0]})") from e
+    n_layers = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
+    n_refiner = len({k.split(".")[1] for k in sd if k.startswith("noise_refiner.")})
+    base = TRANSFORMER_PRESETS["turbo"]
+    # Published models split head_dim 128 as 32/48/48; smaller test models keep the 1/4, 3/8, 3/8 split.
+    a0 = head_dim // 4
+    axes = (a0, (head_dim - a0) // 2, head_dim - a0 - (head_dim - a0) // 2)
+    siglip = sd["siglip_embedder.1.weight"].shape[1] if "siglip_embedder.1.weight" in sd else None
+    return replace(base, dim=int(dim), cap_feat_dim=int(cap_dim), n_layers=n_layers, n_refiner_layers=n_refiner,
+                   n_heads=int(dim) // int(head_dim), n_kv_heads=int(dim) // int(head_dim), axes_dims=axes,
+                   siglip_feat_dim=siglip)
+
+
+def load_transformer(files: tuple[Path, ...], config: Path | None, device: torch.device, dtype: torch.dtype,
+                     attn_backend: AttentionBackend | None = None) -> ZImageTransformer:
+    source = ", ".join(str(f) for f in files)
+    sd = read_files(files, dtype, device)
+    if is_comfy_transformer(sd):
+        sd = convert_comfy_transformer(sd)
+    cfg = TransformerConfig.from_json(config) if config is not None else infer_transformer_config(sd, source)
+    with torch.device("meta"):
+        model = ZImageTransformer(cfg, attn_backend or best_backend(device))
+    load_strict(model, sd, source)
+    return model.eval().requires_grad_(False)
+
+
+def load_vae(file: Path, config: Path | None, device: torch.device, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
+    sd = read_files([file], dtype, device)
+    if is_bfl_vae_state_dict(sd):
+        sd = convert_bfl_vae_state_dict(sd)
+    cfg = VAEConfig.from_json(config) if config is not None else VAE_PRESETS["flux"]
+    with torch.device("meta"):
+        vae = AutoencoderKL(cfg)
+    load_strict(vae, sd, str(file))
+    return vae.eval().requires_grad_(False)
+
+
+def load_scheduler(config: Path | None, fallback_shift: float) -> SchedulerConfig:
+    return SchedulerConfig.from_json(config) if config is not None else SchedulerConfig(shift=fallback_shift)
+
+
+def load_text_encoder_from(files: ModelFiles, device: torch.device, dtype: torch.dtype):  # -> TextEncoder
+    from zimage_mcp.engine.text_encoder import load_text_encoder, load_text_encoder_file
+
+    if files.text_encoder_config is not None and len(files.text_encoder) and files.text_encoder[0].parent == files.text_encoder_config.parent:
+        return load_text_encoder(files.text_encoder_config.parent, files.tokenizer, device, dtype)
+    return load_text_encoder_file(files.text_encoder[0], files.tokenizer, None, device, dtype)
+
+
+def load_pipeline(
+    folder: Path | None = None,
+    *,
+    repo_id: str | None = None,
+    transformer_file: Path | None = None,
+    vae_file: Path | None = None,
+    text_encoder_file: Path | None = None,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype | None = None,
+    shift: float | None = None,
+    attn_backend: AttentionBackend | None = None,
+    hf_home: str | None = None,
+):  # -> ZImagePipeline
+    """Load a whole text-to-image pipeline from any supported layout (see ``layout.py``)."""
+    from zimage_mcp.engine.layout import resolve_model_files
+    from zimage_mcp.engine.pipeline import ZImagePipeline
+
+    files = resolve_model_files(folder, repo_id, transformer_file, vae_file, text_encoder_file, hf_home)
+    dev = resolve_device(device)
+    dt = dtype or default_dtype(dev)
+    transformer = load_transformer(files.transformer, files.transformer_config, dev, dt, attn_backend)
+    vae = load_vae(files.vae, files.vae_config, dev)
+    text_encoder = load_text_encoder_from(files, dev, dt)
+    sched = load_scheduler(files.scheduler_config, 3.0)
+    return ZImagePipeline(transformer, vae, text_encoder, shift if shift is not None else sched.shift)

@@ -1,0 +1,182 @@
+"""Text-to-image: encode prompts -> seeded noise -> denoise -> decode -> PIL images.
+
+The pipeline owns no scheduler state: the schedule is a list of floats from ``sampler.get_sigmas``
+and the loop is ``denoise``. img2img and inpainting reuse the same loop (see ``edit.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from PIL.Image import Image
+from torch import Tensor
+
+from zimage_mcp.engine.errors import GenerationCancelled
+from zimage_mcp.engine.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, model_time, noise_like
+from zimage_mcp.engine.transformer import Conditioning, ZImageTransformer
+from zimage_mcp.engine.vae import AutoencoderKL, denormalize_latents, tensor_to_images
+
+StepCallback = Callable[[int, int], None]
+StopCheck = Callable[[], bool]
+SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 256, 2048, 16
+MAX_STEPS = 100
+MAX_SEED = 2**64 - 1
+
+
+def check_args(prompt: str, width: int, height: int, steps: int, count: int, seed: int | None) -> None:
+    """Raise ValueError naming the argument and the allowed range."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt: must be a non-empty string")
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or v % SIZE_MULTIPLE or not SIZE_MIN <= v <= SIZE_MAX:
+            raise ValueError(f"{name}: must be a multiple of {SIZE_MULTIPLE} in {SIZE_MIN}..{SIZE_MAX}, got {v!r}")
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps: must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+    if not isinstance(count, int) or not 1 <= count <= 16:
+        raise ValueError(f"count: must be an integer in 1..16, got {count!r}")
+    if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ValueError(f"seed: must be an integer in 0..2**64-1, got {seed!r}")
+
+
+@dataclass
+class GenerationOutput:
+    images: list[Image]
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    latents: Tensor | None = None  # final fp32 latents (B, 16, H/8, W/8), for tests and quality gates
+
+
+@dataclass
+class Guidance:
+    """Classifier-free guidance settings for one generation."""
+
+    scale: float = 0.0
+    truncation: float = 1.0
+    normalization: float = 0.0
+
+
+class ZImagePipeline:
+    def __init__(self, transformer: ZImageTransformer, vae: AutoencoderKL, text_encoder, shift: float) -> None:
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder  # engine.text_encoder.TextEncoder
+        self.shift = shift
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.x_pad_token.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.x_pad_token.dtype
+
+    # -- stages -----------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> list[Tensor]:
+        return [f.to(self.device) for f in self.text_encoder.encode(prompts)]
+
+    def initial_noise(self, seeds: list[int], height: int, width: int) -> Tensor:
+        """(B, 16, H/8, W/8) fp32 noise, one CPU generator per image, moved to the device."""
+        shape = (1, self.transformer.cfg.in_channels, 2 * (height // 16), 2 * (width // 16))
+        return torch.cat([noise_like(shape, s) for s in seeds]).to(self.device)
+
+    def decode_pixels(self, latents: Tensor) -> Tensor:
+        """DiT latents (B, 16, h, w) -> images (B, 3, 8h, 8w) in [0, 1], fp32 on the CPU."""
+        z = denormalize_latents(latents.to(self.vae_dtype), self.vae.cfg)
+        return (self.vae.decode(z).float() / 2 + 0.5).clamp(0, 1).cpu()
+
+    def decode(self, latents: Tensor) -> list[Image]:
+        return tensor_to_images(self.decode_pixels(latents) * 2 - 1)
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def denoise(
+        self,
+        latents: Tensor,
+        sigmas: list[float],
+        pos: list[Tensor],
+        neg: list[Tensor] | None,
+        guidance: Guidance,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        after_step: Callable[[int, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """Run the Euler loop over ``sigmas`` (len N+1). ``after_step(i, x)`` lets inpainting blend."""
+        model = self.transformer
+        hw = (latents.shape[-2], latents.shape[-1])
+        b = latents.shape[0]
+        cond_pos: Conditioning = model.prepare(pos, hw)
+        cond_both: Conditioning | None = None
+        n = len(sigmas) - 1
+        for i in range(n):
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled(f"cancelled before step {i + 1} of {n}")
+            t = model_time(sigmas[i])
+            g = guidance_at(guidance.scale, t, guidance.truncation) if neg is not None else 0.0
+            x_in = latents.to(self.dtype)
+            if g > 0:
+                if cond_both is None:
+                    # positive and negative in one batch; captions differ in length -> key-padding mask
+                    cond_both = model.prepare(pos + neg, hw)
+                t_vec = torch.full((2 * b,), t, device=self.device)
+                out = model.forward_prepared(torch.cat([x_in, x_in]), t_vec, cond_both)
+                pred = cfg_combine(out[:b], out[b:], g, guidance.normalization)
+            else:
+                pred = model.forward_prepared(x_in, torch.full((b,), t, device=self.device), cond_pos)
+            latents = euler_step(latents, pred, sigmas[i], sigmas[i + 1])
+            if after_step is not None:
+                latents = after_step(i, latents)
+            if on_step is not None:
+                on_step(i + 1, n)
+        return latents
+
+    # -- text to image ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        width: int = 1024,
+        height: int = 1024,
+        steps: int = 8,
+        guidance: float = 0.0,
+        seed: int | None = None,
+        cfg_truncation: float = 1.0,
+        cfg_normalization: float = 0.0,
+        count: int = 1,
+        shift: float | None = None,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> GenerationOutput:
+        check_args(prompt, width, height, steps, count, seed)
+        if seed is None:
+            seed = random.randrange(2**63)
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(count)]
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        use_cfg = guidance > 0
+        feats = self.encode_prompts([prompt] + ([negative_prompt] if use_cfg else []))
+        pos, neg = [feats[0]] * count, ([feats[1]] * count if use_cfg else None)
+        timings["encode"] = _lap(t0, self.device)
+        latents = self.initial_noise(seeds, height, width)
+        sigmas = get_sigmas(steps, self.shift if shift is None else shift)
+        t1 = time.perf_counter()
+        latents = self.denoise(latents, sigmas, pos, neg, Guidance(guidance, cfg_truncation, cfg_normalization),
+                               on_step, should_stop)
+        timings["denoise"] = _lap(t1, self.device)
+        t2 = time.perf_counter()
+        images = self.decode(latents)
+        timings["decode"] = _lap(t2, self.device)
+        timings["total"] = time.perf_counter() - t0
+        return GenerationOutput(images=images, seeds=seeds, timings=timings, latents=latents)
+
+
+def _lap(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

@@ -1,0 +1,182 @@
+"""Qwen3 text encoder: chat template, truncated Qwen3Model, real-token features, LRU cache.
+
+Features match diffusers' ``ZImagePipeline.encode_prompt``: ``hidden_states[-2]`` of Qwen3 (the
+output of decoder layer ``num_hidden_layers - 2``, before the final norm), real tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+from zimage_mcp.engine.errors import WeightsError
+
+# Config values of Qwen3-4B that cannot be read off the weight shapes (ComfyUI single files).
+_QWEN3_4B_EXTRA = {"rms_norm_eps": 1e-6, "max_position_embeddings": 40960, "tie_word_embeddings": True,
+                   "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """``<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n``, rendered as diffusers does."""
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+
+
+class TextEncoder:
+    """A truncated ``Qwen3Model`` plus its tokenizer; ``encode`` returns one (L_i, hidden) tensor per prompt."""
+
+    def __init__(self, model: Qwen3Model, tokenizer: PreTrainedTokenizerBase, cache_size: int = 64) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, int], Tensor] = OrderedDict()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def encode(self, prompts: list[str], max_length: int = 512) -> list[Tensor]:
+        """Features of the real tokens of each prompt. Cached tensors are shared: treat them as read-only."""
+        found = {p: self._cache[(p, max_length)] for p in prompts if (p, max_length) in self._cache}
+        todo = [p for p in dict.fromkeys(prompts) if p not in found]
+        if todo:
+            found.update(zip(todo, self._run(todo, max_length)))
+        if self.cache_size > 0:
+            for p in dict.fromkeys(prompts):
+                self._cache[(p, max_length)] = found[p]
+                self._cache.move_to_end((p, max_length))
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return [found[p] for p in prompts]
+
+    @torch.no_grad()
+    def _run(self, prompts: list[str], max_length: int) -> list[Tensor]:
+        # Truncate at max_length (template tokens count) and right-pad only to the longest prompt:
+        # with causal attention, right padding leaves the real-token states unchanged.
+        batch = self.tokenizer([chat_prompt(self.tokenizer, p) for p in prompts], padding="longest",
+                               max_length=max_length, truncation=True, padding_side="right", return_tensors="pt")
+        ids = batch.input_ids.to(self.device)
+        mask = batch.attention_mask.to(self.device).bool()
+        hidden = self.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return [h[m] for h, m in zip(hidden, mask)]
+
+
+def _read_config(path: Path) -> Qwen3Config:
+    if not path.is_file():
+        raise WeightsError(f"missing text-encoder config: looked for {path}")
+    try:
+        return Qwen3Config.from_json_file(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise WeightsError(f"text-encoder config {path} is unreadable: {e}") from e
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise WeightsError(f"{index} is not a valid shard index (needs a 'weight_map'): {e}") from e
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    raise WeightsError(f"no text-encoder weights in {folder}: looked for model.safetensors.index.json "
+                       "(with model-0000k-of-0000n.safetensors shards) and model.safetensors")
+
+
+def _infer_config(file: Path) -> Qwen3Config:
+    """Read a Qwen3 config off the tensor shapes of a single file (Qwen3-4B values for the rest)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            shape = {k.removeprefix("model."): f.get_slice(k).get_shape() for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{file}: corrupt or truncated safetensors file: {e}") from e
+    try:
+        vocab, hidden = shape["embed_tokens.weight"]
+        head_dim = shape["layers.0.self_attn.q_norm.weight"][0]
+        n_layers = 1 + max(int(k.split(".")[1]) for k in shape if k.startswith("layers."))
+        return Qwen3Config(
+            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=n_layers, head_dim=head_dim,
+            num_attention_heads=shape["layers.0.self_attn.q_proj.weight"][0] // head_dim,
+            num_key_value_heads=shape["layers.0.self_attn.k_proj.weight"][0] // head_dim,
+            intermediate_size=shape["layers.0.mlp.gate_proj.weight"][0], **_QWEN3_4B_EXTRA)
+    except (KeyError, ValueError) as e:
+        raise WeightsError(f"{file} does not look like a Qwen3 text encoder (missing {e})") from e
+
+
+def _load_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
+    if not (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
+        raise WeightsError(f"missing tokenizer: looked for tokenizer_config.json in {tokenizer_dir}")
+    try:
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"tokenizer in {tokenizer_dir} failed to load: {e}") from e
+
+
+def _build(files: list[Path], config: Qwen3Config, device: torch.device | str, dtype: torch.dtype) -> Qwen3Model:
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    # The features are hidden_states[-2], i.e. the output of layer index n-2 *before* the final norm
+    # (HF applies model.norm only to the last entry). So the last layer and the norm are never needed:
+    # drop the layer and make the norm an identity, and last_hidden_state is exactly those features.
+    dropped = f"layers.{config.num_hidden_layers - 1}."
+    model.layers = model.layers[:-1]
+    model.norm = nn.Identity()
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    state: dict[str, Tensor] = {}
+    for file in files:
+        if not file.is_file():
+            raise WeightsError(f"missing text-encoder weights file {file}")
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:  # mmap; skipped keys are never read
+                names = {k: k.removeprefix("model.") for k in f.keys()}
+                unexpected = sorted(n for n in names.values()
+                                    if n not in expected and n != "norm.weight" and not n.startswith(dropped))
+                if unexpected:
+                    raise WeightsError(f"{file}: unexpected text-encoder keys {unexpected}")
+                for key, name in names.items():
+                    if name in expected:
+                        state[name] = f.get_tensor(key).to(device=device, dtype=dtype)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise WeightsError(f"{file}: corrupt or truncated safetensors file: {e}") from e
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise WeightsError(f"text-encoder keys {missing} not found in {[str(f) for f in files]}")
+    wrong = sorted(f"{k}: {tuple(v.shape)} != {tuple(expected[k])}" for k, v in state.items() if v.shape != expected[k])
+    if wrong:
+        raise WeightsError(f"text-encoder shape mismatch in {[str(f) for f in files]}: {wrong}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.rotary_emb = Qwen3RotaryEmbedding(config).to(device)  # its buffers are not in the checkpoint
+    return model
+
+
+def load_text_encoder(text_encoder_dir: Path, tokenizer_dir: Path, device: torch.device | str,
+                      dtype: torch.dtype, cache_size: int = 64) -> TextEncoder:
+    """Load the published ``text_encoder/`` folder (sharded or single file) and ``tokenizer/``, offline."""
+    folder = Path(text_encoder_dir)
+    if not folder.is_dir():
+        raise WeightsError(f"text-encoder folder not found: {folder}")
+    config = _read_config(folder / "config.json")
+    model = _build(_weight_files(folder), config, device, dtype)
+    return TextEncoder(model, _load_tokenizer(Path(tokenizer_dir)), cache_size)
+
+
+def load_text_encoder_file(file: Path, tokenizer_dir: Path, config: Qwen3Config | None = None,
+                           device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                           cache_size: int = 64) -> TextEncoder:
+    """Load a ComfyUI single file (``qwen_3_4b.safetensors``: HF key names with ``model.`` prefix)."""
+    file = Path(file)
+    if not file.is_file():
+        raise WeightsError(f"text-encoder file not found: {file}")
+    model = _build([file], config or _infer_config(file), device, dtype)
+    return TextEncoder(model, _load_tokenizer(Path(tokenizer_dir)), cache_size)
