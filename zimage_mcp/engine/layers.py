@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from zimage_mcp.engine.attention import AttentionBackend, attention
 from zimage_mcp.engine.rope import apply_rope
 
+Modulation = tuple[Tensor, Tensor, Tensor, Tensor]
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -86,9 +88,14 @@ class TransformerBlock(nn.Module):
         self.attention_norm2 = RMSNorm(dim, eps)
         self.ffn_norm1 = RMSNorm(dim, eps)
         self.ffn_norm2 = RMSNorm(dim, eps)
-        self.modulation = modulation
+        self.modulation_enabled = modulation
         if modulation:
             self.adaLN_modulation = nn.Sequential(nn.Linear(adaln_dim, 4 * dim))
+
+    def modulation(self, c: Tensor) -> Modulation:
+        """c (B, adaln_dim) -> (scale_msa, gate_msa, scale_mlp, gate_mlp), each (B, 1, D), already 1+s / tanh(g)."""
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(4, dim=2)
+        return 1.0 + scale_msa, gate_msa.tanh(), 1.0 + scale_mlp, gate_mlp.tanh()
 
     def forward(
         self,
@@ -98,17 +105,20 @@ class TransformerBlock(nn.Module):
         key_mask: Tensor | None = None,
         c: Tensor | None = None,
         backend: AttentionBackend = "sdpa",
+        mod: Modulation | None = None,
     ) -> Tensor:
-        if not self.modulation:
+        """``c`` gives one modulation per sample; ``mod`` may instead give per-token values (B, S, D)."""
+        if not self.modulation_enabled:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), cos, sin, key_mask, backend))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
-        assert c is not None
-        # c: (B, adaln_dim) -> four (B, 1, D) chunks: scale_msa, gate_msa, scale_mlp, gate_mlp
-        scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(4, dim=2)
-        h = self.attention(self.attention_norm1(x) * (1.0 + scale_msa), cos, sin, key_mask, backend)
-        x = x + gate_msa.tanh() * self.attention_norm2(h)
-        h = self.feed_forward(self.ffn_norm1(x) * (1.0 + scale_mlp))
-        return x + gate_mlp.tanh() * self.ffn_norm2(h)
+        if mod is None:
+            assert c is not None, "a modulated block needs c or mod"
+            mod = self.modulation(c)
+        scale_msa, gate_msa, scale_mlp, gate_mlp = mod
+        h = self.attention(self.attention_norm1(x) * scale_msa, cos, sin, key_mask, backend)
+        x = x + gate_msa * self.attention_norm2(h)
+        h = self.feed_forward(self.ffn_norm1(x) * scale_mlp)
+        return x + gate_mlp * self.ffn_norm2(h)
 
 
 class FinalLayer(nn.Module):
@@ -120,6 +130,9 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, out_features)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(adaln_dim, dim))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        scale = 1.0 + self.adaLN_modulation(c).unsqueeze(1)  # (B, 1, D)
+    def forward(self, x: Tensor, c: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        """``scale`` (B, S, D) overrides the per-sample 1 + Linear(SiLU(c)) (per-token modulation)."""
+        if scale is None:
+            assert c is not None
+            scale = 1.0 + self.adaLN_modulation(c).unsqueeze(1)  # (B, 1, D)
         return self.linear(self.norm_final(x) * scale)

@@ -130,26 +130,54 @@ class ZImageTransformer(nn.Module):
             key_mask=key_mask, grid=(gh, gw),
         )
 
-    # -- per-step forward -------------------------------------------------------------------------
-    def forward_prepared(self, x: Tensor, t: Tensor, cond: Conditioning, hints: dict[int, Tensor] | None = None) -> Tensor:
-        """x (B, C, H, W) latents in model dtype, t (B,) in [0, 1] with 0 = noise. -> (B, C, H, W)."""
-        cfg, backend = self.cfg, self.attn_backend
-        gh, gw = cond.grid
-        n = gh * gw
-        c = self.t_embedder(t * cfg.t_scale).to(x.dtype)  # (B, 256)
-        img = self.all_x_embedder[PATCH_KEY](patchify(x, cfg.patch_size))  # (B, N, D)
-        pad = cond.img_cos.shape[1] - n
+    # -- per-step forward, in stages that ControlNet and Omni compose -----------------------------
+    def embed_image(self, x: Tensor, cond: Conditioning) -> Tensor:
+        """Latents (B, C, H, W) -> image tokens (B, N_pad, D), pad rows set to the learned x_pad_token."""
+        img = self.all_x_embedder[PATCH_KEY](patchify(x, self.cfg.patch_size))  # (B, N, D)
+        pad = cond.img_cos.shape[1] - img.shape[1]
         if pad:
             img = torch.cat([img, self.x_pad_token.to(img.dtype).expand(img.shape[0], pad, -1)], dim=1)
-        for blk in self.noise_refiner:
-            img = blk(img, cond.img_cos, cond.img_sin, None, c, backend)
-        h = torch.cat([img, cond.cap.to(img.dtype)], dim=1)  # (B, N_pad + Lc_max, D)
+        return img
+
+    def refine_image(self, img: Tensor, c: Tensor, cond: Conditioning, hints: dict[int, Tensor] | None = None) -> Tensor:
+        for i, blk in enumerate(self.noise_refiner):
+            img = blk(img, cond.img_cos, cond.img_sin, None, c, self.attn_backend)
+            if hints is not None and i in hints:
+                img = img + hints[i]
+        return img
+
+    def unify(self, img: Tensor, cond: Conditioning) -> Tensor:
+        return torch.cat([img, cond.cap.to(img.dtype)], dim=1)  # (B, N_pad + Lc_max, D)
+
+    def run_layers(self, h: Tensor, c: Tensor, cond: Conditioning, hints: dict[int, Tensor] | None = None) -> Tensor:
         for i, blk in enumerate(self.layers):
-            h = blk(h, cond.cos, cond.sin, cond.key_mask, c, backend)
+            h = blk(h, cond.cos, cond.sin, cond.key_mask, c, self.attn_backend)
             if hints is not None and i in hints:
                 h = h + hints[i]
-        out = self.all_final_layer[PATCH_KEY](h, c)[:, :n]  # (B, N, p*p*C)
-        return unpatchify(out, gh, gw, cfg.in_channels, cfg.patch_size)
+        return h
+
+    def finish(self, h: Tensor, c: Tensor, cond: Conditioning) -> Tensor:
+        """Final layer on all tokens, keep the real image tokens, unpatchify -> (B, C, H, W)."""
+        gh, gw = cond.grid
+        out = self.all_final_layer[PATCH_KEY](h, c)[:, : gh * gw]  # (B, N, p*p*C)
+        return unpatchify(out, gh, gw, self.cfg.in_channels, self.cfg.patch_size)
+
+    def embed_time(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        return self.t_embedder(t * self.cfg.t_scale).to(dtype)  # (B, 256)
+
+    def forward_prepared(
+        self,
+        x: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        hints: dict[int, Tensor] | None = None,
+        refiner_hints: dict[int, Tensor] | None = None,
+    ) -> Tensor:
+        """x (B, C, H, W) latents in model dtype, t (B,) in [0, 1] with 0 = noise. -> (B, C, H, W)."""
+        c = self.embed_time(t, x.dtype)
+        img = self.refine_image(self.embed_image(x, cond), c, cond, refiner_hints)
+        h = self.run_layers(self.unify(img, cond), c, cond, hints)
+        return self.finish(h, c, cond)
 
     def forward(self, x: Tensor, t: Tensor, cap_feats: list[Tensor]) -> Tensor:
         return self.forward_prepared(x, t, self.prepare(cap_feats, (x.shape[-2], x.shape[-1])))
