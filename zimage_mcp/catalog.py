@@ -1,0 +1,302 @@
+"""The variant catalogue: the shipped ``registry.toml`` with the user's registry file merged over it.
+
+Every value is checked against the torch-free dataclasses in ``zimage_mcp.types``; the sub-table keys
+(``defaults``, ``limits``, ``capabilities``, ``weights``) are exactly those dataclasses' field names.
+Each file is checked on its own (so an error names the file that holds the bad value), then the
+variant tables are deep-merged and checked for completeness. A bad variant table refuses that
+variant only; the message goes to ``Catalog.problems`` and the other variants keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from zimage_mcp.errors import RegistryError
+from zimage_mcp.settings import APP_NAME
+from zimage_mcp.types import Capabilities, Defaults, Limits, VariantSpec, WeightsLocation
+
+BUILTIN_FILE = Path(__file__).with_name("registry.toml")
+VARIANT_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+ALIAS = re.compile(r"[a-z0-9][a-z0-9._-]*")
+KINDS = ("turbo", "base", "edit")
+
+_TOP_KEYS = {"plugin": "str", "title": "str", "kind": "str", "description": "str", "aliases": "list", "shares": "list"}
+_SUBTABLES: dict[str, type] = {
+    "weights": WeightsLocation,
+    "defaults": Defaults,
+    "limits": Limits,
+    "capabilities": Capabilities,
+}
+_AT_LEAST_ONE = {
+    "defaults.steps", "defaults.width", "defaults.height", "limits.min_side", "limits.max_side",
+    "limits.size_multiple", "limits.min_steps", "limits.max_steps", "limits.max_count",
+}  # fmt: skip
+_REQUIRED = ("plugin", "title", "kind", "defaults.steps", "defaults.guidance", "defaults.shift")
+
+
+@dataclass(frozen=True)
+class CatalogVariant:
+    """One validated ``[variants.<id>]`` table: the plugin that registers it, its aliases and spec."""
+
+    plugin: str
+    aliases: tuple[str, ...]
+    spec: VariantSpec
+    source: str  # the file that last set this table
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The merged catalogue handed to the registration hooks."""
+
+    variants: tuple[CatalogVariant, ...] = ()
+    lora_dir: Path | None = None
+    lora_dir_configured: bool = False  # True when set by ZIMAGE_MCP_LORA_DIR or [loras] dir
+    files: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    def variants_for(self, plugin: str) -> list[CatalogVariant]:
+        """The catalogue variants whose ``plugin`` key names ``plugin``, in file order."""
+        return [v for v in self.variants if v.plugin == plugin]
+
+
+def user_registry_file() -> Path:
+    """The user's registry file, merged over the shipped one when it exists."""
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "registry.toml"
+
+
+def default_lora_dir() -> Path:
+    """The LoRA folder used when neither ``ZIMAGE_MCP_LORA_DIR`` nor ``[loras] dir`` is set."""
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "loras"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse one TOML file; raises ``RegistryError`` naming the file."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RegistryError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_catalog(
+    user_file: Path | None = None,
+    *,
+    required: bool = False,
+    lora_dir: Path | None = None,
+    builtin: Path = BUILTIN_FILE,
+) -> Catalog:
+    """Read ``builtin``, merge ``user_file`` over it and validate.
+
+    ``required``: the user file was named explicitly (``--registry``), so a missing one raises
+    ``RegistryError``. An unreadable or malformed user file is a problem and is ignored. ``lora_dir``
+    (from settings) wins over ``[loras] dir``.
+    """
+    layers = [(str(builtin), read_toml(builtin), builtin.parent)]
+    problems: list[str] = []
+    if user_file is not None:
+        if user_file.is_file():
+            try:
+                layers.append((str(user_file), read_toml(user_file), user_file.parent))
+            except RegistryError as exc:
+                problems.append(f"{exc} (file ignored)")
+        elif required:
+            raise RegistryError(f"{user_file}: registry file does not exist")
+
+    merged: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
+    refused: set[str] = set()
+    toml_lora_dir: Path | None = None
+    for label, data, folder in layers:
+        for key in data:
+            if key not in ("variants", "loras"):
+                problems.append(f"{label}: [{key}]: unknown table (allowed: variants, loras)")
+        toml_lora_dir = _lora_dir(label, data.get("loras", {}), folder, problems) or toml_lora_dir
+        variants = data.get("variants", {})
+        if not isinstance(variants, dict):
+            problems.append(f"{label}: variants: must be a table of [variants.<id>] tables")
+            continue
+        for vid, table in variants.items():
+            errors = _check_table(label, vid, table)
+            if errors:
+                problems.extend(errors)
+                refused.add(vid)
+                continue
+            merged[vid] = _merge(merged.get(vid, {}), _absolute_paths(table, folder))
+            origin[vid] = label
+
+    built: list[CatalogVariant] = []
+    for vid, table in merged.items():
+        if vid in refused:
+            continue
+        try:
+            built.append(_build(vid, table, origin[vid]))
+        except RegistryError as exc:
+            problems.append(str(exc))
+    configured = lora_dir or toml_lora_dir
+    return Catalog(
+        variants=tuple(built),
+        lora_dir=configured or default_lora_dir(),
+        lora_dir_configured=configured is not None,
+        files=tuple(label for label, _, _ in layers),
+        problems=tuple(problems),
+    )
+
+
+def _lora_dir(label: str, table: Any, folder: Path, problems: list[str]) -> Path | None:
+    if not isinstance(table, dict):
+        problems.append(f"{label}: loras: must be a table")
+        return None
+    for key, value in table.items():
+        if key != "dir":
+            problems.append(f"{label}: [loras] {key}: unknown key (allowed: dir)")
+        elif not isinstance(value, str):
+            problems.append(f"{label}: [loras] dir: must be a string, got {_show(value)}")
+        elif value.strip():
+            return folder / Path(value).expanduser()
+    return None
+
+
+def _check_table(label: str, vid: str, table: Any) -> list[str]:
+    """Unknown keys, wrong types and out-of-range numbers in one file's variant table."""
+    where = f"{label}: [variants.{vid}]"
+    if not isinstance(table, dict):
+        return [f"{where}: must be a table, got {_show(table)}"]
+    errors: list[str] = []
+    for key, value in table.items():
+        if key in _TOP_KEYS:
+            ok = isinstance(value, str) if _TOP_KEYS[key] == "str" else _is_str_list(value)
+            if not ok:
+                kind = "a string" if _TOP_KEYS[key] == "str" else "a list of strings"
+                errors.append(f"{where} {key}: must be {kind}, got {_show(value)}")
+        elif key in _SUBTABLES:
+            errors.extend(_check_subtable(where, key, value))
+        else:
+            allowed = ", ".join([*_TOP_KEYS, *_SUBTABLES])
+            errors.append(f"{where} {key}: unknown key (allowed: {allowed})")
+    return errors
+
+
+def _check_subtable(where: str, name: str, table: Any) -> list[str]:
+    if not isinstance(table, dict):
+        return [f"{where} {name}: must be a table, got {_show(table)}"]
+    types = {f.name: str(f.type).replace(" | None", "") for f in dataclasses.fields(_SUBTABLES[name])}
+    errors = []
+    for key, value in table.items():
+        if key not in types:
+            errors.append(f"{where} {name}.{key}: unknown key (allowed: {', '.join(types)})")
+            continue
+        problem = _check_value(types[key], value, 1 if f"{name}.{key}" in _AT_LEAST_ONE else 0)
+        if problem:
+            errors.append(f"{where} {name}.{key}: {problem}, got {_show(value)}")
+    return errors
+
+
+def _check_value(typ: str, value: Any, minimum: int) -> str | None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    if typ == "int":
+        return None if is_number and isinstance(value, int) and value >= minimum else f"must be an integer >= {minimum}"
+    if typ == "float":
+        return None if is_number and math.isfinite(value) and value >= minimum else f"must be a number >= {minimum}"
+    return None if isinstance(value, str) else "must be a string"
+
+
+def _build(vid: str, t: dict[str, Any], label: str) -> CatalogVariant:
+    """Check a merged table for completeness and consistency and turn it into a spec."""
+
+    def fail(key: str, message: str) -> RegistryError:
+        return RegistryError(f"{label}: [variants.{vid}] {key}: {message}")
+
+    if not VARIANT_ID.fullmatch(vid):
+        raise RegistryError(f"{label}: [variants.{vid}]: variant ids must be lowercase kebab-case (z-image-turbo)")
+    for key in _REQUIRED:
+        table, _, sub = key.partition(".")
+        if (sub and sub not in t.get(table, {})) or (not sub and key not in t):
+            raise fail(key, "missing (required)")
+    if t["kind"] not in KINDS:
+        raise fail("kind", f"must be one of {', '.join(KINDS)}, got {_show(t['kind'])}")
+    for alias in t.get("aliases", []):
+        if not ALIAS.fullmatch(alias):
+            raise fail("aliases", f"{_show(alias)} is not a valid alias (lowercase letters, digits, '.', '_', '-')")
+    parts = {name: _instantiate(cls, t.get(name, {})) for name, cls in _SUBTABLES.items()}
+    d: Defaults = parts["defaults"]
+    lim: Limits = parts["limits"]
+    for lo, hi in (("min_side", "max_side"), ("min_steps", "max_steps"), ("min_guidance", "max_guidance")):
+        if getattr(lim, lo) > getattr(lim, hi):
+            raise fail(f"limits.{lo}", f"{getattr(lim, lo)} is greater than limits.{hi} ({getattr(lim, hi)})")
+    ranges = {
+        "steps": (lim.min_steps, lim.max_steps, "limits.min_steps..limits.max_steps"),
+        "guidance": (lim.min_guidance, lim.max_guidance, "limits.min_guidance..limits.max_guidance"),
+        "width": (lim.min_side, lim.max_side, "limits.min_side..limits.max_side"),
+        "height": (lim.min_side, lim.max_side, "limits.min_side..limits.max_side"),
+    }
+    for key, (lo, hi, names) in ranges.items():
+        value = getattr(d, key)
+        if not lo <= value <= hi:
+            raise fail(f"defaults.{key}", f"{value} is outside {names} ({lo}..{hi})")
+    for key in ("width", "height"):
+        if getattr(d, key) % lim.size_multiple:
+            multiple = lim.size_multiple
+            raise fail(f"defaults.{key}", f"{getattr(d, key)} is not a multiple of limits.size_multiple ({multiple})")
+    spec = VariantSpec(
+        id=vid,
+        title=t["title"],
+        kind=t["kind"],
+        capabilities=parts["capabilities"],
+        defaults=d,
+        limits=lim,
+        weights=parts["weights"],
+        description=t.get("description", ""),
+        shares=tuple(t.get("shares", ())),
+    )
+    return CatalogVariant(plugin=t["plugin"], aliases=tuple(t.get("aliases", ())), spec=spec, source=label)
+
+
+def _instantiate(cls: type, table: dict[str, Any]) -> Any:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in table:
+            value = table[f.name]
+            if str(f.type).startswith("str | None") and value == "":
+                value = None  # TOML has no null: "" means unset
+            values[f.name] = float(value) if f.type == "float" else value
+    return cls(**values)
+
+
+def _absolute_paths(table: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative ``weights.path``/``weights.single_file`` are relative to the file that sets them."""
+    weights = table.get("weights")
+    if not isinstance(weights, dict):
+        return table
+    fixed = dict(weights)
+    for key in ("path", "single_file"):
+        if fixed.get(key):
+            fixed[key] = str(folder / Path(fixed[key]).expanduser())
+    return {**table, "weights": fixed}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str)
