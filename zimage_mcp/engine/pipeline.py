@@ -48,6 +48,7 @@ class GenerationOutput:
     seeds: list[int]
     timings: dict[str, float] = field(default_factory=dict)
     latents: Tensor | None = None  # final fp32 latents (B, 16, H/8, W/8), for tests and quality gates
+    notes: list[str] = field(default_factory=list)  # e.g. how an input image was resized
 
 
 @dataclass
