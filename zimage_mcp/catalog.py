@@ -281,7 +281,7 @@ def _absolute_paths(table: dict[str, Any], folder: Path) -> dict[str, Any]:
     if not isinstance(weights, dict):
         return table
     fixed = dict(weights)
-    for key in ("path", "single_file"):
+    for key in ("path", "single_file", "controlnet"):
         if fixed.get(key):
             fixed[key] = str(folder / Path(fixed[key]).expanduser())
     return {**table, "weights": fixed}

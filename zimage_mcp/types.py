@@ -79,6 +79,7 @@ class WeightsLocation:
     path: str | None = None
     single_file: str | None = None
     published: bool = True  # False: the repo id is announced but no weights are out yet
+    controlnet: str | None = None  # a Fun-ControlNet-Union folder or single file that pairs with this variant
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,174 @@
+"""The bridge from the registry's torch-free world to the engine: one ``Backend`` per loaded variant.
+
+Only plugins import this module, and only inside their factories, so the registry and the server
+never import torch. Variants that read the same text encoder and VAE files share one loaded copy
+(reference counted). LoRAs are merged in place per request and removed bit-exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zimage_mcp.engine.edit import img2img, inpaint
+from zimage_mcp.engine.errors import GenerationCancelled as EngineCancelled
+from zimage_mcp.engine.errors import WeightsError as EngineWeightsError
+from zimage_mcp.engine.layout import ModelFiles, resolve_model_files
+from zimage_mcp.engine.loader import (
+    default_dtype, load_scheduler, load_text_encoder_from, load_transformer, load_vae, resolve_device,
+)
+from zimage_mcp.engine.lora_apply import LoraManager
+from zimage_mcp.engine.pipeline import GenerationOutput, ZImagePipeline
+from zimage_mcp.errors import (
+    BackendLoadError, GenerationCancelled, InvalidRequestError, OutOfMemoryError, UnsupportedEditError,
+)
+from zimage_mcp.types import BackendContext, GenerationRequest, GenerationResult, ProgressCallback, StopCheck, VariantSpec
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class _Shared:
+    """Components loaded once per (kind, files, device, dtype) and handed out with a reference count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple, list[Any]] = {}
+
+    def acquire(self, key: tuple, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = [build(), 0]
+            self._items[key][1] += 1
+            return self._items[key][0]
+
+    def release(self, key: tuple) -> None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                item[1] -= 1
+                if item[1] <= 0:
+                    del self._items[key]
+
+    def count(self) -> int:
+        return len(self._items)
+
+
+SHARED = _Shared()
+
+
+def _module_bytes(*modules: Any) -> int:
+    total = 0
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
+    return total
+
+
+def _png(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _invalid(err: ValueError) -> InvalidRequestError:
+    field, _, msg = str(err).partition(": ")
+    return InvalidRequestError(field, msg) if msg and " " not in field else InvalidRequestError("request", str(err))
+
+
+class EngineBackend:
+    """A loaded Turbo/Base-architecture variant: text-to-image, img2img and inpaint."""
+
+    def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:
+        self.spec = spec
+        self.device = resolve_device(ctx.device)
+        self.dtype = _DTYPES.get(ctx.dtype, default_dtype(self.device)) if self.device.type == "cuda" else torch.float32
+        w = spec.weights
+        try:
+            files = resolve_model_files(
+                folder=Path(w.path) if w.path else None, repo_id=w.repo_id,
+                transformer_file=Path(w.single_file) if w.single_file else None, hf_home=ctx.hf_home,
+            )
+            self._keys = self._shared_keys(files)
+            transformer = load_transformer(files.transformer, files.transformer_config, self.device, self.dtype)
+            te = SHARED.acquire(self._keys[0], lambda: load_text_encoder_from(files, self.device, self.dtype))
+            vae = SHARED.acquire(self._keys[1], lambda: load_vae(files.vae, files.vae_config, self.device))
+        except EngineWeightsError as e:
+            raise BackendLoadError(f"{spec.id}: {e}") from e
+        shift = load_scheduler(files.scheduler_config, spec.defaults.shift).shift
+        self.pipe = ZImagePipeline(transformer, vae, te, shift)
+        self.loras = LoraManager(transformer)
+
+    def _shared_keys(self, files: ModelFiles) -> tuple[tuple, tuple]:
+        dev, dt = str(self.device), str(self.dtype)
+        return ("text_encoder", files.text_encoder, dev, dt), ("vae", (files.vae,), dev)
+
+    # -- Backend protocol -------------------------------------------------------------------------
+    def vram_bytes(self) -> int:
+        pipe = getattr(self, "pipe", None)
+        return 0 if pipe is None else _module_bytes(pipe.transformer, pipe.vae, pipe.text_encoder.model)
+
+    def unload(self) -> None:
+        if getattr(self, "pipe", None) is None:
+            return
+        self.loras.clear()
+        for key in self._keys:
+            SHARED.release(key)
+        self.pipe = None  # type: ignore[assignment]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def generate(self, request: GenerationRequest, progress: ProgressCallback, should_stop: StopCheck) -> GenerationResult:
+        if self.pipe is None:
+            raise BackendLoadError(f"{self.spec.id} was unloaded")
+        try:
+            self.loras.set_adapters([(ref.file, ref.scale) for ref in request.loras])
+        except EngineWeightsError as e:
+            raise InvalidRequestError("loras", str(e)) from e
+        except ValueError as e:
+            raise _invalid(e) from e
+
+        def on_step(i: int, n: int) -> None:
+            progress("denoising", i, n, f"step {i}/{n}")
+            if i == n:
+                progress("decoding", 0, 1, "decoding")
+
+        progress("encoding", 0, 1, "encoding prompt")
+        try:
+            out = self._run(request, on_step, should_stop)
+        except EngineCancelled as e:
+            raise GenerationCancelled(str(e)) from e
+        except torch.cuda.OutOfMemoryError as e:
+            torch.cuda.empty_cache()
+            raise OutOfMemoryError(
+                f"out of GPU memory at {request.width}x{request.height} with count={request.count}: lower width/height "
+                f"or count, or unload other models ({e.__class__.__name__})"
+            ) from e
+        except ValueError as e:
+            raise _invalid(e) from e
+        size = out.images[0].size
+        return GenerationResult(images=[_png(im) for im in out.images], seeds=out.seeds, width=size[0], height=size[1],
+                                timings=dict(out.timings), notes=list(out.notes))
+
+    def _run(self, r: GenerationRequest, on_step: Callable[[int, int], None], should_stop: StopCheck) -> GenerationOutput:
+        common = dict(negative_prompt=r.negative_prompt, steps=r.steps, guidance=r.guidance, seed=r.seed, count=r.count,
+                      cfg_truncation=r.cfg_truncation, cfg_normalization=r.cfg_normalization, shift=r.shift,
+                      on_step=on_step, should_stop=should_stop)
+        if r.mode is None:
+            return self.pipe.generate(r.prompt, width=r.width, height=r.height, **common)
+        if r.mode == "img2img" and r.image is not None:
+            return img2img(self.pipe, r.image, r.prompt, strength=r.strength, **common)
+        if r.mode == "inpaint" and r.image is not None and r.mask is not None:
+            return inpaint(self.pipe, r.image, r.mask, r.prompt, strength=r.strength, **common)
+        raise UnsupportedEditError(
+            f"{self.spec.id} cannot do '{r.mode}' edits in this build; it supports img2img and inpaint"
+        )
+
+
+def build_backend(spec: VariantSpec, ctx: BackendContext) -> EngineBackend:
+    """The factory the built-in plugins hand to the registry."""
+    return EngineBackend(spec, ctx)
