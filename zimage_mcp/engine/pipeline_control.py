@@ -1,0 +1,182 @@
+"""ControlNet text-to-image and ControlNet inpainting on top of a loaded ``ZImagePipeline``.
+
+Same seeding, schedule, CFG and callbacks as ``ZImagePipeline.generate``; the model call is
+``controlnet.controlled_forward``. The control input has ``control_in_dim`` channels:
+[control latent 16 | mask 1 (1 = keep) | masked-image latent 16] for 2.x, where plain control fills
+the last 17 with zeros. Latents come from the VAE *mode* (mean), normalized, as diffusers does.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL.Image import Image
+from torch import Tensor
+
+from zimage_mcp.engine.controlnet import ZImageControlNet, controlled_forward
+from zimage_mcp.engine.errors import GenerationCancelled
+from zimage_mcp.engine.hints import RESAMPLE, prepare_hint, resize_hint
+from zimage_mcp.engine.pipeline import (
+    MAX_SEED, SIZE_MULTIPLE, GenerationOutput, Guidance, StepCallback, StopCheck, ZImagePipeline, check_args,
+)
+from zimage_mcp.engine.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, model_time
+from zimage_mcp.engine.transformer import Conditioning
+from zimage_mcp.engine.vae import image_to_tensor, normalize_latents
+
+DEFAULT_CONTROL_SCALE = 0.75
+
+
+def encode_image(pipe: ZImagePipeline, pixels: Tensor) -> Tensor:
+    """(B, 3, H, W) in [-1, 1] -> normalized VAE-mode latents (B, 16, H/8, W/8) on the pipeline's device."""
+    mean, _ = pipe.vae.encode(pixels.to(pipe.device, pipe.vae_dtype))
+    return normalize_latents(mean, pipe.vae.cfg)
+
+
+def control_input(latent: Tensor, in_dim: int, mask: Tensor | None = None, masked: Tensor | None = None) -> Tensor:
+    """(B, 16, h, w) control latent [+ mask (B, 1, h, w), masked-image latent (B, 16, h, w)] -> (B, in_dim, h, w)."""
+    if (mask is None) != (masked is None):
+        raise ValueError("control_input: give both mask and masked (the masked-image latent), or neither")
+    parts = [latent] if mask is None or masked is None else [latent, mask.to(latent), masked.to(latent)]
+    x = torch.cat(parts, dim=1)
+    if x.shape[1] > in_dim:
+        raise ValueError(f"control input has {x.shape[1]} channels but the ControlNet takes {in_dim}")
+    if x.shape[1] < in_dim:
+        x = torch.cat([x, x.new_zeros(x.shape[0], in_dim - x.shape[1], *x.shape[2:])], dim=1)
+    return x
+
+
+def inpaint_mask(mask: Image, width: int, height: int) -> Tensor:
+    """White = repaint. -> binary (1, 1, H, W) float, resized then binarized like diffusers' mask processor."""
+    arr = np.asarray(mask.resize((width, height), resample=RESAMPLE).convert("L"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr >= 0.5).float()[None, None]
+
+
+def denoise_controlled(
+    pipe: ZImagePipeline, controlnet: ZImageControlNet, latents: Tensor, sigmas: list[float], pos: list[Tensor],
+    neg: list[Tensor] | None, guidance: Guidance, control: Tensor, scale: float,
+    on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
+) -> Tensor:
+    """``ZImagePipeline.denoise`` with the ControlNet in the model call; control (B, in_dim, h, w)."""
+    base = pipe.transformer
+    hw = (latents.shape[-2], latents.shape[-1])
+    b = latents.shape[0]
+    control = control.to(pipe.device, pipe.dtype)
+    cond_pos: Conditioning = base.prepare(pos, hw)
+    cond_both: Conditioning | None = None
+    n = len(sigmas) - 1
+    for i in range(n):
+        if should_stop is not None and should_stop():
+            raise GenerationCancelled(f"cancelled before step {i + 1} of {n}")
+        t = model_time(sigmas[i])
+        g = guidance_at(guidance.scale, t, guidance.truncation) if neg is not None else 0.0
+        x_in = latents.to(pipe.dtype)
+        if g > 0:
+            if cond_both is None:
+                cond_both = base.prepare(pos + neg, hw)
+            t_vec = torch.full((2 * b,), t, device=pipe.device)
+            out = controlled_forward(base, controlnet, torch.cat([x_in, x_in]), t_vec, cond_both,
+                                     torch.cat([control, control]), scale)  # negative branch sees the same control
+            pred = cfg_combine(out[:b], out[b:], g, guidance.normalization)
+        else:
+            t_vec = torch.full((b,), t, device=pipe.device)
+            pred = controlled_forward(base, controlnet, x_in, t_vec, cond_pos, control, scale)
+        latents = euler_step(latents, pred, sigmas[i], sigmas[i + 1])
+        if on_step is not None:
+            on_step(i + 1, n)
+    return latents
+
+
+def _default_size(image: Image, width: int | None, height: int | None) -> tuple[int, int]:
+    w, h = image.size
+    return (width or w - w % SIZE_MULTIPLE), (height or h - h % SIZE_MULTIPLE)
+
+
+def _run(
+    pipe: ZImagePipeline, controlnet: ZImageControlNet, control: Tensor, prompt: str, negative_prompt: str,
+    width: int, height: int, steps: int, guidance: Guidance, seed: int | None, count: int, shift: float | None,
+    scale: float, on_step: StepCallback | None, should_stop: StopCheck | None, t0: float,
+) -> GenerationOutput:
+    """Shared tail: seeds, prompts, noise, sigmas, controlled Euler loop, decode. control (1, in_dim, h, w)."""
+    if seed is None:
+        seed = random.randrange(2**63)
+    seeds = [(seed + i) % (MAX_SEED + 1) for i in range(count)]
+    timings: dict[str, float] = {"control": time.perf_counter() - t0}
+    use_cfg = guidance.scale > 0
+    feats = pipe.encode_prompts([prompt] + ([negative_prompt] if use_cfg else []))
+    pos, neg = [feats[0]] * count, ([feats[1]] * count if use_cfg else None)
+    latents = pipe.initial_noise(seeds, height, width)
+    sigmas = get_sigmas(steps, pipe.shift if shift is None else shift)
+    t1 = time.perf_counter()
+    latents = denoise_controlled(pipe, controlnet, latents, sigmas, pos, neg, guidance,
+                                 control.repeat(count, 1, 1, 1), scale, on_step, should_stop)
+    timings["denoise"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    images = pipe.decode(latents)
+    timings["decode"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+    return GenerationOutput(images=images, seeds=seeds, timings=timings, latents=latents)
+
+
+@torch.inference_mode()
+def control_generate(
+    pipe: ZImagePipeline, controlnet: ZImageControlNet, control_image: Image, prompt: str,
+    negative_prompt: str = "", width: int | None = None, height: int | None = None, steps: int = 8,
+    guidance: float = 0.0, seed: int | None = None, cfg_truncation: float = 1.0, cfg_normalization: float = 0.0,
+    count: int = 1, shift: float | None = None, controlnet_conditioning_scale: float = DEFAULT_CONTROL_SCALE,
+    hint: str | None = None, detect: bool = False,
+    on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
+) -> GenerationOutput:
+    """Text-to-image guided by ``control_image`` (a ready-made hint map, or a photo with ``detect`` for canny).
+
+    Size defaults to the control image's, rounded down to a multiple of 16; the hint is resized to it.
+    ``hint`` (e.g. "canny", "depth") is checked against the loaded release when given.
+    """
+    width, height = _default_size(control_image, width, height)
+    check_args(prompt, width, height, steps, count, seed)
+    controlnet.check_base(pipe.transformer)
+    t0 = time.perf_counter()
+    image = (prepare_hint(control_image, hint, controlnet.cfg.release, width, height, detect) if hint is not None
+             else resize_hint(control_image, width, height))
+    latent = encode_image(pipe, image_to_tensor(image))  # (1, 16, h, w)
+    control = control_input(latent, controlnet.cfg.control_in_dim)
+    return _run(pipe, controlnet, control, prompt, negative_prompt, width, height, steps,
+                Guidance(guidance, cfg_truncation, cfg_normalization), seed, count, shift,
+                controlnet_conditioning_scale, on_step, should_stop, t0)
+
+
+@torch.inference_mode()
+def control_inpaint(
+    pipe: ZImagePipeline, controlnet: ZImageControlNet, image: Image, mask: Image, control_image: Image,
+    prompt: str, negative_prompt: str = "", width: int | None = None, height: int | None = None, steps: int = 8,
+    guidance: float = 0.0, seed: int | None = None, cfg_truncation: float = 1.0, cfg_normalization: float = 0.0,
+    count: int = 1, shift: float | None = None, controlnet_conditioning_scale: float = DEFAULT_CONTROL_SCALE,
+    hint: str | None = None, detect: bool = False,
+    on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
+) -> GenerationOutput:
+    """Repaint the white part of ``mask`` in ``image``, guided by ``control_image`` (2.x ControlNets only).
+
+    As diffusers' ``ZImageControlNetInpaintPipeline``: the mask and masked image only condition the
+    ControlNet; latents are not blended with the original between steps.
+    """
+    width, height = _default_size(image, width, height)
+    check_args(prompt, width, height, steps, count, seed)
+    controlnet.check_base(pipe.transformer)
+    in_dim, latent_ch = controlnet.cfg.control_in_dim, pipe.transformer.cfg.in_channels
+    if in_dim != 2 * latent_ch + 1:
+        raise ValueError(f"inpainting needs a 2.x ControlNet (control_in_dim {2 * latent_ch + 1}); "
+                         f"the loaded one ({controlnet.cfg.release}) takes {in_dim} channels")
+    t0 = time.perf_counter()
+    hint_image = (prepare_hint(control_image, hint, controlnet.cfg.release, width, height, detect) if hint is not None
+                  else resize_hint(control_image, width, height))
+    latent = encode_image(pipe, image_to_tensor(hint_image))  # (1, 16, h, w)
+    repaint = inpaint_mask(mask, width, height)  # (1, 1, H, W), 1 = repaint
+    masked = encode_image(pipe, image_to_tensor(resize_hint(image, width, height)) * (repaint < 0.5))
+    keep = F.interpolate(1 - repaint, size=masked.shape[-2:], mode="nearest")  # (1, 1, h, w), 1 = keep
+    control = control_input(latent, in_dim, keep, masked)
+    return _run(pipe, controlnet, control, prompt, negative_prompt, width, height, steps,
+                Guidance(guidance, cfg_truncation, cfg_normalization), seed, count, shift,
+                controlnet_conditioning_scale, on_step, should_stop, t0)
