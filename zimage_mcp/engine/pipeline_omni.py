@@ -1,0 +1,149 @@
+"""Instruction editing with reference images (Z-Image Omni / Edit): ``OmniPipeline.edit``.
+
+Per generation: prompt segments -> Qwen3 features; each reference -> VAE-mode latent and SigLIP2
+features; ``prepare_omni`` builds everything step-independent once. Per step one omni forward (two
+samples, positive and negative, while CFG is on), then the same Euler step as text-to-image.
+Defaults are those of diffusers' ``ZImageOmniPipeline``: 50 steps, guidance 5.0, no CFG truncation or
+normalization; the target size defaults to the (cropped) size of the last reference image.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import torch
+from PIL.Image import Image
+from torch import Tensor
+
+from zimage_mcp.engine.errors import GenerationCancelled
+from zimage_mcp.engine.omni_prompt import encode_segments, omni_segments
+from zimage_mcp.engine.pipeline import (
+    SIZE_MAX, GenerationOutput, Guidance, StepCallback, StopCheck, ZImagePipeline, _lap, check_args,
+)
+from zimage_mcp.engine.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, model_time
+from zimage_mcp.engine.siglip import SiglipEncoder, check_reference, encode_reference, fit_reference
+from zimage_mcp.engine.transformer_omni import OmniConditioning, ZImageOmniTransformer
+from zimage_mcp.engine.vae import AutoencoderKL
+
+OMNI_STEPS, OMNI_GUIDANCE = 50, 5.0
+MAX_IMAGES = 4
+
+
+class OmniPipeline(ZImagePipeline):
+    """Text-to-image (inherited ``generate``) plus ``edit`` with 1..max_images reference images."""
+
+    transformer: ZImageOmniTransformer
+
+    def __init__(self, transformer: ZImageOmniTransformer, vae: AutoencoderKL, text_encoder, siglip: SiglipEncoder,
+                 shift: float) -> None:
+        super().__init__(transformer, vae, text_encoder, shift)
+        self.siglip = siglip
+
+    # -- stages -----------------------------------------------------------------------------------
+    def references(self, images: list[Image], width: int | None, height: int | None,
+                   max_images: int) -> tuple[list[Tensor], list[Tensor], tuple[int, int]]:
+        """Check and encode the references -> (latents (16, h, w), SigLIP features (h', w', S), last crop (W, H))."""
+        _check_count(images, max_images)
+        fitted = [fit_reference(check_reference(img, i), width, height) for i, img in enumerate(images)]
+        latents = [encode_reference(self.vae, crop).to(self.device) for _, crop in fitted]
+        feats = [self.siglip.features(resized).to(self.device) for resized, _ in fitted]
+        return latents, feats, fitted[-1][1].size
+
+    def denoise_omni(
+        self,
+        latents: Tensor,
+        sigmas: list[float],
+        cond_pos: OmniConditioning,
+        make_both: Callable[[], OmniConditioning],
+        guidance: Guidance,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> Tensor:
+        """Euler loop over ``sigmas``; ``make_both()`` builds the [positive, negative] conditioning on first use."""
+        model, b = self.transformer, latents.shape[0]
+        cond_both: OmniConditioning | None = None
+        n = len(sigmas) - 1
+        for i in range(n):
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled(f"cancelled before step {i + 1} of {n}")
+            t = model_time(sigmas[i])
+            g = guidance_at(guidance.scale, t, guidance.truncation) if guidance.scale > 0 else 0.0
+            x_in = latents.to(self.dtype)
+            if g > 0:
+                cond_both = cond_both or make_both()
+                t_vec = torch.full((2 * b,), t, device=self.device)
+                out = model.forward_omni(torch.cat([x_in, x_in]), t_vec, cond_both)
+                pred = cfg_combine(out[:b], out[b:], g, guidance.normalization)
+            else:
+                pred = model.forward_omni(x_in, torch.full((b,), t, device=self.device), cond_pos)
+            latents = euler_step(latents, pred, sigmas[i], sigmas[i + 1])
+            if on_step is not None:
+                on_step(i + 1, n)
+        return latents
+
+    # -- editing ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def edit(
+        self,
+        prompt: str,
+        images: list[Image],
+        negative_prompt: str = "",
+        width: int | None = None,
+        height: int | None = None,
+        steps: int = OMNI_STEPS,
+        guidance: float = OMNI_GUIDANCE,
+        seed: int | None = None,
+        cfg_truncation: float = 1.0,
+        cfg_normalization: float = 0.0,
+        shift: float | None = None,
+        max_images: int = MAX_IMAGES,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> GenerationOutput:
+        """Edit/compose from ``images`` (PIL, 1..max_images) following ``prompt``; one output image.
+
+        ValueError names the argument: prompt/negative_prompt (marker count), images, width, height, steps, seed.
+        """
+        check_args(prompt, width or 1024, height or 1024, steps, 1, seed)
+        _check_count(images, max_images)
+        pos_segs = omni_segments(prompt, len(images), "prompt")
+        use_cfg = guidance > 0
+        neg_segs = omni_segments(negative_prompt, len(images), "negative_prompt") if use_cfg else []
+        if seed is None:
+            seed = random.randrange(2**63)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        latents_ref, feats, (w_ref, h_ref) = self.references(images, width, height, max_images)
+        width, height = width or w_ref, height or h_ref
+        for name, v in (("width", width), ("height", height)):
+            if v > SIZE_MAX:
+                raise ValueError(f"{name}: the last reference image gives {v}; pass {name} in 256..{SIZE_MAX}")
+        caps = encode_segments(self.text_encoder, pos_segs + neg_segs)
+        pos, neg = caps[: len(pos_segs)], caps[len(pos_segs):]
+        timings["encode"] = _lap(t0, self.device)
+
+        latents = self.initial_noise([seed], height, width)
+        hw = (latents.shape[-2], latents.shape[-1])
+        model = self.transformer
+        t1 = time.perf_counter()
+        cond_pos = model.prepare_omni([pos], latents_ref, feats, hw)
+        latents = self.denoise_omni(
+            latents, get_sigmas(steps, self.shift if shift is None else shift), cond_pos,
+            lambda: model.prepare_omni([pos, neg], latents_ref, feats, hw),
+            Guidance(guidance, cfg_truncation, cfg_normalization), on_step, should_stop,
+        )
+        timings["denoise"] = _lap(t1, self.device)
+        t2 = time.perf_counter()
+        images_out = self.decode(latents)
+        timings["decode"] = _lap(t2, self.device)
+        timings["total"] = time.perf_counter() - t0
+        return GenerationOutput(images=images_out, seeds=[seed], timings=timings, latents=latents)
+
+
+def _check_count(images: object, max_images: int) -> None:
+    if not isinstance(images, (list, tuple)) or not images:
+        raise ValueError("images: give at least one reference image (a list of PIL images)")
+    if len(images) > max_images:
+        raise ValueError(f"images: at most {max_images} reference images are allowed, got {len(images)}")
