@@ -1,0 +1,65 @@
+"""The console script: list, plugins, pull (offline), lora inspect, make-tiny, generate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.server_fixtures import input_dir, registry_file, settings, tiny_model_dir  # noqa: F401
+from zimage_mcp.cli import main
+from zimage_mcp.settings import Settings
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Settings:
+    for key, value in {
+        "ZIMAGE_MCP_REGISTRY": str(settings.registry_file),
+        "ZIMAGE_MCP_OUTPUT_DIR": str(settings.output_dir),
+        "ZIMAGE_MCP_LORA_DIR": str(settings.lora_dir),
+        "ZIMAGE_MCP_DEVICE": "cpu",
+        "ZIMAGE_MCP_DTYPE": "float32",
+    }.items():
+        monkeypatch.setenv(key, value)
+    return settings
+
+
+def test_list_and_plugins(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "* z-image-turbo" in out and "installed" in out and "missing" in out
+    assert main(["plugins"]) == 0
+    names = {row["name"] for row in json.loads(capsys.readouterr().out)}
+    assert "zimage_turbo" in names
+
+
+def test_pull_offline_is_a_clear_message(
+    env: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(env.output_dir / "hf"))
+    assert main(["pull", "turbo"]) == 1
+    err = capsys.readouterr().err
+    assert "could not download Tongyi-MAI/Z-Image-Turbo" in err and "network" in err
+
+
+def test_lora_inspect_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lora", "inspect", str(tmp_path / "nope.safetensors")]) in (1, 2)
+    assert capsys.readouterr().err.strip()
+
+
+def test_generate_direct(env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "direct.png"
+    code = main(["generate", "--prompt", "a cup", "--width", "256", "--height", "256", "--steps", "2",
+                 "--seed", "3", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    info = json.loads(captured.out)
+    assert info["seed"] == 3 and Path(info["path"]) == out.resolve() and out.read_bytes().startswith(b"\x89PNG")
+    assert "[" in captured.err and "done" in captured.err  # the progress bar went to stderr
+
+
+def test_generate_bad_size(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--prompt", "x", "--width", "65"]) == 1
+    assert "width" in capsys.readouterr().err

@@ -1,0 +1,60 @@
+"""The output store: atomic writes, sidecars, PNG text chunks, an index that survives and rebuilds."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from zimage_mcp.store import ImageStore
+
+
+def _png(color: tuple[int, int, int] = (10, 20, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 16), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_save_writes_image_sidecar_and_png_chunks(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    stored = store.save(_png(), "png", {"prompt": "a cat", "seed": 7, "created": "1"})
+    assert len(stored.id) == 12 and stored.path.is_file()
+    assert stored.uri == f"zimage://images/{stored.id}"
+    sidecar = json.loads((stored.path.parent / f"{stored.id}.json").read_text())
+    assert sidecar["prompt"] == "a cat" and sidecar["seed"] == 7 and sidecar["mime_type"] == "image/png"
+    with Image.open(stored.path) as img:
+        assert json.loads(img.text["parameters"])["seed"] == 7
+    assert not [p for p in stored.path.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_formats_and_mime(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    webp = store.save(_png(), "webp", {"created": "1"})
+    jpeg = store.save(_png(), "jpeg", {"created": "2"})
+    assert webp.path.suffix == ".webp" and store.get(webp.id).mime_type == "image/webp"
+    assert jpeg.path.suffix == ".jpg" and store.read_bytes(jpeg.id)[1] == "image/jpeg"
+
+
+def test_index_survives_restart_and_rebuilds_when_corrupt(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    first = store.save(_png(), "png", {"created": "2026-01-01T00:00:00"})
+    second = store.save(_png(), "png", {"created": "2026-01-02T00:00:00"})
+    assert [i.id for i in ImageStore(tmp_path).recent()] == [second.id, first.id]
+    (tmp_path / "index.json").write_text("{not json")
+    (tmp_path / "images" / ".tmp-abc123").write_bytes(b"partial")  # a crashed write never counts
+    (tmp_path / "images" / ".tmp-zzz.json").write_text("{}")
+    assert [i.id for i in ImageStore(tmp_path).recent()] == [second.id, first.id]
+    (tmp_path / "index.json").unlink()
+    assert [i.id for i in ImageStore(tmp_path).recent()] == [second.id, first.id]
+
+
+def test_lookups_never_leave_the_store(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    (tmp_path / "secret.json").write_text("{}")
+    (tmp_path / "secret.png").write_bytes(_png())
+    for bad in ("../secret", "../../etc/passwd", "/etc/passwd", "secret", "ABCDEF123456", "", "a" * 12):
+        assert store.get(bad) is None
+        assert store.read_bytes(bad) is None
+    assert store.id_for_path(tmp_path / "secret.png") is None

@@ -1,0 +1,366 @@
+"""Jobs on one GPU: a FIFO lock held inside the worker thread, progress, cancellation, time-outs.
+
+Every generation is a :class:`Job`. Its ``work(progress, should_stop)`` function runs on a worker
+thread; the thread first queues on :class:`FifoLock` (telling its queue position through progress
+messages) and holds the lock until ``work`` actually returns, so a cancelled call frees the GPU only
+once the engine has stopped. ``should_stop`` turns true when the caller cancels, when
+``cancel_job`` is called, or when ``job_timeout_seconds`` has passed.
+
+Progress is reported on one monotonic scale per job: ``total = steps + 4`` units (loading,
+encoding, every denoising step, decoding, saving).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from zimage_mcp.errors import (
+    BackendLoadError,
+    GenerationCancelled,
+    InvalidRequestError,
+    NotInstalledError,
+    OutOfMemoryError,
+    UnsupportedEditError,
+)
+from zimage_mcp.tool_models import ImageInfo, ImageResult
+
+if TYPE_CHECKING:
+    from zimage_mcp.metrics import Metrics
+    from zimage_mcp.registry import Registry
+    from zimage_mcp.requests import Prepared
+    from zimage_mcp.store import ImageStore, StoredImage
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+Reporter = Callable[[float, float, str], None]
+AsyncReporter = Callable[[float, float | None, str | None], Awaitable[None]]
+Work = Callable[[Callable[[str, int, int, str], None], Callable[[], bool]], Any]
+PHASE_BASE = {"queued": 0.0, "loading": 0.0, "encoding": 1.0, "denoising": 2.0}
+
+
+class QueueFullError(Exception):
+    """More jobs are waiting than ``max_queue`` allows."""
+
+
+class FifoLock:
+    """A lock granted strictly in arrival order; waiters can give up when asked to stop."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+        self._held = False
+
+    def reserve(self) -> object:
+        """Take a place in line now (at submission), to be redeemed by ``acquire(..., ticket=)`` or ``cancel``."""
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+        return ticket
+
+    def cancel(self, ticket: object) -> None:
+        """Give up a reserved place that will never be redeemed."""
+        with self._cond:
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+
+    def acquire(
+        self, on_position: Callable[[int], None], should_stop: Callable[[], bool], ticket: object | None = None
+    ) -> bool:
+        last = -1
+        if ticket is None:
+            ticket = self.reserve()
+        while True:
+            with self._cond:
+                if not self._held and self._queue[0] is ticket:
+                    self._queue.popleft()
+                    self._held = True
+                    return True
+                if should_stop():
+                    self._queue.remove(ticket)
+                    self._cond.notify_all()
+                    return False
+                position = self._queue.index(ticket) + (1 if self._held else 0)
+            if position != last:
+                on_position(position)
+                last = position
+            with self._cond:
+                self._cond.wait(0.05)
+
+    def try_acquire(self) -> bool:
+        """Take the lock only if it is free and nobody waits (for housekeeping such as idle unload)."""
+        with self._cond:
+            if self._held or self._queue:
+                return False
+            self._held = True
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+
+@dataclass
+class Job:
+    """One request's lifecycle; read by ``get_job``."""
+
+    id: str
+    model: str
+    total: float
+    timeout: float
+    state: JobState = "queued"
+    progress: float = 0.0
+    message: str = "queued"
+    result: Any = None
+    context: Any = None  # what the caller needs to present the result (set by the server)
+    error: BaseException | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished_at: float | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    timed_out: bool = False
+    ticket: int = 0  # arrival order at the GPU queue (FIFO: lower tickets start first)
+    enqueued: float = field(default_factory=time.monotonic)
+    failure_recorded: bool = False
+    slot: object = None  # the place in the FIFO lock's line, reserved at submission
+    executing: bool = False
+    abandoned: bool = False
+
+    def queue_info(self) -> dict[str, Any]:
+        """Queue order and timing for results: ticket, wall-clock submit/start times, seconds waited."""
+        wait = None if self.started is None else max(0.0, self.started - self.enqueued)
+        started_at = None if self.started is None else self.created + (self.started - self.enqueued)
+        return {"queue_ticket": self.ticket, "submitted_at": self.created, "started_at": started_at,
+                "queue_wait_seconds": wait}
+
+    def should_stop(self) -> bool:
+        if self.started is not None and time.monotonic() - self.started > self.timeout:
+            self.timed_out = True
+            self.stop.set()
+        return self.stop.is_set()
+
+
+class JobManager:
+    """Owns the GPU lock and the table of jobs (kept for ``get_job`` until ``keep`` newer ones exist)."""
+
+    def __init__(self, max_queue: int, timeout_seconds: float, keep: int = 200) -> None:
+        self.lock = FifoLock()
+        self.max_queue = max_queue
+        self.timeout_seconds = timeout_seconds
+        self._keep = keep
+        self._jobs: dict[str, Job] = {}
+        self._active = 0
+        self._guard = threading.Lock()
+        self._tickets = itertools.count(1)
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs submitted and not finished (running or waiting)."""
+        return self._active
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def create(self, model: str, steps: int) -> Job:
+        with self._guard:
+            if self._active >= self.max_queue:
+                raise QueueFullError(f"the GPU queue is full ({self._active} jobs waiting or running)")
+            self._active += 1
+            job = Job(secrets.token_hex(6), model, float(steps + 4), self.timeout_seconds, ticket=next(self._tickets))
+            job.slot = self.lock.reserve()  # FIFO in submission order, not in thread start order
+            self._jobs[job.id] = job
+            for old in list(self._jobs)[: max(0, len(self._jobs) - self._keep)]:
+                if self._jobs[old].finished.is_set():
+                    del self._jobs[old]
+        return job
+
+    def execute(self, job: Job, work: Work, report: Reporter) -> Any:
+        """Run ``work`` for ``job`` on the current (worker) thread; always finishes the job."""
+        steps = job.total - 4
+
+        reported = False
+
+        def emit(value: float, message: str, final: bool = False) -> None:
+            # Strictly increasing values (the spec's MUST), capped below the total until the end.
+            nonlocal reported
+            if reported:
+                value = max(value, job.progress + 1e-3)
+            value = min(value, job.total if final else job.total - 0.01)
+            if reported and value <= job.progress:
+                return
+            job.progress, job.message, reported = value, message, True
+            report(value, job.total, message)
+
+        def on_phase(phase: str, done: int, total: int, message: str) -> None:
+            if phase == "denoising":
+                value = 2.0 + steps * (done / total if total else 0.0)
+            elif phase == "decoding":
+                value = 2.0 + steps + 1.0 * (done / total if total else 1.0)
+            elif phase == "saving":
+                value = 3.0 + steps + (done / total if total else 1.0)
+            else:
+                value = PHASE_BASE.get(phase, 0.0) + (done / total if total else 0.0)
+            emit(value, message or phase)
+
+        def on_position(position: int) -> None:
+            emit(0.0, f"waiting for the GPU: position {position} in queue")
+
+        with self._guard:
+            if job.abandoned:
+                raise GenerationCancelled("cancelled before it started")
+            job.executing = True
+        try:
+            if not self.lock.acquire(on_position, job.stop.is_set, ticket=job.slot):
+                raise GenerationCancelled("cancelled while waiting in the queue")
+            try:
+                job.state, job.started = "running", time.monotonic()
+                job.result = work(on_phase, job.should_stop)
+                if job.stop.is_set():
+                    raise GenerationCancelled("cancelled")
+                job.state = "done"
+                emit(job.total, "done", final=True)
+                return job.result
+            finally:
+                self.lock.release()
+        except BaseException as exc:
+            job.error = exc
+            job.state = "cancelled" if isinstance(exc, GenerationCancelled) or job.stop.is_set() else "failed"
+            raise
+        finally:
+            job.finished_at = time.time()
+            with self._guard:
+                self._active -= 1
+            job.finished.set()
+
+    async def run_inline(self, job: Job, work: Work, report: AsyncReporter) -> Any:
+        """Run a job on a worker thread and wait; cancelling the caller stops the engine."""
+
+        def report_from_thread(value: float, total: float, message: str) -> None:
+            try:
+                anyio.from_thread.run(report, value, total, message)
+            except Exception:  # the caller may be gone (cancelled); progress is best effort
+                pass
+
+        try:
+            return await anyio.to_thread.run_sync(
+                self.execute, job, work, report_from_thread, abandon_on_cancel=True
+            )
+        except anyio.get_cancelled_exc_class():
+            job.stop.set()
+            self.abandon(job)
+            raise
+
+    def abandon(self, job: Job) -> None:
+        """Finish a job whose worker never started (cancelled before the thread ran): free its place."""
+        with self._guard:
+            if job.executing or job.abandoned:
+                return
+            job.abandoned = True
+            self._active -= 1
+        self.lock.cancel(job.slot)
+        job.state, job.error, job.finished_at = "cancelled", GenerationCancelled("cancelled before it started"), time.time()
+        job.finished.set()
+
+    def start_background(self, job: Job, work: Work) -> None:
+        """Run a job on its own thread for ``wait=false`` calls; results are read through ``get``."""
+
+        def run() -> None:
+            try:
+                self.execute(job, work, lambda *_: None)
+            except BaseException:
+                pass  # recorded on the job
+
+        threading.Thread(target=run, name=f"zimage-job-{job.id}", daemon=True).start()
+
+    def cancel(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is not None and not job.finished.is_set():
+            job.stop.set()
+        return job
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished generation: the structured result, the saved images (with bytes) and a summary line."""
+
+    result: ImageResult
+    images: list[tuple[StoredImage, bytes]]
+    summary: str
+
+
+def make_work(registry: Registry, store: ImageStore, metrics: Metrics, prepared: Prepared, fmt: str) -> Work:
+    """The worker-thread function of one job: load (lazily), generate, then save each image atomically."""
+
+    def work(progress: Callable[[str, int, int, str], None], should_stop: Callable[[], bool]) -> Outcome:
+        started = time.perf_counter()
+        backend_id = prepared.backend_id
+        loaded = registry.is_loaded(backend_id)
+        progress("loading", 0, 1, "weights ready" if loaded else f"loading weights for {backend_id}")
+        backend = registry.backend(backend_id)
+        load_s = time.perf_counter() - started
+        progress("loading", 1, 1, "weights ready")
+        result = backend.generate(prepared.request, progress, should_stop)
+        if should_stop():
+            raise GenerationCancelled("cancelled before saving")
+        created = datetime.now(timezone.utc).isoformat()
+        saved: list[tuple[StoredImage, bytes]] = []
+        for i, (png, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
+            progress("saving", i, len(result.images), f"saving image {i + 1}/{len(result.images)}")
+            meta = {**prepared.params, "seed": seed, "width": result.width, "height": result.height,
+                    "timings": result.timings, "created": created, "notes": result.notes}
+            stored = store.save(png, fmt, meta)
+            saved.append((stored, stored.path.read_bytes()))
+        elapsed = time.perf_counter() - started
+        metrics.observe_latency(prepared.variant_id, elapsed)
+        timings = {"load": round(load_s, 3), **result.timings, "total": round(elapsed, 3)}
+        infos = [ImageInfo(id=s.id, uri=s.uri, path=str(s.path), mime_type=s.mime_type, width=result.width,
+                           height=result.height, seed=seed, size_bytes=s.size_bytes)
+                 for (s, _), seed in zip(saved, result.seeds, strict=False)]
+        params = {**prepared.params, "width": result.width, "height": result.height}
+        image_result = ImageResult(status="done", job_id="", images=infos, seeds=list(result.seeds),
+                                   timings=timings, elapsed_seconds=round(elapsed, 3), notes=list(result.notes),
+                                   output_format=fmt, **params)
+        paths = ", ".join(f"{s.path} (id {s.id}, seed {info.seed})" for (s, _), info in zip(saved, infos))
+        summary = (f"Saved {len(saved)} image(s) in {elapsed:.1f} s with {prepared.variant_id}, "
+                   f"{result.width}x{result.height}, {prepared.request.steps} steps: {paths}")
+        return Outcome(image_result, saved, summary)
+
+    return work
+
+
+def describe_failure(exc: BaseException, timed_out: bool, timeout: float) -> str:
+    """A short message the calling model can act on."""
+    if timed_out:
+        return f"generation timed out after {timeout:g} s (server limit); use fewer steps, a smaller size or wait=false"
+    if isinstance(exc, OutOfMemoryError):
+        detail = str(exc).removeprefix("out of GPU memory").lstrip(" :")
+        return (f"out of GPU memory{': ' + detail if detail else ''}. "
+                "Lower width/height, count or steps, or drop LoRAs, then retry")
+    if isinstance(exc, UnsupportedEditError):
+        return f"this edit path is not available in the engine yet: {exc}"
+    if isinstance(exc, (NotInstalledError, BackendLoadError, InvalidRequestError, GenerationCancelled)):
+        return str(exc)
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"generation failed ({type(exc).__name__})" + (f": {first_line}" if first_line else "")

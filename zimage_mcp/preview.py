@@ -1,0 +1,97 @@
+"""Downscaled previews that keep a whole tool result under the host's size cap.
+
+Also composes the content blocks of an image result. A preview is WebP (JPEG when WebP is unavailable). Base64 inflates bytes by 4/3, so the byte budget
+handed in is for *encoded* data and this module divides it accordingly. ``thumbnail`` starts at 512 px
+on the long side; ``full`` starts at full resolution. Either way quality and then size are lowered
+until the preview fits, so ``full`` never breaks the budget either.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mcp.types import Annotations, ContentBlock, ImageContent, ResourceLink, TextContent
+from PIL import Image, features
+
+from zimage_mcp.store import StoredImage
+
+PreviewMode = Literal["none", "thumbnail", "full"]
+THUMBNAIL_SIDE = 512
+QUALITIES = (85, 70, 55, 40)
+MIN_SIDE = 64
+RESULT_SLACK = 4096  # JSON-RPC envelope, _meta, field names
+
+
+@dataclass(frozen=True)
+class Preview:
+    data_b64: str
+    mime_type: str
+    width: int
+    height: int
+
+
+def _encode(img: Image.Image, quality: int) -> tuple[bytes, str]:
+    buf = io.BytesIO()
+    if features.check("webp"):
+        img.save(buf, "WEBP", quality=quality, method=4)
+        return buf.getvalue(), "image/webp"
+    img.convert("RGB").save(buf, "JPEG", quality=quality, optimize=True)
+    return buf.getvalue(), "image/jpeg"
+
+
+def make_preview(image_bytes: bytes, mode: PreviewMode, max_b64_chars: int) -> Preview | None:
+    """A preview whose base64 text is at most ``max_b64_chars`` long, or None if mode is "none"."""
+    if mode == "none" or max_b64_chars <= 0:
+        return None
+    max_bytes = max_b64_chars * 3 // 4
+    with Image.open(io.BytesIO(image_bytes)) as src:
+        img = src.convert("RGBA" if src.mode in ("RGBA", "LA", "P") else "RGB")
+    side = max(img.size) if mode == "full" else min(THUMBNAIL_SIDE, max(img.size))
+    while True:
+        scaled = img.copy()
+        scaled.thumbnail((side, side), Image.Resampling.LANCZOS)
+        for quality in QUALITIES:
+            data, mime = _encode(scaled, quality)
+            if len(data) <= max_bytes:
+                return Preview(base64.b64encode(data).decode("ascii"), mime, scaled.width, scaled.height)
+        if side <= MIN_SIDE:
+            return None  # the budget is too small for any useful preview; the link and path still work
+        side = max(MIN_SIDE, int(side * 0.7))
+
+
+def build_content(
+    summary: str, structured: dict[str, Any], images: list[tuple[StoredImage, bytes]], mode: PreviewMode, budget: int
+) -> list[ContentBlock]:
+    """Text line, JSON facts, one preview and one resource link per image, all within ``budget`` bytes.
+
+    The structured content travels beside these blocks, so its JSON size is charged to the budget too.
+    """
+    facts = json.dumps(structured, separators=(",", ":"))
+    blocks: list[ContentBlock] = [
+        TextContent(type="text", text=summary),
+        TextContent(type="text", text=facts),
+    ]
+    links = [
+        ResourceLink(
+            type="resource_link",
+            uri=stored.uri,
+            name=stored.path.name,
+            title=f"zimage image {stored.id}",
+            mime_type=stored.mime_type,
+            size=stored.size_bytes,
+            annotations=Annotations(audience=["user", "assistant"]),
+        )
+        for stored, _ in images
+    ]
+    overhead = 2 * len(facts) + len(summary) + sum(len(link.model_dump_json()) for link in links) + RESULT_SLACK
+    per_image = (budget - overhead) // max(1, len(images))
+    for (_, data), link in zip(images, links, strict=True):
+        preview = make_preview(data, mode, per_image - 64)
+        if preview is not None:
+            blocks.append(ImageContent(type="image", data=preview.data_b64, mime_type=preview.mime_type))
+        blocks.append(link)
+    return blocks

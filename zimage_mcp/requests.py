@@ -1,0 +1,311 @@
+"""Turn tool arguments into a validated ``GenerationRequest`` for one variant.
+
+Every check happens here, before any GPU work, and raises ``InvalidRequestError(field, message)``
+naming the field and the allowed values. The server turns those into ``ToolError``s.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from zimage_mcp.errors import InvalidRequestError, UnknownLoraError, UnknownVariantError
+from zimage_mcp.inputs import load_input, load_mask
+from zimage_mcp.types import ControlHint, EditMode, GenerationRequest, Limits, LoraRef, VariantSpec
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from PIL.Image import Image
+
+    from zimage_mcp.registry import Registry
+    from zimage_mcp.store import ImageStore
+    from zimage_mcp.tool_models import ControlInput, LoraChoice
+
+MAX_LORAS = 4
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 4000
+KEPT_CONTROLS = frozenset("\n\t")
+
+
+def clean_prompt(text: str) -> str:
+    """Remove control characters (except newline and tab) and lone surrogates; keep every script.
+
+    CJK, emoji and other printable text pass through unchanged. The length limit
+    (``MAX_PROMPT_CHARS``) is enforced by the tool schema and again in ``build_request``.
+    """
+    return "".join(c for c in text if c in KEPT_CONTROLS or unicodedata.category(c) not in ("Cc", "Cs"))
+
+
+@dataclass(frozen=True)
+class EditInputs:
+    """Decoded edit inputs; ``mode`` already routed."""
+
+    mode: EditMode
+    image: Image | None = None
+    mask: Image | None = None
+    strength: float | None = None
+    control: ControlHint | None = None
+    reference_images: tuple[Image, ...] = ()
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def route_edit_mode(
+    spec: VariantSpec, *, has_reference: bool, has_control: bool, has_mask: bool
+) -> EditMode:
+    """Pick the edit mode and check the variant supports it."""
+    mode: EditMode
+    if has_reference or spec.kind == "edit":
+        mode = "reference"
+    elif has_control:
+        mode = "control"
+    elif has_mask:
+        mode = "inpaint"
+    else:
+        mode = "img2img"
+    modes = spec.capabilities.edit_modes()
+    if mode not in modes:
+        can = ", ".join(modes) if modes else "no edits at all (text-to-image only)"
+        raise InvalidRequestError("model", f"variant '{spec.id}' cannot do a {mode} edit; it supports: {can}")
+    return mode
+
+
+def snap_size(value: int, limits: Limits) -> int:
+    step = limits.size_multiple
+    return max(limits.min_side, min(limits.max_side, (value // step) * step))
+
+
+def default_edit_size(image: Image, limits: Limits) -> tuple[int, int]:
+    """The input image's size, scaled into the limits and snapped to the size multiple."""
+    w, h = image.size
+    scale = min(1.0, limits.max_side / max(w, h))
+    scale = max(scale, limits.min_side / min(w, h)) if min(w, h) * scale < limits.min_side else scale
+    return snap_size(round(w * scale), limits), snap_size(round(h * scale), limits)
+
+
+def check_size(name: str, value: int, limits: Limits) -> None:
+    allowed = f"multiples of {limits.size_multiple} from {limits.min_side} to {limits.max_side}"
+    if value % limits.size_multiple or not limits.min_side <= value <= limits.max_side:
+        raise InvalidRequestError(name, f"{value} is not allowed for this variant; use {allowed}")
+
+
+def resolve_loras(
+    registry: Registry, variant_id: str, choices: Sequence[LoraChoice], base_lora: LoraRef | None
+) -> tuple[LoraRef, ...]:
+    if len(choices) > MAX_LORAS:
+        raise InvalidRequestError("loras", f"at most {MAX_LORAS} LoRAs per request")
+    refs: list[LoraRef] = [base_lora] if base_lora else []
+    for choice in choices:
+        try:
+            spec = registry.resolve_lora(choice.name)
+        except UnknownLoraError as exc:
+            raise InvalidRequestError("loras", str(exc)) from None
+        if any(ref.name == spec.name for ref in refs):
+            raise InvalidRequestError("loras", f"LoRA '{spec.name}' is given twice")
+        refs.append(LoraRef(spec.name, spec.file, choice.scale))
+    return tuple(refs)
+
+
+def build_request(
+    spec: VariantSpec,
+    *,
+    prompt: str,
+    negative_prompt: str | None,
+    width: int | None,
+    height: int | None,
+    steps: int | None,
+    guidance: float | None,
+    seed: int | None,
+    count: int,
+    loras: tuple[LoraRef, ...],
+    edit: EditInputs | None = None,
+) -> GenerationRequest:
+    """Fill defaults from the variant and check every bound; raises ``InvalidRequestError``."""
+    limits, defaults = spec.limits, spec.defaults
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequestError("prompt", f"{len(prompt)} characters; use 1-{MAX_PROMPT_CHARS} (not truncated)")
+    prompt = clean_prompt(prompt)
+    if not prompt.strip():
+        raise InvalidRequestError("prompt", "must not be empty (1-4000 characters after removing control characters)")
+    if negative_prompt is not None:
+        if len(negative_prompt) > MAX_PROMPT_CHARS:
+            raise InvalidRequestError("negative_prompt", f"{len(negative_prompt)} characters; use 0-{MAX_PROMPT_CHARS}")
+        negative_prompt = clean_prompt(negative_prompt)
+    if edit is None and not spec.capabilities.generate:
+        modes = ", ".join(spec.capabilities.edit_modes())
+        raise InvalidRequestError("model", f"variant '{spec.id}' only edits images ({modes}); use edit_image")
+    if edit is not None and edit.image is not None and width is None and height is None:
+        width, height = default_edit_size(edit.image, limits)
+    width = defaults.width if width is None else width
+    height = defaults.height if height is None else height
+    check_size("width", width, limits)
+    check_size("height", height, limits)
+    steps = defaults.steps if steps is None else steps
+    if not limits.min_steps <= steps <= limits.max_steps:
+        raise InvalidRequestError("steps", f"{steps} is out of range; use {limits.min_steps}-{limits.max_steps}")
+    guidance = defaults.guidance if guidance is None else guidance
+    if not (math.isfinite(guidance) and limits.min_guidance <= guidance <= limits.max_guidance):
+        raise InvalidRequestError(
+            "guidance", f"{guidance} is out of range; use {limits.min_guidance}-{limits.max_guidance}"
+        )
+    max_count = min(4, limits.max_count)
+    if not 1 <= count <= max_count:
+        raise InvalidRequestError("count", f"{count} is out of range; use 1-{max_count}")
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED)
+    elif not 0 <= seed <= MAX_SEED:
+        raise InvalidRequestError("seed", f"use 0-{MAX_SEED}")
+    request = GenerationRequest(
+        prompt=prompt,
+        negative_prompt=defaults.negative_prompt if negative_prompt is None else negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        count=count,
+        shift=defaults.shift,
+        cfg_truncation=defaults.cfg_truncation,
+        cfg_normalization=defaults.cfg_normalization,
+        loras=loras,
+    )
+    if edit is None:
+        return request
+    return _with_edit(request, spec, edit)
+
+
+def _with_edit(request: GenerationRequest, spec: VariantSpec, edit: EditInputs) -> GenerationRequest:
+    strength = spec.defaults.strength if edit.strength is None else edit.strength
+    if not (math.isfinite(strength) and 0.0 < strength <= 1.0):
+        raise InvalidRequestError("strength", f"{strength} is out of range; use a value in (0, 1]")
+    max_refs = spec.limits.max_reference_images
+    if len(edit.reference_images) > max(max_refs, 0) and edit.mode == "reference":
+        raise InvalidRequestError("reference_images", f"variant '{spec.id}' accepts at most {max_refs}")
+    return replace(
+        request,
+        mode=edit.mode,
+        image=edit.image,
+        mask=edit.mask,
+        strength=strength,
+        control=edit.control,
+        reference_images=edit.reference_images,
+    )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request, where it runs, and the parameters recorded with the result."""
+
+    variant_id: str
+    backend_id: str
+    request: GenerationRequest
+    params: dict[str, Any]
+
+
+def _entry_and_loras(
+    registry: Registry, model: str | None, choices: Sequence[LoraChoice]
+) -> tuple[Any, str, tuple[LoraRef, ...]]:
+    try:
+        entry = registry.resolve(model)
+    except UnknownVariantError as exc:
+        raise InvalidRequestError("model", str(exc)) from None
+    target = registry.lora_variant_target(entry.spec.id)
+    backend_id, base_lora = entry.spec.id, None
+    if target is not None:
+        backend_id, lora_spec = target
+        base_lora = LoraRef(lora_spec.name, lora_spec.file, lora_spec.scale)
+    return entry, backend_id, resolve_loras(registry, entry.spec.id, choices, base_lora)
+
+
+def _params(prepared_request: GenerationRequest, variant_id: str, choices: Sequence[LoraChoice]) -> dict[str, Any]:
+    r = prepared_request
+    return {
+        "model": variant_id,
+        "prompt": r.prompt,
+        "negative_prompt": r.negative_prompt,
+        "width": r.width,
+        "height": r.height,
+        "steps": r.steps,
+        "guidance": r.guidance,
+        "seed": r.seed,
+        "count": r.count,
+        "loras": [{"name": c.name, "scale": c.scale} for c in choices],
+    }
+
+
+def prepare_generate(registry: Registry, *, model: str | None, loras: Sequence[LoraChoice], **args: Any) -> Prepared:
+    entry, backend_id, refs = _entry_and_loras(registry, model, loras)
+    request = build_request(entry.spec, loras=refs, **args)
+    return Prepared(entry.spec.id, backend_id, request, _params(request, entry.spec.id, loras))
+
+
+def pick_edit_variant(registry: Registry, model: str | None, wanted: EditMode) -> str | None:
+    """The variant an edit runs on when ``model`` is omitted: the default if it can, else the first that can."""
+    if model is not None:
+        return model
+    default = registry.resolve(None)
+    if wanted in default.spec.capabilities.edit_modes():
+        return default.spec.id
+    able = [e for e in registry.variants() if wanted in e.spec.capabilities.edit_modes()]
+    installed = [e for e in able if registry.install_status(e.spec.id).installed]
+    choice = (installed or able or [default])[0]
+    return choice.spec.id
+
+
+def prepare_edit(
+    registry: Registry,
+    store: ImageStore,
+    input_dirs: tuple[Path, ...],
+    *,
+    image: str,
+    model: str | None,
+    strength: float | None,
+    mask: str | None,
+    control: ControlInput | None,
+    reference_images: Sequence[str] | None,
+    loras: Sequence[LoraChoice],
+    **args: Any,
+) -> Prepared:
+    wanted: EditMode = "reference" if reference_images else "control" if control else "inpaint" if mask else "img2img"
+    entry, backend_id, refs = _entry_and_loras(registry, pick_edit_variant(registry, model, wanted), loras)
+    mode = route_edit_mode(
+        entry.spec, has_reference=bool(reference_images), has_control=control is not None, has_mask=mask is not None
+    )
+    source = load_input(image, "image", store, input_dirs)
+    hint = None
+    if control is not None:
+        hint_image = load_input(control.image, "control.image", store, input_dirs).image
+        hint = ControlHint(control.type, hint_image, control.scale)
+    references = tuple(
+        load_input(ref, f"reference_images[{i}]", store, input_dirs).image
+        for i, ref in enumerate(reference_images or ())
+    )
+    edit = EditInputs(
+        mode=mode,
+        image=source.image,
+        mask=load_mask(mask, store, input_dirs, source.image.size) if mask else None,
+        strength=strength,
+        control=hint,
+        reference_images=references,
+    )
+    request = build_request(entry.spec, loras=refs, edit=edit, **args)
+    params = _params(request, entry.spec.id, loras)
+    params.update(
+        mode=mode,
+        strength=request.strength,
+        parent=source.parent_id,
+        edit={
+            "mode": mode,
+            "source": source.parent_id or str(source.path),
+            "source_size": list(source.image.size),
+            "strength": request.strength,
+            "mask": mask,
+            "control": control.model_dump() if control else None,
+            "reference_images": list(reference_images or []),
+        },
+    )
+    return Prepared(entry.spec.id, backend_id, request, params)

@@ -1,0 +1,207 @@
+"""The MCP server: image tools and resources on top of the variant registry, the store and the GPU queue.
+
+Never imports torch or ``zimage_mcp.engine``: backends come from the registry, lazily, on the first
+generation (never in the lifespan), and hand back PNG bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+from mcp.server import MCPServer
+from mcp.server.lowlevel.helper_types import ReadResourceContents
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.types import CallToolResult, InputRequiredResult
+from pydantic import ValidationError
+
+from zimage_mcp import __version__
+from zimage_mcp.jobs import JobManager
+from zimage_mcp.metrics import Metrics
+from zimage_mcp.store import ImageStore
+from zimage_mcp.tool_models import describe_models
+from zimage_mcp.tools import ImageTools, register_tools, request_id_var
+
+if TYPE_CHECKING:
+    from zimage_mcp.registry import Registry
+    from zimage_mcp.settings import Settings
+
+log = logging.getLogger(__name__)
+__all__ = ["AppState", "ImageTools", "RequestIdFilter", "ZImageServer", "build_server", "request_id_var"]
+TOOL_NAMES = frozenset({"generate_image", "edit_image", "list_models", "get_job", "cancel_job"})
+IMAGE_URI = re.compile(r"^zimage://images/([0-9a-f]{12})$")
+MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"RIFF", "image/webp"))
+INSTRUCTIONS = """Local image generation with the Z-Image family on this machine's GPU.
+Call list_models to see variants, LoRAs and what is installed. generate_image makes images from
+text; edit_image changes an earlier result (refer to it by its id or zimage://images/<id> URI) or
+an image file. Every result is saved to disk: the text names the absolute path and the seed. For
+long runs on hosts with a ~60 s limit pass wait=false and poll get_job."""
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (the MCP request id of the current tool call) to every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+@dataclass
+class AppState:
+    """Everything the tools share. Built once per process (the HTTP lifespan runs once too)."""
+
+    settings: Settings
+    registry: Registry
+    store: ImageStore
+    jobs: JobManager
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+class ZImageServer(MCPServer):
+    """``MCPServer`` that serves stored images with their real MIME type and counts every tool call.
+
+    ``zimage_tool_calls_total{tool, outcome}`` counts each call once: ``ok``, ``error`` (a ToolError,
+    including argument validation) or ``cancelled`` (the caller cancelled or timed out).
+    """
+
+    state: AppState
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        tool = name if name in TOOL_NAMES else "unknown"
+        try:
+            result = await super().call_tool(name, arguments, context)
+        except anyio.get_cancelled_exc_class():
+            self.state.metrics.record_call(tool, "cancelled")
+            raise
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                self.state.metrics.record_failure(tool, str(arguments.get("model") or "default")[:64], "arguments")
+            self.state.metrics.record_call(tool, "error")
+            raise
+        except BaseException:
+            self.state.metrics.record_call(tool, "error")
+            raise
+        is_error = isinstance(result, CallToolResult) and result.is_error
+        self.state.metrics.record_call(tool, "error" if is_error else "ok")
+        return result
+
+    async def read_resource(
+        self, uri: Any, context: Any = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        results = await super().read_resource(uri, context)
+        if isinstance(results, InputRequiredResult) or not IMAGE_URI.match(str(uri)):
+            return results
+        fixed = []
+        for item in results:
+            data = item.content
+            mime = next((m for magic, m in MAGIC if isinstance(data, bytes) and data.startswith(magic)), None)
+            fixed.append(ReadResourceContents(content=data, mime_type=mime or item.mime_type, meta=item.meta))
+        return fixed
+
+
+def _not_found(image_id: str) -> str:
+    shown = image_id if image_id.isalnum() else repr(image_id)[:80]
+    return f"no image with id {shown} (ids are 12 lowercase hex characters, as returned by generate_image)"
+
+
+def _register_resources(mcp: ZImageServer, state: AppState) -> None:
+    store = state.store
+
+    @mcp.resource("zimage://images/{id}", name="image", title="Generated image", mime_type="image/png")
+    def image(id: str) -> bytes:
+        """A saved image at full resolution (PNG, WebP or JPEG as generated)."""
+        found = store.read_bytes(id)
+        if found is None:
+            raise ResourceNotFoundError(_not_found(id))
+        return found[0]
+
+    @mcp.resource(
+        "zimage://images/{id}/metadata", name="image_metadata", title="Image parameters", mime_type="application/json"
+    )
+    def image_metadata(id: str) -> dict[str, Any]:
+        """Every parameter an image was made with (prompt, model, seed, steps, LoRAs, parent...)."""
+        found = store.get(id)
+        if found is None:
+            raise ResourceNotFoundError(_not_found(id))
+        return found.metadata
+
+    @mcp.resource("zimage://gallery/recent", name="gallery", title="Recent images", mime_type="application/json")
+    def gallery() -> dict[str, Any]:
+        """The 50 most recent images, newest first."""
+        keys = ("id", "uri", "path", "prompt", "model", "seed", "width", "height", "created", "parent")
+        return {"images": [{k: img.metadata.get(k) for k in keys} for img in store.recent(50)]}
+
+    @mcp.resource("zimage://models", name="models", title="Model catalogue", mime_type="application/json")
+    def models() -> dict[str, Any]:
+        """The same catalogue list_models returns."""
+        return describe_models(state.registry, str(store.root)).model_dump()
+
+
+def build_server(settings: Settings, registry: Registry | None = None) -> ZImageServer:
+    """A ready server. ``registry`` defaults to ``Registry.from_settings(settings)`` (cheap: no weights)."""
+    if registry is None:
+        from zimage_mcp.registry import Registry
+
+        registry = Registry.from_settings(settings)
+    store = ImageStore(settings.output_dir)
+    store.recover()  # after a crash: drop stale temp files, rebuild the index if it misses sidecars
+    state = AppState(
+        settings=settings,
+        registry=registry,
+        store=store,
+        jobs=JobManager(settings.max_queue, settings.job_timeout_seconds),
+    )
+    state.metrics.queue_depth = lambda: state.jobs.queue_depth
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[AppState]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_idle_unloader, state)
+            try:
+                yield state
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_unload_all, state)
+
+    mcp = ZImageServer(
+        name="zimage-mcp",
+        title="Z-Image",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+    )
+    mcp.state = state
+    register_tools(mcp, ImageTools(state))
+    _register_resources(mcp, state)
+    return mcp
+
+
+async def _idle_unloader(state: AppState) -> None:
+    """Free idle weights now and then, but never while a job holds or waits for the GPU."""
+    period = max(1.0, min(30.0, float(state.settings.idle_unload_seconds) / 2 or 30.0))
+    while True:
+        await anyio.sleep(period)
+        if state.jobs.lock.try_acquire():
+            try:
+                released = await anyio.to_thread.run_sync(state.registry.release_idle, time.monotonic())
+                if released:
+                    log.info("unloaded idle variants: %s", ", ".join(released))
+            except Exception:
+                log.exception("idle unload failed")
+            finally:
+                state.jobs.lock.release()
+
+
+def _unload_all(state: AppState) -> None:
+    try:
+        state.registry.unload_all()
+    except Exception:
+        log.exception("unloading at shutdown failed")

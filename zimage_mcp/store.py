@@ -1,0 +1,218 @@
+"""The output store: every generated image, its parameters, and an index that survives restarts.
+
+Layout under ``root``::
+
+    images/<id>.<png|webp|jpg>   full-resolution image (PNG carries the parameters in text chunks)
+    images/<id>.json             sidecar: every generation parameter (the source of truth)
+    index.json                   recent-first list of ids; rebuilt from the sidecars when missing or corrupt
+
+Writes are atomic (a hidden temp file in the same folder, then ``os.replace``), so a cancelled or
+crashed job never leaves a half-written image. Temp files never count as images. Ids are short
+random hex strings, and every lookup goes through :meth:`ImageStore.get`, which accepts nothing but
+such an id, so a resource read can never reach outside the store.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{12}$")
+FORMATS: dict[str, tuple[str, str, str]] = {  # output_format -> (PIL format, suffix, mime type)
+    "png": ("PNG", ".png", "image/png"),
+    "webp": ("WEBP", ".webp", "image/webp"),
+    "jpeg": ("JPEG", ".jpg", "image/jpeg"),
+}
+MIME_BY_SUFFIX = {suffix: mime for _, suffix, mime in FORMATS.values()}
+TMP_PREFIX = ".tmp-"
+STALE_TMP_SECONDS = 600.0  # temp files older than this are leftovers of a killed process
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One image in the store and its sidecar metadata."""
+
+    id: str
+    path: Path
+    mime_type: str
+    size_bytes: int
+    metadata: dict[str, Any]
+
+    @property
+    def uri(self) -> str:
+        return f"zimage://images/{self.id}"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def encode_image(png: bytes, output_format: str, metadata: dict[str, Any]) -> bytes:
+    """Re-encode a backend's PNG into ``output_format``; PNGs get the parameters as text chunks."""
+    pil_format = FORMATS[output_format][0]
+    with Image.open(io.BytesIO(png)) as img:
+        img.load()
+        buf = io.BytesIO()
+        if pil_format == "PNG":
+            info = PngInfo()
+            info.add_text("parameters", json.dumps(metadata, sort_keys=True))
+            info.add_text("Software", "zimage-mcp")
+            img.save(buf, "PNG", pnginfo=info)
+        elif pil_format == "JPEG":
+            img.convert("RGB").save(buf, "JPEG", quality=95)
+        else:
+            img.save(buf, "WEBP", quality=95)
+    return buf.getvalue()
+
+
+class ImageStore:
+    """Saves images with sidecars and finds them again by id, across restarts."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+        self.images_dir = self.root / "images"
+        self.index_path = self.root / "index.json"
+        self._lock = threading.Lock()
+        self._index: list[str] | None = None
+
+    def save(self, png: bytes, output_format: str, metadata: dict[str, Any]) -> StoredImage:
+        """Store one image; ``metadata`` gains ``id``, ``uri``, ``path``, ``mime_type`` and ``size_bytes``."""
+        if output_format not in FORMATS:
+            raise ValueError(f"output_format must be one of {sorted(FORMATS)}")
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        _, suffix, mime = FORMATS[output_format]
+        with self._lock:
+            index = self._load_index()  # before writing, so a rebuild cannot count this image twice
+            image_id = self._new_id()
+            path = self.images_dir / f"{image_id}{suffix}"
+            meta = {**metadata, "id": image_id, "uri": f"zimage://images/{image_id}", "path": str(path)}
+            data = encode_image(png, output_format, meta)
+            meta.update(mime_type=mime, size_bytes=len(data), format=output_format)
+            atomic_write(path, data)
+            atomic_write(self.images_dir / f"{image_id}.json", json.dumps(meta, indent=2).encode())
+            index.insert(0, image_id)
+            self._write_index(index)
+        return StoredImage(image_id, path, mime, len(data), meta)
+
+    def get(self, image_id: str) -> StoredImage | None:
+        """The image with this id, or None. Anything that is not a store id is simply not found."""
+        if not isinstance(image_id, str) or not ID_PATTERN.match(image_id):
+            return None
+        sidecar = self.images_dir / f"{image_id}.json"
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            return None
+        for suffix, mime in MIME_BY_SUFFIX.items():
+            path = self.images_dir / f"{image_id}{suffix}"
+            if path.is_file():
+                return StoredImage(image_id, path, mime, path.stat().st_size, meta)
+        return None
+
+    def read_bytes(self, image_id: str) -> tuple[bytes, str] | None:
+        found = self.get(image_id)
+        return (found.path.read_bytes(), found.mime_type) if found else None
+
+    def id_for_path(self, path: Path) -> str | None:
+        """The id of a store file given its path (used to record lineage for path inputs)."""
+        try:
+            rel = path.resolve().relative_to(self.images_dir)
+        except ValueError:
+            return None
+        stem = rel.name.split(".", 1)[0]
+        return stem if len(rel.parts) == 1 and ID_PATTERN.match(stem) else None
+
+    def recent(self, limit: int = 20) -> list[StoredImage]:
+        with self._lock:
+            ids = list(self._load_index())
+        found = (self.get(i) for i in ids)
+        return [img for img in found if img is not None][:limit]
+
+    def recover(self) -> list[str]:
+        """Startup check after a crash: remove stale temp files and rebuild the index when it lacks sidecars.
+
+        An image counts only once its sidecar exists (written after the image, both atomically), so a
+        process killed mid-save leaves at most an orphan temp file or an image without sidecar,
+        neither of which is ever listed. Returns the index.
+        """
+        if not self.images_dir.is_dir():
+            return []
+        now = time.time()
+        for tmp in self.images_dir.glob(TMP_PREFIX + "*"):
+            try:
+                if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                    tmp.unlink()
+            except OSError:
+                pass
+        on_disk = {p.stem for p in self.images_dir.glob("*.json") if ID_PATTERN.match(p.stem)}
+        with self._lock:
+            index = self._load_index()
+            if not on_disk.issubset(index) or len(set(index)) != len(index):
+                log.warning("output index %s is missing images; rebuilding it from the sidecars", self.index_path)
+                index = self.rebuild_index()
+            return list(index)
+
+    def rebuild_index(self) -> list[str]:
+        """Rebuild ``index.json`` from the sidecars (newest first); temp files and strays are skipped."""
+        entries: list[tuple[str, str]] = []
+        if self.images_dir.is_dir():
+            for sidecar in self.images_dir.glob("*.json"):
+                image_id = sidecar.stem
+                if sidecar.name.startswith(TMP_PREFIX) or not ID_PATTERN.match(image_id):
+                    continue
+                found = self.get(image_id)
+                if found is not None:
+                    entries.append((str(found.metadata.get("created", "")), image_id))
+        entries.sort(reverse=True)
+        index = [image_id for _, image_id in entries]
+        self._write_index(index)
+        return index
+
+    def _load_index(self) -> list[str]:
+        if self._index is None:
+            try:
+                data = json.loads(self.index_path.read_text())
+                if not (isinstance(data, dict) and isinstance(data.get("ids"), list)):
+                    raise ValueError("bad index shape")
+                self._index = [i for i in data["ids"] if isinstance(i, str) and ID_PATTERN.match(i)]
+            except (OSError, ValueError):
+                if self.index_path.exists():
+                    log.warning("output index %s is corrupt; rebuilding it from the sidecars", self.index_path)
+                self._index = self.rebuild_index()
+        return self._index
+
+    def _write_index(self, index: list[str]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.index_path, json.dumps({"version": 1, "ids": index}).encode())
+        self._index = index
+
+    def _new_id(self) -> str:
+        while True:
+            image_id = secrets.token_hex(6)
+            if not any((self.images_dir / f"{image_id}{s}").exists() for s in MIME_BY_SUFFIX):
+                return image_id
