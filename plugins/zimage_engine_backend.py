@@ -24,6 +24,7 @@ from zimage_mcp.engine.loader import (
 )
 from zimage_mcp.engine.lora_apply import LoraManager
 from zimage_mcp.engine.pipeline import GenerationOutput, ZImagePipeline
+from zimage_mcp.engine.speed import optimize
 from zimage_mcp.errors import (
     BackendLoadError, GenerationCancelled, InvalidRequestError, OutOfMemoryError, UnsupportedEditError,
 )
@@ -100,8 +101,29 @@ class EngineBackend:
         except EngineWeightsError as e:
             raise BackendLoadError(f"{spec.id}: {e}") from e
         shift = load_scheduler(files.scheduler_config, spec.defaults.shift).shift
-        self.pipe = ZImagePipeline(transformer, vae, te, shift)
+        self.pipe = ZImagePipeline(transformer, vae, te, shift, offload_text_encoder=ctx.offload_text_encoder)
         self.loras = LoraManager(transformer)
+        optimize(self.pipe, ctx.optimize)
+        self._controlnet_path = Path(w.controlnet) if w.controlnet else None
+        self._controlnet: Any = None
+
+    def controlnet(self) -> Any:
+        """The paired ControlNet-Union, loaded on first use; it reuses this transformer's embedders."""
+        if self._controlnet is None:
+            if self._controlnet_path is None:
+                raise UnsupportedEditError(
+                    f"{self.spec.id} has no ControlNet configured; set [variants.{self.spec.id}.weights] controlnet "
+                    "to a Z-Image-Turbo-Fun-Controlnet-Union folder or file"
+                )
+            from zimage_mcp.engine.controlnet_loader import load_controlnet
+
+            try:
+                cn = load_controlnet(self._controlnet_path, self.device, self.dtype)
+                cn.check_base(self.pipe.transformer)
+            except (EngineWeightsError, ValueError) as e:
+                raise BackendLoadError(f"{self.spec.id} ControlNet: {e}") from e
+            self._controlnet = cn
+        return self._controlnet
 
     def _shared_keys(self, files: ModelFiles) -> tuple[tuple, tuple]:
         dev, dt = str(self.device), str(self.dtype)
@@ -164,11 +186,70 @@ class EngineBackend:
             return img2img(self.pipe, r.image, r.prompt, strength=r.strength, **common)
         if r.mode == "inpaint" and r.image is not None and r.mask is not None:
             return inpaint(self.pipe, r.image, r.mask, r.prompt, strength=r.strength, **common)
+        if r.mode == "control" and r.control is not None:
+            return self._control(r, common)
         raise UnsupportedEditError(
-            f"{self.spec.id} cannot do '{r.mode}' edits in this build; it supports img2img and inpaint"
+            f"{self.spec.id} cannot do '{r.mode}' edits; it supports img2img, inpaint and (with a ControlNet) control"
         )
+
+    def _control(self, r: GenerationRequest, common: dict) -> GenerationOutput:
+        from zimage_mcp.engine.pipeline_control import control_generate, control_inpaint
+
+        assert r.control is not None
+        hint, detect = r.control.type, False
+        if hint.startswith("photo-"):  # "photo-canny": compute the edge map from a photo (OpenCV)
+            hint, detect = hint[len("photo-"):], True
+        kw = dict(common, controlnet_conditioning_scale=r.control.scale, hint=hint, detect=detect,
+                  width=r.width, height=r.height)
+        if r.mask is not None and r.image is not None:
+            return control_inpaint(self.pipe, self.controlnet(), r.image, r.mask, r.control.image, r.prompt, **kw)
+        return control_generate(self.pipe, self.controlnet(), r.control.image, r.prompt, **kw)
+
+
+class OmniBackend(EngineBackend):
+    """The Z-Image-Edit / Omni architecture: instruction edits with 1..N reference images (and text-to-image)."""
+
+    def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:  # noqa: D107 - no super(): other loader
+        from zimage_mcp.engine.layout import find_hf_snapshot
+        from zimage_mcp.engine.loader_omni import load_omni_pipeline
+
+        self.spec = spec
+        self.device = resolve_device(ctx.device)
+        self.dtype = _DTYPES.get(ctx.dtype, default_dtype(self.device)) if self.device.type == "cuda" else torch.float32
+        folder = Path(spec.weights.path) if spec.weights.path else (
+            find_hf_snapshot(spec.weights.repo_id, ctx.hf_home) if spec.weights.repo_id else None)
+        if folder is None:
+            raise BackendLoadError(f"{spec.id}: no weights found; set [variants.{spec.id}.weights] path")
+        try:
+            self.pipe = load_omni_pipeline(folder, self.device, self.dtype)
+        except EngineWeightsError as e:
+            raise BackendLoadError(f"{spec.id}: {e}") from e
+        self._keys = ()
+        self.loras = LoraManager(self.pipe.transformer)
+        self._controlnet_path, self._controlnet = None, None
+        optimize(self.pipe, ctx.optimize)
+
+    def vram_bytes(self) -> int:
+        pipe = getattr(self, "pipe", None)
+        return 0 if pipe is None else super().vram_bytes() + _module_bytes(pipe.siglip.model)
+
+    def _run(self, r: GenerationRequest, on_step: Callable[[int, int], None], should_stop: StopCheck) -> GenerationOutput:
+        if r.mode is None:
+            return super()._run(r, on_step, should_stop)
+        if r.mode != "reference" or r.image is None:
+            raise UnsupportedEditError(f"{self.spec.id} edits from reference images only (mode 'reference')")
+        images = [r.image, *r.reference_images]
+        outs = [self.pipe.edit(r.prompt, images, negative_prompt=r.negative_prompt, steps=r.steps, guidance=r.guidance,
+                               seed=r.seed + i, cfg_truncation=r.cfg_truncation, cfg_normalization=r.cfg_normalization,
+                               shift=r.shift, max_images=self.spec.limits.max_reference_images or 4,
+                               on_step=on_step, should_stop=should_stop) for i in range(r.count)]
+        first = outs[0]
+        for o in outs[1:]:
+            first.images += o.images
+            first.seeds += o.seeds
+        return first
 
 
 def build_backend(spec: VariantSpec, ctx: BackendContext) -> EngineBackend:
-    """The factory the built-in plugins hand to the registry."""
-    return EngineBackend(spec, ctx)
+    """The factory the built-in plugins hand to the registry: the Omni engine for edit variants."""
+    return OmniBackend(spec, ctx) if spec.kind == "edit" else EngineBackend(spec, ctx)

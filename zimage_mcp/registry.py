@@ -197,6 +197,8 @@ class Registry:
         return BackendContext(
             device=self.settings.device,
             dtype=self.settings.dtype,
+            optimize=self.settings.optimize,
+            offload_text_encoder=self.settings.offload_text_encoder,
             hf_home=self.settings.hf_home,
             lora_specs=tuple(self._loras.values()),
         )

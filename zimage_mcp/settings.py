@@ -37,6 +37,8 @@ class Settings:
     lora_dir: Path | None = None  # None: [loras] dir in registry.toml, else user_data_dir/loras
     device: str = "auto"
     dtype: str = "bfloat16"
+    optimize: str = "auto"  # auto: fused projections + regional torch.compile on CUDA; "off": eager
+    offload_text_encoder: bool = False  # low-VRAM (16 GB cards): keep the text encoder in host memory
     vram_budget_gb: float | None = None  # None: unlimited
     idle_unload_seconds: float = 900.0  # 0 disables idle release
     default_model: str | None = None
@@ -128,6 +130,15 @@ def _number(minimum: float, *, strict: bool = False, integer: bool = False) -> C
     return parse
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be one of 1, 0, true, false, yes, no, on, off")
+
+
 def _optional_budget(raw: str) -> float | None:
     return _number(0, strict=True)(raw) if raw.strip() else None
 
@@ -149,6 +160,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "lora_dir": (PREFIX + "LORA_DIR", _optional_path),
     "device": (PREFIX + "DEVICE", _choice("auto", "cpu", "cuda", "mps", pattern=r"cuda:\d+")),
     "dtype": (PREFIX + "DTYPE", _choice("bfloat16", "float16", "float32")),
+    "optimize": (PREFIX + "OPTIMIZE", _choice("auto", "compile", "fuse", "off")),
+    "offload_text_encoder": (PREFIX + "OFFLOAD_TEXT_ENCODER", _bool),
     "vram_budget_gb": (PREFIX + "VRAM_BUDGET_GB", _optional_budget),
     "idle_unload_seconds": (PREFIX + "IDLE_UNLOAD_SECONDS", _number(0)),
     "default_model": (PREFIX + "DEFAULT_MODEL", _optional_str),

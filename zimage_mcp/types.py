@@ -195,6 +195,8 @@ class BackendContext:
 
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str = "bfloat16"
+    optimize: str = "auto"  # "auto" | "compile" | "fuse" | "off"
+    offload_text_encoder: bool = False
     hf_home: str | None = None
     lora_specs: tuple[LoraSpec, ...] = ()
 

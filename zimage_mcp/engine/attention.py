@@ -18,13 +18,17 @@ _SDPA_KERNELS: dict[str, list[SDPBackend]] = {
     "efficient": [SDPBackend.EFFICIENT_ATTENTION],
     "math": [SDPBackend.MATH],
 }
+_MASKED_KERNELS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None, backend: AttentionBackend = "sdpa") -> Tensor:
     """q, k, v (B, S, H, Dh); key_mask (B, S) bool, True = attend. -> (B, S, H*Dh)."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S, Dh)
     mask = key_mask[:, None, None, :] if key_mask is not None else None
-    ctx = sdpa_kernel(_SDPA_KERNELS[backend]) if backend in _SDPA_KERNELS else nullcontext()
+    kernels = _SDPA_KERNELS.get(backend)
+    if mask is not None and backend in ("cudnn", "flash"):
+        kernels = _MASKED_KERNELS  # these kernels take no arbitrary mask: fall back, never fail
+    ctx = sdpa_kernel(kernels) if kernels else nullcontext()
     with ctx:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).flatten(2)

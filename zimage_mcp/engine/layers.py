@@ -14,6 +14,17 @@ from zimage_mcp.engine.rope import apply_rope
 Modulation = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
+def _fuse_rows(*linears: nn.Linear) -> Tensor:
+    """Concatenate bias-free Linear weights by rows and re-point each weight at its slice (no extra memory)."""
+    fused = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+    start = 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = nn.Parameter(fused[start:start + n], requires_grad=False)
+        start += n
+    return fused
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -55,10 +66,19 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(head_dim, eps)
         self.norm_k = RMSNorm(head_dim, eps)
 
+        self.qkv: Tensor | None = None  # (3D, D) after fuse(): to_q/k/v weights become views of it
+
+    def fuse(self) -> None:
+        """One (3D, D) GEMM instead of three; the checkpoint-named parameters stay, as views into it."""
+        self.qkv = _fuse_rows(self.to_q, self.to_k, self.to_v)
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None, backend: AttentionBackend) -> Tensor:
-        q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (B, S, H, Dh)
-        k = self.to_k(x).unflatten(-1, (self.n_heads, -1))
-        v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
+        if self.qkv is not None:
+            q, k, v = F.linear(x, self.qkv).unflatten(-1, (3, self.n_heads, -1)).unbind(-3)  # 3 x (B, S, H, Dh)
+        else:
+            q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (B, S, H, Dh)
+            k = self.to_k(x).unflatten(-1, (self.n_heads, -1))
+            v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
         q = apply_rope(self.norm_q(q), cos, sin)  # QK-norm before RoPE
         k = apply_rope(self.norm_k(k), cos, sin)
         return self.to_out[0](attention(q, k, v, key_mask, backend))
@@ -73,7 +93,15 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
+        self.w13: Tensor | None = None  # (2H, D) after fuse(): w1/w3 weights become views of it
+
+    def fuse(self) -> None:
+        self.w13 = _fuse_rows(self.w1, self.w3)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.w13 is not None:
+            a, b = F.linear(x, self.w13).chunk(2, dim=-1)
+            return self.w2(F.silu(a) * b)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 

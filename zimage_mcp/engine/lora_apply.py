@@ -2,8 +2,9 @@
 
 Mechanism: in-place merge with saved originals of the touched weights.
 
-- For every weight a LoRA touches, a copy of the original is saved once (on ``backup_device``, CPU by
-  default so GPU memory stays flat), then ``W = W0 + sum_i scale_i * delta_i`` is computed in fp32 and
+- For every weight a LoRA touches, a copy of the original is saved once (``backup_device="auto"``: on
+  the GPU while it has room, so a swap is device-local copies; else in pinned host memory, restored
+  with asynchronous copies), then ``W = W0 + sum_i scale_i * delta_i`` is computed in fp32 and
   written back with ``param.copy_``. Switching sets restores from those copies first, so nothing
   accumulates; ``clear()`` copies every original back, which makes the weights BIT-IDENTICAL to before
   (no ``W + d - d`` round trip in bf16).
@@ -28,9 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from zimage_mcp.engine.errors import WeightsError
-from zimage_mcp.engine.lora import Delta, NormalizedLora, load_lora
+from zimage_mcp.engine.lora import Delta, LoraDelta, NormalizedLora, load_lora
 
 SCALE_MIN, SCALE_MAX = -4.0, 4.0  # per-adapter strength accepted by ``set_adapters``
+_GPU_HEADROOM = 4 * 2**30  # keep this much device memory free for activations when backing up on the GPU
 
 _Target = tuple[str, str]  # (component, module name)
 _Stamp = tuple[int, int]  # (mtime_ns, size) of a file
@@ -59,11 +61,11 @@ class LoraManager:
         model: nn.Module,
         text_encoder: nn.Module | None = None,
         *,
-        backup_device: torch.device | str = "cpu",
+        backup_device: torch.device | str = "auto",
         cache_size: int = 8,
     ) -> None:
         self._roots: dict[str, nn.Module | None] = {"transformer": model, "text_encoder": text_encoder}
-        self._backup_device = torch.device(backup_device)
+        self._backup_device = None if backup_device == "auto" else torch.device(backup_device)
         self._cache_size = cache_size
         self._cache: OrderedDict[Path, tuple[_Stamp, NormalizedLora]] = OrderedDict()
         self._originals: dict[_Target, Tensor] = {}
@@ -85,7 +87,7 @@ class LoraManager:
         with torch.no_grad():
             try:
                 for target in [t for t in self._originals if t not in plan]:
-                    self._param(target).copy_(self._originals.pop(target))
+                    self._param(target).copy_(self._originals.pop(target), non_blocking=True)
                 for target, terms in plan.items():
                     self._merge(target, terms)
             except BaseException:
@@ -97,9 +99,23 @@ class LoraManager:
         """Remove every adapter: the touched weights get their saved originals back, bit for bit."""
         with torch.no_grad():
             for target, original in self._originals.items():
-                self._param(target).copy_(original)
+                self._param(target).copy_(original, non_blocking=True)
         self._originals.clear()
         self._active = ()
+
+    def _backup(self, param: Tensor) -> Tensor:
+        """A copy of ``param`` where restoring it is cheapest: the GPU if it has headroom, else pinned RAM."""
+        device = self._backup_device
+        if device is None:
+            device = torch.device("cpu")
+            if param.is_cuda:
+                free, _ = torch.cuda.mem_get_info(param.device)
+                if free > param.numel() * param.element_size() + _GPU_HEADROOM:
+                    device = param.device
+        if device.type == "cpu" and param.is_cuda:
+            host = torch.empty(param.shape, dtype=param.dtype, device="cpu", pin_memory=True)
+            return host.copy_(param.detach())
+        return param.detach().to(device, copy=True)
 
     def _load(self, path: Path, stamp: _Stamp) -> NormalizedLora:
         cached = self._cache.get(path)
@@ -157,10 +173,14 @@ class LoraManager:
     def _merge(self, target: _Target, terms: list[tuple[Delta, float]]) -> None:
         param = self._param(target)
         if target not in self._originals:
-            self._originals[target] = param.detach().to(self._backup_device, copy=True)
-        w = self._originals[target].to(device=param.device, dtype=torch.float32, copy=True)
+            self._originals[target] = self._backup(param)
+        w = self._originals[target].to(device=param.device, non_blocking=True).to(torch.float32, copy=True)
         for delta, scale in terms:
-            w.add_(delta.weight(param.device), alpha=scale)
+            if isinstance(delta, LoraDelta):  # W += s * up @ down without materialising the delta first
+                up, down = (m.to(param.device, torch.float32, non_blocking=True) for m in (delta.up, delta.down))
+                w.addmm_(up, down, alpha=scale * delta.scale)
+            else:
+                w.add_(delta.weight(param.device), alpha=scale)
         param.copy_(w)
 
 

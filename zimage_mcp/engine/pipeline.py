@@ -61,11 +61,17 @@ class Guidance:
 
 
 class ZImagePipeline:
-    def __init__(self, transformer: ZImageTransformer, vae: AutoencoderKL, text_encoder, shift: float) -> None:
+    def __init__(self, transformer: ZImageTransformer, vae: AutoencoderKL, text_encoder, shift: float,
+                 offload_text_encoder: bool = False) -> None:
         self.transformer = transformer
         self.vae = vae
         self.text_encoder = text_encoder  # engine.text_encoder.TextEncoder
         self.shift = shift
+        # Low-VRAM mode for 16 GB cards: keep Qwen3-4B (8 GB) in host memory between prompts.
+        self.offload_text_encoder = offload_text_encoder
+        self.cfg_mode = "auto"  # "batched" | "sequential" | "auto"
+        if offload_text_encoder:
+            self.text_encoder.model.to("cpu")
 
     @property
     def device(self) -> torch.device:
@@ -77,7 +83,16 @@ class ZImagePipeline:
 
     # -- stages -----------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> list[Tensor]:
-        return [f.to(self.device) for f in self.text_encoder.encode(prompts)]
+        if not self.offload_text_encoder:
+            return [f.to(self.device) for f in self.text_encoder.encode(prompts)]
+        model = self.text_encoder.model
+        model.to(self.device)
+        try:
+            return [f.to(self.device) for f in self.text_encoder.encode(prompts)]
+        finally:
+            model.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def initial_noise(self, seeds: list[int], height: int, width: int) -> Tensor:
         """(B, 16, H/8, W/8) fp32 noise, one CPU generator per image, moved to the device."""
@@ -112,7 +127,7 @@ class ZImagePipeline:
         hw = (latents.shape[-2], latents.shape[-1])
         b = latents.shape[0]
         cond_pos: Conditioning = model.prepare(pos, hw)
-        cond_both: Conditioning | None = None
+        cond_both: Conditioning | tuple[Conditioning, Conditioning] | None = None
         n = len(sigmas) - 1
         for i in range(n):
             if should_stop is not None and should_stop():
@@ -124,9 +139,16 @@ class ZImagePipeline:
                 if cond_both is None:
                     # positive and negative in one batch; captions differ in length -> key-padding mask
                     cond_both = model.prepare(pos + neg, hw)
-                t_vec = torch.full((2 * b,), t, device=self.device)
-                out = model.forward_prepared(torch.cat([x_in, x_in]), t_vec, cond_both)
-                pred = cfg_combine(out[:b], out[b:], g, guidance.normalization)
+                    if cond_both.key_mask is not None and not self._batch_masked_cfg():
+                        cond_both = (cond_pos, model.prepare(neg, hw))
+                t_b = torch.full((b,), t, device=self.device)
+                if isinstance(cond_both, tuple):  # two unmasked passes: the fast attention kernels take no mask
+                    pos_out = model.forward_prepared(x_in, t_b, cond_both[0])
+                    neg_out = model.forward_prepared(x_in, t_b, cond_both[1])
+                else:
+                    out = model.forward_prepared(torch.cat([x_in, x_in]), torch.cat([t_b, t_b]), cond_both)
+                    pos_out, neg_out = out[:b], out[b:]
+                pred = cfg_combine(pos_out, neg_out, g, guidance.normalization)
             else:
                 pred = model.forward_prepared(x_in, torch.full((b,), t, device=self.device), cond_pos)
             latents = euler_step(latents, pred, sigmas[i], sigmas[i + 1])
@@ -135,6 +157,13 @@ class ZImagePipeline:
             if on_step is not None:
                 on_step(i + 1, n)
         return latents
+
+    def _batch_masked_cfg(self) -> bool:
+        """Batch CFG with a key-padding mask, or run two unmasked passes (``cfg_mode``)."""
+        if self.cfg_mode != "auto":
+            return self.cfg_mode == "batched"
+        # On CUDA the mask rules out cuDNN/flash attention, which costs more than the batching saves.
+        return self.device.type != "cuda"
 
     # -- text to image ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -65,10 +65,12 @@ class TextEncoder:
         # with causal attention, right padding leaves the real-token states unchanged.
         batch = self.tokenizer([chat_prompt(self.tokenizer, p) for p in prompts], padding="longest",
                                max_length=max_length, truncation=True, padding_side="right", return_tensors="pt")
+        lengths = batch.attention_mask.sum(dim=1).tolist()  # on the CPU: no device sync to unpad
         ids = batch.input_ids.to(self.device)
-        mask = batch.attention_mask.to(self.device).bool()
+        # Equal lengths (always for one prompt) need no mask: the causal fast path, nothing materialised.
+        mask = None if len(set(lengths)) == 1 else batch.attention_mask.to(self.device).bool()
         hidden = self.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return [h[m] for h, m in zip(hidden, mask)]
+        return [h[:n] for h, n in zip(hidden, lengths)]
 
 
 def _read_config(path: Path) -> Qwen3Config:

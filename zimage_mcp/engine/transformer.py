@@ -76,6 +76,29 @@ class ZImageTransformer(nn.Module):
         self.layers = nn.ModuleList([block(True) for _ in range(cfg.n_layers)])
         self._angles: dict[torch.device, list[Tensor]] = {}
 
+    # -- speed: load-time fusion and regional compilation --------------------------------------------
+    def blocks(self) -> list[TransformerBlock]:
+        return [*self.noise_refiner, *self.context_refiner, *self.layers]
+
+    def fuse_projections(self) -> None:
+        """Fuse q/k/v and w1/w3 into single GEMMs; state-dict names and LoRA merging are unaffected."""
+        for blk in self.blocks():
+            blk.attention.fuse()
+            blk.feed_forward.fuse()
+
+    def compile_blocks(self, dynamic: bool | None = False, mode: str | None = None) -> None:
+        """Regional torch.compile: each block class compiles once and is reused by every instance.
+
+        ``dynamic=False`` specialises per sequence length (image tokens are a function of the size
+        bucket, captions are padded to multiples of 32), so each new (size, caption bucket) pair costs
+        one recompile; ``dynamic=True`` compiles once for all lengths.
+        """
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        for blk in self.blocks():
+            blk.compile(dynamic=dynamic, mode=mode)
+
     # -- per-generation preparation ---------------------------------------------------------------
     def _tables(self, device: torch.device) -> list[Tensor]:
         if device not in self._angles:
