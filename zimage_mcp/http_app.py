@@ -38,10 +38,6 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     return parts.scheme in ("http", "https") and (parts.hostname or "") in LOCAL_HOSTS
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class GuardMiddleware:
     """Pure ASGI middleware (lifespan passes through untouched, so the SDK's session manager starts)."""
 
@@ -82,28 +78,38 @@ class GuardMiddleware:
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected.encode())
 
     async def _forward_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the whole body first (MCP messages are small), refusing it as soon as it passes the limit.
+
+        Counting while the SDK reads would let an over-long chunked body surface as a 500 from inside
+        the app; reading it up front answers 413 before the app sees a byte.
+        """
+        if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                return  # the client went away
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.max_body_bytes:
                 await _plain(send, 413, f"Request body over {self.max_body_bytes} bytes")
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 async def _plain(
