@@ -11,7 +11,6 @@ ensure_env() {  # $1 = the pyproject extra to install; all pip output goes to st
     local extra="$1" stamp="$VENV/.installed-$1"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" >&2
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        "$VENV/bin/python" -m pip install -q --upgrade pip >&2
         # torch first, pinned: an unpinned resolve can pull a multi-GB build the machine does not need.
         "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==${ZIMAGE_MCP_TORCH:-2.13.0}" >&2
         "$VENV/bin/python" -m pip install -q -e ".[$extra]" >&2

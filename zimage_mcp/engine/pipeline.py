@@ -67,7 +67,8 @@ class ZImagePipeline:
         self.vae = vae
         self.text_encoder = text_encoder  # engine.text_encoder.TextEncoder
         self.shift = shift
-        # Low-VRAM mode for 16 GB cards: keep Qwen3-4B (8 GB) in host memory between prompts.
+        # Low-VRAM mode for 16 GB cards: Qwen3-4B (8 GB) lives and runs in host memory; only its
+        # features (a few hundred KB) cross to the GPU. The embedding cache makes repeated prompts free.
         self.offload_text_encoder = offload_text_encoder
         self.cfg_mode = "auto"  # "batched" | "sequential" | "auto"
         if offload_text_encoder:
@@ -83,16 +84,7 @@ class ZImagePipeline:
 
     # -- stages -----------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> list[Tensor]:
-        if not self.offload_text_encoder:
-            return [f.to(self.device) for f in self.text_encoder.encode(prompts)]
-        model = self.text_encoder.model
-        model.to(self.device)
-        try:
-            return [f.to(self.device) for f in self.text_encoder.encode(prompts)]
-        finally:
-            model.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        return [f.to(self.device) for f in self.text_encoder.encode(prompts)]
 
     def initial_noise(self, seeds: list[int], height: int, width: int) -> Tensor:
         """(B, 16, H/8, W/8) fp32 noise, one CPU generator per image, moved to the device."""

@@ -36,6 +36,7 @@ class TextEncoder:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.cache_size = cache_size
+        self.bucket = 1  # token-length granularity of the encoder's input (see ``compile``)
         self._cache: OrderedDict[tuple[str, int], Tensor] = OrderedDict()
 
     @property
@@ -66,11 +67,19 @@ class TextEncoder:
         batch = self.tokenizer([chat_prompt(self.tokenizer, p) for p in prompts], padding="longest",
                                max_length=max_length, truncation=True, padding_side="right", return_tensors="pt")
         lengths = batch.attention_mask.sum(dim=1).tolist()  # on the CPU: no device sync to unpad
-        ids = batch.input_ids.to(self.device)
-        # Equal lengths (always for one prompt) need no mask: the causal fast path, nothing materialised.
-        mask = None if len(set(lengths)) == 1 else batch.attention_mask.to(self.device).bool()
-        hidden = self.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        ids = batch.input_ids
+        if self.bucket > 1:  # fixed shapes for a compiled encoder: right-pad to a multiple of the bucket
+            extra = -ids.shape[1] % self.bucket
+            ids = torch.nn.functional.pad(ids, (0, extra), value=self.tokenizer.pad_token_id)
+        # No mask at all: pads sit to the right and attention is causal, so no real token ever sees one
+        # (and Qwen3's position ids do not depend on the mask). This keeps the fast causal kernel.
+        hidden = self.model(input_ids=ids.to(self.device), use_cache=False).last_hidden_state
         return [h[:n] for h, n in zip(hidden, lengths)]
+
+    def compile(self, bucket: int = 32) -> None:
+        """Compile the encoder with static shapes: one graph per ``bucket``-token length class."""
+        self.bucket = bucket
+        self.model.compile(dynamic=False)
 
 
 def _read_config(path: Path) -> Qwen3Config:

@@ -1,0 +1,42 @@
+"""The GPU benchmark scripts, run on the tiny presets on the CPU so they cannot rot between GPU runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--tiny", *args],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_parity_full_tiny_agrees() -> None:
+    rows = _run("parity_full.py")
+    assert {r["check"].split("_")[0] for r in rows} >= {"dit", "vae", "controlnet", "omni"}
+    assert all(r["rel_err"] <= 1e-5 for r in rows), rows
+
+
+@pytest.mark.slow
+def test_bench_engine_tiny_produces_a_row() -> None:
+    rows = _run("bench_engine.py", "--runs", "1", "--rows", "1024", "--fuse", "--vae-opt")
+    row = next(r for r in rows if r.get("row") == "1024")
+    for key in ("ours_e2e_ms", "ref_e2e_ms", "ours_forward_ms", "ours_text_ms", "ours_vae_ms", "speedup_e2e"):
+        assert row[key] > 0
+
+
+@pytest.mark.slow
+def test_bench_lora_tiny_restores_and_counts() -> None:
+    (row,) = _run("bench_lora.py", "--rank", "4", "--runs", "2")
+    assert row["swap_s_median"] >= 0 and row["new_graphs_after_swaps"] == 0
