@@ -59,7 +59,8 @@ def _on(device: torch.device, build):
 def build(tiny: bool, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0,
           vae_dtype: torch.dtype | None = None) -> Components:
     from diffusers import AutoencoderKL as RefVAE
-    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline as RefPipe, ZImageTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+    from diffusers import ZImagePipeline as RefPipe
     from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 
     from zimage_mcp.engine.tiny_text import write_tiny_tokenizer

@@ -58,7 +58,7 @@ def kernel_floor_ms(cfg: TransformerConfig, img_tokens: int, cap_tokens: int, de
     for count, m, k, n in _gemm_shapes(cfg, img_tokens, cap_tokens):
         a = torch.randn(m, k, device=device, dtype=torch.bfloat16)
         w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
-        gemm_ms += count * _time_ms(lambda: F.linear(a, w))
+        gemm_ms += count * _time_ms(lambda a=a, w=w: F.linear(a, w))
     best = {}
     for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
                           ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
@@ -67,7 +67,7 @@ def kernel_floor_ms(cfg: TransformerConfig, img_tokens: int, cap_tokens: int, de
             for count, s in _attn_shapes(cfg, img_tokens, cap_tokens):
                 q = torch.randn(1, cfg.n_heads, s, cfg.head_dim, device=device, dtype=torch.bfloat16)
                 with sdpa_kernel([backend]):
-                    total += count * _time_ms(lambda: F.scaled_dot_product_attention(q, q, q))
+                    total += count * _time_ms(lambda q=q: F.scaled_dot_product_attention(q, q, q))
             best[name] = total
         except RuntimeError:
             continue

@@ -100,9 +100,9 @@ def controlnet_check(c, size: int, gen: torch.Generator) -> dict:
 
 def omni_check(c, size: int, gen: torch.Generator) -> dict:
     """The omni forward (1 condition image + SigLIP tokens + target) on a DiT with siglip_feat_dim set."""
+    from components import _init_
     from diffusers import ZImageTransformer2DModel
 
-    from components import _init_
     from zimage_mcp.engine.config import replace
     from zimage_mcp.engine.transformer_omni import ZImageOmniTransformer
 

@@ -1,30 +1,10 @@
-"""Built-in plugin: registers the registry.toml variants whose `plugin` is "zimage_edit" (Z-Image-Edit).
+"""Built-in plugin: registers the registry.toml variants whose `plugin` is "zimage_edit": Z-Image-Edit (the Omni architecture: instruction edits with reference images).
 
-The variant's defaults, limits, capabilities and weights are catalogue data; this module only
-binds them to the engine, which it imports lazily inside the factory.
+The variants' defaults, limits, capabilities and weights are catalogue data; the engine is imported
+lazily by the factory, on first use.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from zimage_mcp import hookimpl
-
-if TYPE_CHECKING:
-    from zimage_mcp.catalog import Catalog
-    from zimage_mcp.hookspecs import RegisterVariant
-    from zimage_mcp.types import Backend, BackendContext, VariantSpec
+from zimage_catalog_variants import variant_hook
 
 PLUGIN = "zimage_edit"
-
-
-@hookimpl
-def zimage_register_variants(register: RegisterVariant, catalog: Catalog) -> None:
-    for item in catalog.variants_for(PLUGIN):
-        register(item.spec, factory, aliases=item.aliases)
-
-
-def factory(spec: VariantSpec, ctx: BackendContext) -> Backend:
-    from zimage_engine_backend import build_backend
-
-    return build_backend(spec, ctx)
+zimage_register_variants = variant_hook(PLUGIN)

@@ -20,15 +20,31 @@ from zimage_mcp.engine.errors import GenerationCancelled as EngineCancelled
 from zimage_mcp.engine.errors import WeightsError as EngineWeightsError
 from zimage_mcp.engine.layout import ModelFiles, resolve_model_files
 from zimage_mcp.engine.loader import (
-    default_dtype, load_scheduler, load_text_encoder_from, load_transformer, load_vae, resolve_device,
+    default_dtype,
+    load_scheduler,
+    load_text_encoder_from,
+    load_transformer,
+    load_vae,
+    resolve_device,
 )
 from zimage_mcp.engine.lora_apply import LoraManager
 from zimage_mcp.engine.pipeline import GenerationOutput, ZImagePipeline
 from zimage_mcp.engine.speed import optimize
 from zimage_mcp.errors import (
-    BackendLoadError, GenerationCancelled, InvalidRequestError, OutOfMemoryError, UnsupportedEditError,
+    BackendLoadError,
+    GenerationCancelled,
+    InvalidRequestError,
+    OutOfMemoryError,
+    UnsupportedEditError,
 )
-from zimage_mcp.types import BackendContext, GenerationRequest, GenerationResult, ProgressCallback, StopCheck, VariantSpec
+from zimage_mcp.types import (
+    BackendContext,
+    GenerationRequest,
+    GenerationResult,
+    ProgressCallback,
+    StopCheck,
+    VariantSpec,
+)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

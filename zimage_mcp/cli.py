@@ -9,8 +9,8 @@ can never reach the protocol stream.
 from __future__ import annotations
 
 import argparse
-import json
 import io
+import json
 import logging
 import os
 import sys

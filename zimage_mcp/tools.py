@@ -294,7 +294,7 @@ def register_tools(mcp: MCPServer, tools: ImageTools) -> None:
     read = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
     cancel = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
     names = tools.model_names_note()
-    for fn, title, annotations, note in (
+    for fn, title, hints, note in (
         (tools.generate_image, "Generate image", write, names),
         (tools.edit_image, "Edit image", write, names),
         (tools.list_models, "List models", read, ""),
@@ -303,4 +303,4 @@ def register_tools(mcp: MCPServer, tools: ImageTools) -> None:
     ):
         description = f"{inspect.cleandoc(fn.__doc__ or '')}\n\n{note}".strip()
         mcp.add_tool(fn, title=title, description=description,
-                     annotations=annotations.model_copy(update={"title": title}))
+                     annotations=hints.model_copy(update={"title": title}))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from zimage_mcp.errors import (
@@ -52,7 +52,7 @@ def make_work(registry: Registry, store: ImageStore, metrics: Metrics, prepared:
         result = backend.generate(prepared.request, progress, should_stop)
         if should_stop():
             raise GenerationCancelled("cancelled before saving")
-        created = datetime.now(timezone.utc).isoformat()
+        created = datetime.now(UTC).isoformat()
         saved: list[tuple[StoredImage, bytes]] = []
         for i, (png, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
             progress("saving", i, len(result.images), f"saving image {i + 1}/{len(result.images)}")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import ZImagePipeline
+from safetensors.torch import load_file
+
 from tests.engine.lora_dialects import (
     TINY,
     diffusers_transformer,
@@ -24,8 +26,6 @@ from tests.engine.lora_dialects import (
     to_kohya,
     write_peft_lora,
 )
-from safetensors.torch import load_file
-
 from zimage_mcp.engine.lora_apply import LoraManager
 from zimage_mcp.engine.transformer import ZImageTransformer
 

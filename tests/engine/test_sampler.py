@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zimage_mcp.engine.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, img2img_start, model_time, noise_like
+from zimage_mcp.engine.sampler import (
+    cfg_combine,
+    euler_step,
+    get_sigmas,
+    guidance_at,
+    img2img_start,
+    model_time,
+    noise_like,
+)
 
 
 def test_turbo_sigmas_match_the_published_grid() -> None:

@@ -20,8 +20,17 @@ from PIL import Image, ImageFilter
 from torch import Tensor
 
 from zimage_mcp.engine.pipeline import (
-    MAX_SEED, SIZE_MAX, SIZE_MIN, SIZE_MULTIPLE, GenerationOutput, Guidance, StepCallback, StopCheck, ZImagePipeline,
-    _lap, check_args,
+    MAX_SEED,
+    SIZE_MAX,
+    SIZE_MIN,
+    SIZE_MULTIPLE,
+    GenerationOutput,
+    Guidance,
+    StepCallback,
+    StopCheck,
+    ZImagePipeline,
+    _lap,
+    check_args,
 )
 from zimage_mcp.engine.sampler import get_sigmas, img2img_start
 from zimage_mcp.engine.vae import image_to_tensor, normalize_latents, sample_latents, tensor_to_images

@@ -11,13 +11,26 @@ from pathlib import Path
 import torch
 
 from zimage_mcp.engine.attention import AttentionBackend, best_backend
-from zimage_mcp.engine.config import TRANSFORMER_PRESETS, SchedulerConfig, TransformerConfig, VAEConfig, VAE_PRESETS, replace
+from zimage_mcp.engine.config import (
+    TRANSFORMER_PRESETS,
+    VAE_PRESETS,
+    SchedulerConfig,
+    TransformerConfig,
+    VAEConfig,
+    replace,
+)
 from zimage_mcp.engine.errors import WeightsError
 from zimage_mcp.engine.layout import ModelFiles
 from zimage_mcp.engine.transformer import ZImageTransformer
 from zimage_mcp.engine.vae import AutoencoderKL
 from zimage_mcp.engine.vae_keys import convert_bfl_vae_state_dict, is_bfl_vae_state_dict
-from zimage_mcp.engine.weights import StateDict, convert_comfy_transformer, is_comfy_transformer, load_strict, read_files
+from zimage_mcp.engine.weights import (
+    StateDict,
+    convert_comfy_transformer,
+    is_comfy_transformer,
+    load_strict,
+    read_files,
+)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -113,9 +113,15 @@ class ZImagePipeline:
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
         after_step: Callable[[int, Tensor], Tensor] | None = None,
+        forward: Callable[[Tensor, Tensor, Conditioning], Tensor] | None = None,
     ) -> Tensor:
-        """Run the Euler loop over ``sigmas`` (len N+1). ``after_step(i, x)`` lets inpainting blend."""
+        """Run the Euler loop over ``sigmas`` (len N+1).
+
+        ``after_step(i, x)`` lets inpainting blend; ``forward(x, t, cond)`` replaces the DiT call (the
+        ControlNet adds its hints there). x may hold the CFG batch (2B) or B samples.
+        """
         model = self.transformer
+        call = forward or model.forward_prepared
         hw = (latents.shape[-2], latents.shape[-1])
         b = latents.shape[0]
         cond_pos: Conditioning = model.prepare(pos, hw)
@@ -135,14 +141,14 @@ class ZImagePipeline:
                         cond_both = (cond_pos, model.prepare(neg, hw))
                 t_b = torch.full((b,), t, device=self.device)
                 if isinstance(cond_both, tuple):  # two unmasked passes: the fast attention kernels take no mask
-                    pos_out = model.forward_prepared(x_in, t_b, cond_both[0])
-                    neg_out = model.forward_prepared(x_in, t_b, cond_both[1])
+                    pos_out = call(x_in, t_b, cond_both[0])
+                    neg_out = call(x_in, t_b, cond_both[1])
                 else:
-                    out = model.forward_prepared(torch.cat([x_in, x_in]), torch.cat([t_b, t_b]), cond_both)
+                    out = call(torch.cat([x_in, x_in]), torch.cat([t_b, t_b]), cond_both)
                     pos_out, neg_out = out[:b], out[b:]
                 pred = cfg_combine(pos_out, neg_out, g, guidance.normalization)
             else:
-                pred = model.forward_prepared(x_in, torch.full((b,), t, device=self.device), cond_pos)
+                pred = call(x_in, torch.full((b,), t, device=self.device), cond_pos)
             latents = euler_step(latents, pred, sigmas[i], sigmas[i + 1])
             if after_step is not None:
                 latents = after_step(i, latents)

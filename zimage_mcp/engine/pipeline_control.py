@@ -18,12 +18,18 @@ from PIL.Image import Image
 from torch import Tensor
 
 from zimage_mcp.engine.controlnet import ZImageControlNet, controlled_forward
-from zimage_mcp.engine.errors import GenerationCancelled
 from zimage_mcp.engine.hints import RESAMPLE, prepare_hint, resize_hint
 from zimage_mcp.engine.pipeline import (
-    MAX_SEED, SIZE_MULTIPLE, GenerationOutput, Guidance, StepCallback, StopCheck, ZImagePipeline, check_args,
+    MAX_SEED,
+    SIZE_MULTIPLE,
+    GenerationOutput,
+    Guidance,
+    StepCallback,
+    StopCheck,
+    ZImagePipeline,
+    check_args,
 )
-from zimage_mcp.engine.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, model_time
+from zimage_mcp.engine.sampler import get_sigmas
 from zimage_mcp.engine.transformer import Conditioning
 from zimage_mcp.engine.vae import image_to_tensor, normalize_latents
 
@@ -61,33 +67,14 @@ def denoise_controlled(
     on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
 ) -> Tensor:
     """``ZImagePipeline.denoise`` with the ControlNet in the model call; control (B, in_dim, h, w)."""
-    base = pipe.transformer
-    hw = (latents.shape[-2], latents.shape[-1])
-    b = latents.shape[0]
     control = control.to(pipe.device, pipe.dtype)
-    cond_pos: Conditioning = base.prepare(pos, hw)
-    cond_both: Conditioning | None = None
-    n = len(sigmas) - 1
-    for i in range(n):
-        if should_stop is not None and should_stop():
-            raise GenerationCancelled(f"cancelled before step {i + 1} of {n}")
-        t = model_time(sigmas[i])
-        g = guidance_at(guidance.scale, t, guidance.truncation) if neg is not None else 0.0
-        x_in = latents.to(pipe.dtype)
-        if g > 0:
-            if cond_both is None:
-                cond_both = base.prepare(pos + neg, hw)
-            t_vec = torch.full((2 * b,), t, device=pipe.device)
-            out = controlled_forward(base, controlnet, torch.cat([x_in, x_in]), t_vec, cond_both,
-                                     torch.cat([control, control]), scale)  # negative branch sees the same control
-            pred = cfg_combine(out[:b], out[b:], g, guidance.normalization)
-        else:
-            t_vec = torch.full((b,), t, device=pipe.device)
-            pred = controlled_forward(base, controlnet, x_in, t_vec, cond_pos, control, scale)
-        latents = euler_step(latents, pred, sigmas[i], sigmas[i + 1])
-        if on_step is not None:
-            on_step(i + 1, n)
-    return latents
+
+    def forward(x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        # the CFG batch (2B) sees the same control for its negative half
+        c = control if x.shape[0] == control.shape[0] else control.repeat(x.shape[0] // control.shape[0], 1, 1, 1)
+        return controlled_forward(pipe.transformer, controlnet, x, t, cond, c, scale)
+
+    return pipe.denoise(latents, sigmas, pos, neg, guidance, on_step, should_stop, forward=forward)
 
 
 def _default_size(image: Image, width: int | None, height: int | None) -> tuple[int, int]:

@@ -20,7 +20,14 @@ from torch import Tensor
 from zimage_mcp.engine.errors import GenerationCancelled
 from zimage_mcp.engine.omni_prompt import encode_segments, omni_segments
 from zimage_mcp.engine.pipeline import (
-    SIZE_MAX, GenerationOutput, Guidance, StepCallback, StopCheck, ZImagePipeline, _lap, check_args,
+    SIZE_MAX,
+    GenerationOutput,
+    Guidance,
+    StepCallback,
+    StopCheck,
+    ZImagePipeline,
+    _lap,
+    check_args,
 )
 from zimage_mcp.engine.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, model_time
 from zimage_mcp.engine.siglip import SiglipEncoder, check_reference, encode_reference, fit_reference
