@@ -212,3 +212,16 @@ def test_tokenizer_is_deterministic(tiny: Path, tmp_path: Path) -> None:
     write_tiny_tokenizer(tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
         assert (tmp_path / name).read_bytes() == (tiny / "tokenizer" / name).read_bytes()
+
+
+def test_bucketed_unmasked_right_padding_gives_the_same_features(tiny: Path) -> None:
+    """The compiled encoder pads to 32-token buckets with no mask: real tokens must not change."""
+    from zimage_mcp.engine.text_encoder import load_text_encoder
+
+    plain = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
+    bucketed = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
+    bucketed.bucket = 32
+    prompts = ["a cat", "一只猫坐在垫子上", "a much longer prompt about a lighthouse on a cliff at dusk, waves below"]
+    for a, b in zip(plain.encode(prompts), bucketed.encode(prompts), strict=True):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-5)

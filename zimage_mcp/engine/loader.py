@@ -21,6 +21,8 @@ from zimage_mcp.engine.config import (
 )
 from zimage_mcp.engine.errors import WeightsError
 from zimage_mcp.engine.layout import ModelFiles
+from zimage_mcp.engine.pipeline import ZImagePipeline
+from zimage_mcp.engine.text_encoder import TextEncoder
 from zimage_mcp.engine.transformer import ZImageTransformer
 from zimage_mcp.engine.vae import AutoencoderKL
 from zimage_mcp.engine.vae_keys import convert_bfl_vae_state_dict, is_bfl_vae_state_dict
@@ -90,7 +92,8 @@ def load_scheduler(config: Path | None, fallback_shift: float) -> SchedulerConfi
     return SchedulerConfig.from_json(config) if config is not None else SchedulerConfig(shift=fallback_shift)
 
 
-def load_text_encoder_from(files: ModelFiles, device: torch.device, dtype: torch.dtype):  # -> TextEncoder
+def load_text_encoder_from(files: ModelFiles, device: torch.device, dtype: torch.dtype) -> TextEncoder:
+    """The published text_encoder/ folder, or a ComfyUI single file, with the folder's tokenizer."""
     from zimage_mcp.engine.text_encoder import load_text_encoder, load_text_encoder_file
 
     if files.text_encoder_config is not None and len(files.text_encoder) and files.text_encoder[0].parent == files.text_encoder_config.parent:
@@ -110,10 +113,9 @@ def load_pipeline(
     shift: float | None = None,
     attn_backend: AttentionBackend | None = None,
     hf_home: str | None = None,
-):  # -> ZImagePipeline
+) -> ZImagePipeline:
     """Load a whole text-to-image pipeline from any supported layout (see ``layout.py``)."""
     from zimage_mcp.engine.layout import resolve_model_files
-    from zimage_mcp.engine.pipeline import ZImagePipeline
 
     files = resolve_model_files(folder, repo_id, transformer_file, vae_file, text_encoder_file, hf_home)
     dev = resolve_device(device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from zimage_mcp.engine.pipeline import ZImagePipeline
 from zimage_mcp.engine.vae import AutoencoderKL
 
 
@@ -18,7 +19,7 @@ def optimize_vae(vae: AutoencoderKL, compile: bool = True) -> None:
         vae.decoder.compile(dynamic=False)
 
 
-def optimize(pipe, mode: str = "auto") -> None:  # pipe: ZImagePipeline (or a subclass)
+def optimize(pipe: ZImagePipeline, mode: str = "auto") -> None:
     """``auto``/``compile``: fuse + compile the DiT blocks and the VAE decoder; ``fuse``: fusion only."""
     device = pipe.device
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
