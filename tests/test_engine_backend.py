@@ -1,0 +1,88 @@
+"""The engine bridge through the real registry: shared components, LoRA variants, unloading, bad LoRAs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.server_fixtures import make_settings, tiny_model_dir  # noqa: F401
+from zimage_mcp.errors import InvalidRequestError
+from zimage_mcp.registry import Registry
+from zimage_mcp.types import GenerationRequest, LoraRef
+
+
+@pytest.fixture
+def registry(tmp_path: Path, tiny_model_dir: Path) -> Registry:  # noqa: F811
+    reg = tmp_path / "registry.toml"
+    reg.write_text(f"""
+[variants.z-image-turbo.weights]
+path = "{tiny_model_dir.as_posix()}"
+[variants.z-image-base.weights]
+path = "{tiny_model_dir.as_posix()}"
+""")
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    sd = {}
+    for t in ("to_q", "to_k", "to_v"):
+        sd[f"transformer.layers.0.attention.{t}.lora_A.weight"] = torch.randn(4, 64, generator=gen)
+        sd[f"transformer.layers.0.attention.{t}.lora_B.weight"] = torch.randn(64, 4, generator=gen)
+    save_file(sd, str(loras / "style.safetensors"))
+    save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 99),
+               "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(64, 4)}, str(loras / "alien.safetensors"))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    settings = make_settings(tmp_path, reg, inputs, lora_dir=loras)
+    return Registry.from_settings(settings)
+
+
+def _request(**kw: object) -> GenerationRequest:
+    base = dict(prompt="a lighthouse", negative_prompt="", width=256, height=256, steps=2, guidance=0.0, seed=3)
+    return GenerationRequest(**(base | kw))  # type: ignore[arg-type]
+
+
+def _noop(*args: object) -> None:
+    return None
+
+
+def test_turbo_and_base_share_one_text_encoder_and_vae(registry: Registry) -> None:
+    from zimage_engine_backend import SHARED
+
+    turbo, base = registry.backend("z-image-turbo"), registry.backend("z-image-base")
+    assert turbo is not base
+    assert turbo.pipe.text_encoder is base.pipe.text_encoder
+    assert turbo.pipe.vae is base.pipe.vae
+    assert turbo.pipe.transformer is not base.pipe.transformer
+    assert base.pipe.shift == turbo.pipe.shift  # both read the folder's scheduler config
+    turbo.unload()
+    assert SHARED.count() == 2  # still held by Base
+    assert base.generate(_request(), _noop, lambda: False).images
+    base.unload()
+    assert SHARED.count() == 0
+
+
+def test_a_lora_variant_reuses_its_base_and_the_weights_come_back(registry: Registry) -> None:
+    target = registry.lora_variant_target("lora:style")
+    assert target is not None and target[0] == "z-image-turbo"
+    backend = registry.backend("z-image-turbo")
+    before = {k: v.clone() for k, v in backend.pipe.transformer.state_dict().items()}
+    ref = LoraRef(name="style", file=target[1].file, scale=0.9)
+    styled = backend.generate(_request(loras=(ref,)), _noop, lambda: False)
+    plain = backend.generate(_request(), _noop, lambda: False)
+    assert styled.images[0] != plain.images[0]
+    after = backend.pipe.transformer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-exact once the LoRA is gone
+
+
+def test_a_lora_for_another_shape_is_a_request_error_and_leaves_the_model_alone(registry: Registry) -> None:
+    backend = registry.backend("z-image-turbo")
+    alien = registry.resolve_lora("alien")
+    before = {k: v.clone() for k, v in backend.pipe.transformer.state_dict().items()}
+    with pytest.raises(InvalidRequestError, match="loras"):
+        backend.generate(_request(loras=(LoraRef(name="alien", file=alien.file, scale=1.0),)), _noop, lambda: False)
+    after = backend.pipe.transformer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert backend.generate(_request(), _noop, lambda: False).images  # and the next call works
