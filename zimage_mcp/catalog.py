@@ -242,10 +242,10 @@ def _build(vid: str, t: dict[str, Any], label: str) -> CatalogVariant:
         "width": (lim.min_side, lim.max_side, "limits.min_side..limits.max_side"),
         "height": (lim.min_side, lim.max_side, "limits.min_side..limits.max_side"),
     }
-    for key, (lo, hi, names) in ranges.items():
+    for key, (low, high, names) in ranges.items():
         value = getattr(d, key)
-        if not lo <= value <= hi:
-            raise fail(f"defaults.{key}", f"{value} is outside {names} ({lo}..{hi})")
+        if not low <= value <= high:
+            raise fail(f"defaults.{key}", f"{value} is outside {names} ({low}..{high})")
     for key in ("width", "height"):
         if getattr(d, key) % lim.size_multiple:
             multiple = lim.size_multiple

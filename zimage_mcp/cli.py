@@ -214,8 +214,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from zimage_mcp.registry import Registry
 
     registry = Registry.from_settings(_settings(args))
-    pm = getattr(registry, "pm", None) or getattr(registry, "plugin_manager", None)
-    print(json.dumps(describe_plugins(pm), indent=2, default=str))
+    print(json.dumps(describe_plugins(registry.plugin_manager), indent=2, default=str))
     return 0
 
 
