@@ -14,7 +14,8 @@ from typing import Any
 from zimage_mcp.engine.errors import WeightsError
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A config file as a dict; WeightsError naming the file when it is missing or not a JSON object."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
@@ -85,7 +86,7 @@ class TransformerConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> TransformerConfig:
-        data = _read_json(path)
+        data = read_json(path)
         names = {f.name for f in fields(cls)}
         kw = _strict_kwargs(path, data, names, ignored=set())
         optional = {"all_patch_size", "all_f_patch_size", "siglip_feat_dim"}
@@ -132,7 +133,7 @@ class VAEConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> VAEConfig:
-        data = _read_json(path)
+        data = read_json(path)
         names = {f.name for f in fields(cls)}
         kw = _strict_kwargs(path, data, names, ignored=cls._ACCEPTED)
         if data.get("act_fn", "silu") != "silu":
@@ -178,7 +179,7 @@ class SchedulerConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> SchedulerConfig:
-        data = _read_json(path)
+        data = read_json(path)
         if data.get("use_dynamic_shifting", False):
             raise WeightsError(f"{path}: use_dynamic_shifting=true is not used by Z-Image")
         if "shift" not in data:

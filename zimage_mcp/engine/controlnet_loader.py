@@ -9,11 +9,11 @@ them and so do we. Every other key is audited strictly.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from zimage_mcp.engine.config import read_json
 from zimage_mcp.engine.controlnet import ControlNetConfig, ZImageControlNet
 from zimage_mcp.engine.errors import WeightsError
 from zimage_mcp.engine.weights import StateDict, load_strict, read_files, shard_files
@@ -75,14 +75,7 @@ def infer_controlnet_config(sd: StateDict, source: str) -> ControlNetConfig:
 
 
 def read_controlnet_config(path: Path) -> ControlNetConfig:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise WeightsError(f"missing config file: {path}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"config file {path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise WeightsError(f"config file {path} must hold a JSON object")
+    data = read_json(Path(path))
     try:
         return ControlNetConfig.from_dict(data)
     except (TypeError, ValueError) as e:
