@@ -71,6 +71,7 @@ class ZImagePipeline:
         # features (a few hundred KB) cross to the GPU. The embedding cache makes repeated prompts free.
         self.offload_text_encoder = offload_text_encoder
         self.cfg_mode = "auto"  # "batched" | "sequential" | "auto"
+        self.vae_tiling = offload_text_encoder  # low-VRAM mode also bounds the decoder's transient
         if offload_text_encoder:
             self.text_encoder.model.to("cpu")
 
@@ -94,7 +95,13 @@ class ZImagePipeline:
     def decode_pixels(self, latents: Tensor) -> Tensor:
         """DiT latents (B, 16, h, w) -> images (B, 3, 8h, 8w) in [0, 1], fp32 on the CPU."""
         z = denormalize_latents(latents.to(self.vae_dtype), self.vae.cfg)
-        return (self.vae.decode(z).float() / 2 + 0.5).clamp(0, 1).cpu()
+        if self.vae_tiling:
+            from zimage_mcp.engine.vae_tiling import decode_tiled
+
+            pixels = torch.cat([decode_tiled(self.vae, zi[None]) for zi in z])  # one image at a time
+        else:
+            pixels = self.vae.decode(z)
+        return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
 
     def decode(self, latents: Tensor) -> list[Image]:
         return tensor_to_images(self.decode_pixels(latents) * 2 - 1)
