@@ -1,4 +1,6 @@
-"""Built-in plugin: registers the registry.toml variants whose `plugin` is "zimage_base": Z-Image, the Base model (CFG, negative prompts, 28-50 steps).
+"""Built-in plugin: the registry.toml variants whose `plugin` is "zimage_base".
+
+Z-Image, the Base model (CFG, negative prompts, 28-50 steps).
 
 The variants' defaults, limits, capabilities and weights are catalogue data; the engine is imported
 lazily by the factory, on first use.

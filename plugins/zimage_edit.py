@@ -1,4 +1,6 @@
-"""Built-in plugin: registers the registry.toml variants whose `plugin` is "zimage_edit": Z-Image-Edit (the Omni architecture: instruction edits with reference images).
+"""Built-in plugin: the registry.toml variants whose `plugin` is "zimage_edit".
+
+Z-Image-Edit (the Omni architecture: instruction edits with reference images).
 
 The variants' defaults, limits, capabilities and weights are catalogue data; the engine is imported
 lazily by the factory, on first use.

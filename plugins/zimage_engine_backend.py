@@ -110,9 +110,12 @@ class EngineBackend:
                 folder=Path(w.path) if w.path else None, repo_id=w.repo_id,
                 transformer_file=Path(w.single_file) if w.single_file else None, hf_home=ctx.hf_home,
             )
-            self._keys = self._shared_keys(files)
+            # Low-VRAM mode loads the text encoder straight into host memory: DiT + encoder together
+            # (~20 GB) would not fit the 16 GB cards this mode is for, even for a moment.
+            te_device = torch.device("cpu") if ctx.offload_text_encoder else self.device
+            self._keys = self._shared_keys(files, te_device)
             transformer = load_transformer(files.transformer, files.transformer_config, self.device, self.dtype)
-            te = SHARED.acquire(self._keys[0], lambda: load_text_encoder_from(files, self.device, self.dtype))
+            te = SHARED.acquire(self._keys[0], lambda: load_text_encoder_from(files, te_device, self.dtype))
             vae = SHARED.acquire(self._keys[1], lambda: load_vae(files.vae, files.vae_config, self.device))
         except EngineWeightsError as e:
             raise BackendLoadError(f"{spec.id}: {e}") from e
@@ -141,9 +144,9 @@ class EngineBackend:
             self._controlnet = cn
         return self._controlnet
 
-    def _shared_keys(self, files: ModelFiles) -> tuple[tuple, tuple]:
-        dev, dt = str(self.device), str(self.dtype)
-        return ("text_encoder", files.text_encoder, dev, dt), ("vae", (files.vae,), dev)
+    def _shared_keys(self, files: ModelFiles, te_device: torch.device) -> tuple[tuple, tuple]:
+        te_key = ("text_encoder", files.text_encoder, str(te_device), str(self.dtype))
+        return te_key, ("vae", (files.vae,), str(self.device))
 
     # -- Backend protocol -------------------------------------------------------------------------
     def vram_bytes(self) -> int:

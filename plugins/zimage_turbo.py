@@ -1,4 +1,6 @@
-"""Built-in plugin: registers the registry.toml variants whose `plugin` is "zimage_turbo": Z-Image-Turbo (distilled, 8 steps, no CFG).
+"""Built-in plugin: the registry.toml variants whose `plugin` is "zimage_turbo".
+
+Z-Image-Turbo (distilled, 8 steps, no CFG).
 
 The variants' defaults, limits, capabilities and weights are catalogue data; the engine is imported
 lazily by the factory, on first use.

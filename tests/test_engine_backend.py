@@ -86,3 +86,27 @@ def test_a_lora_for_another_shape_is_a_request_error_and_leaves_the_model_alone(
     after = backend.pipe.transformer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert backend.generate(_request(), _noop, lambda: False).images  # and the next call works
+
+
+def test_low_vram_mode_keeps_the_text_encoder_on_the_host_and_tiles_the_vae(
+    tmp_path: Path, tiny_model_dir: Path  # noqa: F811
+) -> None:
+    from zimage_engine_backend import build_backend
+
+    from zimage_mcp.types import BackendContext
+
+    registry = Registry.from_settings(make_settings(tmp_path, _turbo_registry(tmp_path, tiny_model_dir), tmp_path))
+    spec = registry.resolve("turbo").spec
+    backend = build_backend(spec, BackendContext(device="cpu", dtype="float32", offload_text_encoder=True))
+    try:
+        assert backend.pipe.offload_text_encoder and backend.pipe.vae_tiling
+        assert backend.pipe.text_encoder.device.type == "cpu"
+        assert backend.generate(_request(), _noop, lambda: False).images
+    finally:
+        backend.unload()
+
+
+def _turbo_registry(tmp_path: Path, model_dir: Path) -> Path:
+    reg = tmp_path / "turbo.toml"
+    reg.write_text(f'[variants.z-image-turbo.weights]\npath = "{model_dir.as_posix()}"\n')
+    return reg
