@@ -77,9 +77,14 @@ class TextEncoder:
         return [h[:n] for h, n in zip(hidden, lengths)]
 
     def compile(self, bucket: int = 32) -> None:
-        """Compile the encoder with static shapes: one graph per ``bucket``-token length class."""
+        """Regional compile: each decoder layer with static shapes, one graph per ``bucket``-token class.
+
+        Compiling the whole model would unroll its 35 layers into one graph (minutes to compile); one
+        compiled layer is reused by all of them, as for the DiT blocks.
+        """
         self.bucket = bucket
-        self.model.compile(dynamic=False)
+        for layer in self.model.layers:
+            layer.compile(dynamic=False)
 
 
 def _read_config(path: Path) -> Qwen3Config:
