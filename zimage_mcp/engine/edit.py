@@ -9,7 +9,6 @@ so they stay bit-exact (the VAE round trip alone would drift).
 
 from __future__ import annotations
 
-import random
 import time
 from typing import Literal
 
@@ -20,7 +19,6 @@ from PIL import Image, ImageFilter
 from torch import Tensor
 
 from zimage_mcp.engine.pipeline import (
-    MAX_SEED,
     SIZE_MAX,
     SIZE_MIN,
     SIZE_MULTIPLE,
@@ -29,8 +27,8 @@ from zimage_mcp.engine.pipeline import (
     StepCallback,
     StopCheck,
     ZImagePipeline,
-    _lap,
     check_args,
+    expand_seeds,
 )
 from zimage_mcp.engine.sampler import get_sigmas, img2img_start
 from zimage_mcp.engine.vae import image_to_tensor, normalize_latents, sample_latents, tensor_to_images
@@ -104,11 +102,6 @@ class _Encoded:
         return sigma * self.noise + (1.0 - sigma) * self.image
 
 
-def _seeds(seed: int | None, count: int) -> list[int]:
-    seed = random.randrange(2**63) if seed is None else seed
-    return [(seed + i) % (MAX_SEED + 1) for i in range(count)]
-
-
 def _check_strength(strength: float, steps: int) -> None:
     if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
         raise ValueError(f"strength: must be in (0, 1], got {strength!r}")
@@ -127,12 +120,11 @@ def img2img(
     image, note = fit_image(image, width, height, fit)
     check_args(prompt, image.width, image.height, steps, count, seed)
     _check_strength(strength, steps)
-    seeds, t0 = _seeds(seed, count), time.perf_counter()
+    seeds, t0 = expand_seeds(seed, count), time.perf_counter()
     enc = _Encoded(pipe, image, seeds)
     sigmas = get_sigmas(steps, pipe.shift if shift is None else shift)[img2img_start(steps, strength):]
-    out = _run(pipe, enc.noised(sigmas[0]), sigmas, prompt, negative_prompt, guidance, cfg_truncation,
-               cfg_normalization, count, on_step, should_stop, None, t0)
-    out.seeds = seeds
+    out = pipe.sample(enc.noised(sigmas[0]), sigmas, seeds, prompt, negative_prompt,
+                      Guidance(guidance, cfg_truncation, cfg_normalization), on_step, should_stop, t0)
     if note:
         out.notes.append(note)
     return out
@@ -153,7 +145,7 @@ def inpaint(
     check_args(prompt, image.width, image.height, steps, count, seed)
     _check_strength(strength, steps)
     pixel_mask = prepare_mask(mask, image.size, mask_grow, mask_blur)
-    seeds, t0 = _seeds(seed, count), time.perf_counter()
+    seeds, t0 = expand_seeds(seed, count), time.perf_counter()
     enc = _Encoded(pipe, image, seeds)
     latent_hw = enc.image.shape[-2:]
     m = F.interpolate(pixel_mask, size=tuple(latent_hw), mode="nearest").to(pipe.device)  # (1, 1, h, w)
@@ -164,9 +156,9 @@ def inpaint(
         keep = enc.image if i == n - 1 else enc.noised(sigmas[i + 1])
         return (1 - m) * keep + m * x
 
-    out = _run(pipe, enc.noised(sigmas[0]), sigmas, prompt, negative_prompt, guidance, cfg_truncation,
-               cfg_normalization, count, on_step, should_stop, blend, t0)
-    out.seeds = seeds
+    out = pipe.sample(enc.noised(sigmas[0]), sigmas, seeds, prompt, negative_prompt,
+                      Guidance(guidance, cfg_truncation, cfg_normalization), on_step, should_stop, t0,
+                      after_step=blend)
     if paste_back:
         out.images = paste_unmasked(image, out.images, pixel_mask)
     if note:
@@ -183,24 +175,6 @@ def paste_unmasked(source: Image.Image, generated: list[Image.Image], pixel_mask
         mixed = src * (1 - m) + np.asarray(g, dtype=np.float32) * m
         out.append(Image.fromarray(np.where(m == 0, src, mixed).round().astype(np.uint8)))
     return out
-
-
-def _run(pipe: ZImagePipeline, latents: Tensor, sigmas: list[float], prompt: str, negative_prompt: str,
-         guidance: float, cfg_truncation: float, cfg_normalization: float, count: int,
-         on_step: StepCallback | None, should_stop: StopCheck | None, after_step, t0: float) -> GenerationOutput:
-    timings: dict[str, float] = {}
-    use_cfg = guidance > 0
-    feats = pipe.encode_prompts([prompt] + ([negative_prompt] if use_cfg else []))
-    timings["encode"] = _lap(t0, pipe.device)
-    t1 = time.perf_counter()
-    latents = pipe.denoise(latents, sigmas, [feats[0]] * count, [feats[1]] * count if use_cfg else None,
-                           Guidance(guidance, cfg_truncation, cfg_normalization), on_step, should_stop, after_step)
-    timings["denoise"] = _lap(t1, pipe.device)
-    t2 = time.perf_counter()
-    images = pipe.decode(latents)
-    timings["decode"] = _lap(t2, pipe.device)
-    timings["total"] = time.perf_counter() - t0
-    return GenerationOutput(images=images, seeds=[], timings=timings, latents=latents)
 
 
 __all__ = ["fit_image", "fit_size", "img2img", "inpaint", "paste_unmasked", "prepare_mask", "tensor_to_images"]

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from PIL.Image import Image
@@ -21,6 +22,7 @@ from zimage_mcp.engine.transformer import Conditioning, ZImageTransformer
 from zimage_mcp.engine.vae import AutoencoderKL, denormalize_latents, tensor_to_images
 
 StepCallback = Callable[[int, int], None]
+Cond = TypeVar("Cond")  # the model's per-generation conditioning (text-to-image or Omni)
 StopCheck = Callable[[], bool]
 SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 256, 2048, 16
 MAX_STEPS = 100
@@ -110,6 +112,52 @@ class ZImagePipeline:
     def vae_dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
+    def euler_loop(
+        self,
+        latents: Tensor,
+        sigmas: list[float],
+        cond_pos: Cond,
+        make_cond_both: Callable[[], Cond | tuple[Cond, Cond]] | None,
+        guidance: Guidance,
+        forward: Callable[[Tensor, Tensor, Cond], Tensor],
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        after_step: Callable[[int, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """The Euler loop over ``sigmas`` (len N+1) with CFG, truncation, cancellation and callbacks.
+
+        ``make_cond_both()`` builds the CFG conditioning on first use (None: no CFG): one batched
+        [positive, negative] conditioning, or a (positive, negative) pair run as two passes.
+        ``forward(x, t, cond)`` is the model call; x holds B samples or the CFG batch (2B).
+        ``after_step(i, x)`` lets inpainting blend.
+        """
+        b = latents.shape[0]
+        cond_both: Cond | tuple[Cond, Cond] | None = None
+        n = len(sigmas) - 1
+        for i in range(n):
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled(f"cancelled before step {i + 1} of {n}")
+            t = model_time(sigmas[i])
+            g = guidance_at(guidance.scale, t, guidance.truncation) if make_cond_both is not None else 0.0
+            x_in = latents.to(self.dtype)
+            t_b = torch.full((b,), t, device=self.device)
+            if g > 0:
+                cond_both = cond_both or make_cond_both()
+                if isinstance(cond_both, tuple):  # two unmasked passes: the fast attention kernels take no mask
+                    pos_out, neg_out = forward(x_in, t_b, cond_both[0]), forward(x_in, t_b, cond_both[1])
+                else:
+                    out = forward(torch.cat([x_in, x_in]), torch.cat([t_b, t_b]), cond_both)
+                    pos_out, neg_out = out[:b], out[b:]
+                pred = cfg_combine(pos_out, neg_out, g, guidance.normalization)
+            else:
+                pred = forward(x_in, t_b, cond_pos)
+            latents = euler_step(latents, pred, sigmas[i], sigmas[i + 1])
+            if after_step is not None:
+                latents = after_step(i, latents)
+            if on_step is not None:
+                on_step(i + 1, n)
+        return latents
+
     def denoise(
         self,
         latents: Tensor,
@@ -122,46 +170,55 @@ class ZImagePipeline:
         after_step: Callable[[int, Tensor], Tensor] | None = None,
         forward: Callable[[Tensor, Tensor, Conditioning], Tensor] | None = None,
     ) -> Tensor:
-        """Run the Euler loop over ``sigmas`` (len N+1).
+        """``euler_loop`` with text-to-image conditioning from caption features ``pos`` / ``neg``.
 
-        ``after_step(i, x)`` lets inpainting blend; ``forward(x, t, cond)`` replaces the DiT call (the
-        ControlNet adds its hints there). x may hold the CFG batch (2B) or B samples.
+        ``forward(x, t, cond)`` replaces the DiT call (the ControlNet adds its hints there).
         """
         model = self.transformer
-        call = forward or model.forward_prepared
         hw = (latents.shape[-2], latents.shape[-1])
-        b = latents.shape[0]
-        cond_pos: Conditioning = model.prepare(pos, hw)
-        cond_both: Conditioning | tuple[Conditioning, Conditioning] | None = None
-        n = len(sigmas) - 1
-        for i in range(n):
-            if should_stop is not None and should_stop():
-                raise GenerationCancelled(f"cancelled before step {i + 1} of {n}")
-            t = model_time(sigmas[i])
-            g = guidance_at(guidance.scale, t, guidance.truncation) if neg is not None else 0.0
-            x_in = latents.to(self.dtype)
-            if g > 0:
-                if cond_both is None:
-                    # positive and negative in one batch; captions differ in length -> key-padding mask
-                    cond_both = model.prepare(pos + neg, hw)
-                    if cond_both.key_mask is not None and not self._batch_masked_cfg():
-                        cond_both = (cond_pos, model.prepare(neg, hw))
-                t_b = torch.full((b,), t, device=self.device)
-                if isinstance(cond_both, tuple):  # two unmasked passes: the fast attention kernels take no mask
-                    pos_out = call(x_in, t_b, cond_both[0])
-                    neg_out = call(x_in, t_b, cond_both[1])
-                else:
-                    out = call(torch.cat([x_in, x_in]), torch.cat([t_b, t_b]), cond_both)
-                    pos_out, neg_out = out[:b], out[b:]
-                pred = cfg_combine(pos_out, neg_out, g, guidance.normalization)
-            else:
-                pred = call(x_in, torch.full((b,), t, device=self.device), cond_pos)
-            latents = euler_step(latents, pred, sigmas[i], sigmas[i + 1])
-            if after_step is not None:
-                latents = after_step(i, latents)
-            if on_step is not None:
-                on_step(i + 1, n)
-        return latents
+        cond_pos = model.prepare(pos, hw)
+
+        def cond_both() -> Conditioning | tuple[Conditioning, Conditioning]:
+            assert neg is not None
+            # positive and negative in one batch; captions differ in length -> key-padding mask
+            both = model.prepare(pos + neg, hw)
+            if both.key_mask is not None and not self._batch_masked_cfg():
+                return cond_pos, model.prepare(neg, hw)
+            return both
+
+        return self.euler_loop(latents, sigmas, cond_pos, cond_both if neg is not None else None, guidance,
+                               forward or model.forward_prepared, on_step, should_stop, after_step)
+
+    def sample(
+        self,
+        latents: Tensor,
+        sigmas: list[float],
+        seeds: list[int],
+        prompt: str,
+        negative_prompt: str,
+        guidance: Guidance,
+        on_step: StepCallback | None,
+        should_stop: StopCheck | None,
+        t0: float,
+        timings: dict[str, float] | None = None,
+        after_step: Callable[[int, Tensor], Tensor] | None = None,
+        forward: Callable[[Tensor, Tensor, Conditioning], Tensor] | None = None,
+    ) -> GenerationOutput:
+        """Encode the prompts, denoise ``latents`` over ``sigmas``, decode; timings counted from ``t0``."""
+        timings = dict(timings or {})
+        count = latents.shape[0]
+        use_cfg = guidance.scale > 0
+        feats = self.encode_prompts([prompt] + ([negative_prompt] if use_cfg else []))
+        pos, neg = [feats[0]] * count, ([feats[1]] * count if use_cfg else None)
+        timings["encode"] = _lap(t0, self.device)
+        t1 = time.perf_counter()
+        latents = self.denoise(latents, sigmas, pos, neg, guidance, on_step, should_stop, after_step, forward)
+        timings["denoise"] = _lap(t1, self.device)
+        t2 = time.perf_counter()
+        images = self.decode(latents)
+        timings["decode"] = _lap(t2, self.device)
+        timings["total"] = time.perf_counter() - t0
+        return GenerationOutput(images=images, seeds=seeds, timings=timings, latents=latents)
 
     def _batch_masked_cfg(self) -> bool:
         """Batch CFG with a key-padding mask, or run two unmasked passes (``cfg_mode``)."""
@@ -189,26 +246,18 @@ class ZImagePipeline:
         should_stop: StopCheck | None = None,
     ) -> GenerationOutput:
         check_args(prompt, width, height, steps, count, seed)
-        if seed is None:
-            seed = random.randrange(2**63)
-        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(count)]
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        use_cfg = guidance > 0
-        feats = self.encode_prompts([prompt] + ([negative_prompt] if use_cfg else []))
-        pos, neg = [feats[0]] * count, ([feats[1]] * count if use_cfg else None)
-        timings["encode"] = _lap(t0, self.device)
+        seeds, t0 = expand_seeds(seed, count), time.perf_counter()
         latents = self.initial_noise(seeds, height, width)
         sigmas = get_sigmas(steps, self.shift if shift is None else shift)
-        t1 = time.perf_counter()
-        latents = self.denoise(latents, sigmas, pos, neg, Guidance(guidance, cfg_truncation, cfg_normalization),
-                               on_step, should_stop)
-        timings["denoise"] = _lap(t1, self.device)
-        t2 = time.perf_counter()
-        images = self.decode(latents)
-        timings["decode"] = _lap(t2, self.device)
-        timings["total"] = time.perf_counter() - t0
-        return GenerationOutput(images=images, seeds=seeds, timings=timings, latents=latents)
+        return self.sample(latents, sigmas, seeds, prompt, negative_prompt,
+                           Guidance(guidance, cfg_truncation, cfg_normalization), on_step, should_stop, t0)
+
+
+def expand_seeds(seed: int | None, count: int) -> list[int]:
+    """seed, seed + 1, ... (random when None): image i of a batch gets the noise of a batch of one."""
+    if seed is None:
+        seed = random.randrange(2**63)
+    return [(seed + i) % (MAX_SEED + 1) for i in range(count)]
 
 
 def _lap(start: float, device: torch.device) -> float:

@@ -8,8 +8,8 @@ the last 17 with zeros. Latents come from the VAE *mode* (mean), normalized, as 
 
 from __future__ import annotations
 
-import random
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,7 +20,6 @@ from torch import Tensor
 from zimage_mcp.engine.controlnet import ZImageControlNet, controlled_forward
 from zimage_mcp.engine.hints import RESAMPLE, prepare_hint, resize_hint
 from zimage_mcp.engine.pipeline import (
-    MAX_SEED,
     SIZE_MULTIPLE,
     GenerationOutput,
     Guidance,
@@ -28,6 +27,7 @@ from zimage_mcp.engine.pipeline import (
     StopCheck,
     ZImagePipeline,
     check_args,
+    expand_seeds,
 )
 from zimage_mcp.engine.sampler import get_sigmas
 from zimage_mcp.engine.transformer import Conditioning
@@ -61,12 +61,10 @@ def inpaint_mask(mask: Image, width: int, height: int) -> Tensor:
     return torch.from_numpy(arr >= 0.5).float()[None, None]
 
 
-def denoise_controlled(
-    pipe: ZImagePipeline, controlnet: ZImageControlNet, latents: Tensor, sigmas: list[float], pos: list[Tensor],
-    neg: list[Tensor] | None, guidance: Guidance, control: Tensor, scale: float,
-    on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
-) -> Tensor:
-    """``ZImagePipeline.denoise`` with the ControlNet in the model call; control (B, in_dim, h, w)."""
+def controlled_call(
+    pipe: ZImagePipeline, controlnet: ZImageControlNet, control: Tensor, scale: float
+) -> Callable[[Tensor, Tensor, Conditioning], Tensor]:
+    """The model call ``ZImagePipeline.denoise`` takes: the DiT with hints; control (B, in_dim, h, w)."""
     control = control.to(pipe.device, pipe.dtype)
 
     def forward(x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
@@ -74,7 +72,7 @@ def denoise_controlled(
         c = control if x.shape[0] == control.shape[0] else control.repeat(x.shape[0] // control.shape[0], 1, 1, 1)
         return controlled_forward(pipe.transformer, controlnet, x, t, cond, c, scale)
 
-    return pipe.denoise(latents, sigmas, pos, neg, guidance, on_step, should_stop, forward=forward)
+    return forward
 
 
 def _default_size(image: Image, width: int | None, height: int | None) -> tuple[int, int]:
@@ -87,25 +85,14 @@ def _run(
     width: int, height: int, steps: int, guidance: Guidance, seed: int | None, count: int, shift: float | None,
     scale: float, on_step: StepCallback | None, should_stop: StopCheck | None, t0: float,
 ) -> GenerationOutput:
-    """Shared tail: seeds, prompts, noise, sigmas, controlled Euler loop, decode. control (1, in_dim, h, w)."""
-    if seed is None:
-        seed = random.randrange(2**63)
-    seeds = [(seed + i) % (MAX_SEED + 1) for i in range(count)]
-    timings: dict[str, float] = {"control": time.perf_counter() - t0}
-    use_cfg = guidance.scale > 0
-    feats = pipe.encode_prompts([prompt] + ([negative_prompt] if use_cfg else []))
-    pos, neg = [feats[0]] * count, ([feats[1]] * count if use_cfg else None)
+    """Shared tail: seeds, noise, sigmas, then ``pipe.sample`` with the ControlNet in the model call."""
+    seeds = expand_seeds(seed, count)
+    timings = {"control": time.perf_counter() - t0}
     latents = pipe.initial_noise(seeds, height, width)
     sigmas = get_sigmas(steps, pipe.shift if shift is None else shift)
-    t1 = time.perf_counter()
-    latents = denoise_controlled(pipe, controlnet, latents, sigmas, pos, neg, guidance,
-                                 control.repeat(count, 1, 1, 1), scale, on_step, should_stop)
-    timings["denoise"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    images = pipe.decode(latents)
-    timings["decode"] = time.perf_counter() - t2
-    timings["total"] = time.perf_counter() - t0
-    return GenerationOutput(images=images, seeds=seeds, timings=timings, latents=latents)
+    forward = controlled_call(pipe, controlnet, control.repeat(count, 1, 1, 1), scale)
+    return pipe.sample(latents, sigmas, seeds, prompt, negative_prompt, guidance, on_step, should_stop, t0,
+                       timings=timings, forward=forward)
 
 
 @torch.inference_mode()

@@ -9,15 +9,12 @@ normalization; the target size defaults to the (cropped) size of the last refere
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable
 
 import torch
 from PIL.Image import Image
 from torch import Tensor
 
-from zimage_mcp.engine.errors import GenerationCancelled
 from zimage_mcp.engine.omni_prompt import encode_segments, omni_segments
 from zimage_mcp.engine.pipeline import (
     SIZE_MAX,
@@ -28,10 +25,11 @@ from zimage_mcp.engine.pipeline import (
     ZImagePipeline,
     _lap,
     check_args,
+    expand_seeds,
 )
-from zimage_mcp.engine.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, model_time
+from zimage_mcp.engine.sampler import get_sigmas
 from zimage_mcp.engine.siglip import SiglipEncoder, check_reference, encode_reference, fit_reference
-from zimage_mcp.engine.transformer_omni import OmniConditioning, ZImageOmniTransformer
+from zimage_mcp.engine.transformer_omni import ZImageOmniTransformer
 from zimage_mcp.engine.vae import AutoencoderKL
 
 OMNI_STEPS, OMNI_GUIDANCE = 50, 5.0
@@ -57,38 +55,6 @@ class OmniPipeline(ZImagePipeline):
         latents = [encode_reference(self.vae, crop).to(self.device) for _, crop in fitted]
         feats = [self.siglip.features(resized).to(self.device) for resized, _ in fitted]
         return latents, feats, fitted[-1][1].size
-
-    def denoise_omni(
-        self,
-        latents: Tensor,
-        sigmas: list[float],
-        cond_pos: OmniConditioning,
-        make_both: Callable[[], OmniConditioning],
-        guidance: Guidance,
-        on_step: StepCallback | None = None,
-        should_stop: StopCheck | None = None,
-    ) -> Tensor:
-        """Euler loop over ``sigmas``; ``make_both()`` builds the [positive, negative] conditioning on first use."""
-        model, b = self.transformer, latents.shape[0]
-        cond_both: OmniConditioning | None = None
-        n = len(sigmas) - 1
-        for i in range(n):
-            if should_stop is not None and should_stop():
-                raise GenerationCancelled(f"cancelled before step {i + 1} of {n}")
-            t = model_time(sigmas[i])
-            g = guidance_at(guidance.scale, t, guidance.truncation) if guidance.scale > 0 else 0.0
-            x_in = latents.to(self.dtype)
-            if g > 0:
-                cond_both = cond_both or make_both()
-                t_vec = torch.full((2 * b,), t, device=self.device)
-                out = model.forward_omni(torch.cat([x_in, x_in]), t_vec, cond_both)
-                pred = cfg_combine(out[:b], out[b:], g, guidance.normalization)
-            else:
-                pred = model.forward_omni(x_in, torch.full((b,), t, device=self.device), cond_pos)
-            latents = euler_step(latents, pred, sigmas[i], sigmas[i + 1])
-            if on_step is not None:
-                on_step(i + 1, n)
-        return latents
 
     # -- editing ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -118,8 +84,7 @@ class OmniPipeline(ZImagePipeline):
         pos_segs = omni_segments(prompt, len(images), "prompt")
         use_cfg = guidance > 0
         neg_segs = omni_segments(negative_prompt, len(images), "negative_prompt") if use_cfg else []
-        if seed is None:
-            seed = random.randrange(2**63)
+        seed = expand_seeds(seed, 1)[0]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         latents_ref, feats, (w_ref, h_ref) = self.references(images, width, height, max_images)
@@ -136,10 +101,10 @@ class OmniPipeline(ZImagePipeline):
         model = self.transformer
         t1 = time.perf_counter()
         cond_pos = model.prepare_omni([pos], latents_ref, feats, hw)
-        latents = self.denoise_omni(
+        latents = self.euler_loop(
             latents, get_sigmas(steps, self.shift if shift is None else shift), cond_pos,
             lambda: model.prepare_omni([pos, neg], latents_ref, feats, hw),
-            Guidance(guidance, cfg_truncation, cfg_normalization), on_step, should_stop,
+            Guidance(guidance, cfg_truncation, cfg_normalization), model.forward_omni, on_step, should_stop,
         )
         timings["denoise"] = _lap(t1, self.device)
         t2 = time.perf_counter()
