@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zimage_mcp.errors import BackendLoadError, NotInstalledError
+from zimage_mcp.hub_cache import find_snapshot
 from zimage_mcp.types import Backend, VariantSpec
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,6 @@ class InstallStatus:
     location: str | None
     source: str  # "path" | "single_file" | "hf_cache" | "plugin" (no weights declared) | "missing"
     how_to_install: str
-
-
-def hub_cache_dir(hf_home: str | None, hf_hub_cache: str | None) -> Path:
-    """The Hugging Face hub cache: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
-    if hf_hub_cache:
-        return Path(hf_hub_cache).expanduser()
-    return Path(hf_home or "~/.cache/huggingface").expanduser() / "hub"
 
 
 def find_weights(spec: VariantSpec, hub_dir: Path, pull_name: str) -> InstallStatus:
@@ -68,18 +62,6 @@ def find_weights(spec: VariantSpec, hub_dir: Path, pull_name: str) -> InstallSta
     else:
         how = f"set [variants.{spec.id}.weights] path or single_file in your registry.toml"
     return InstallStatus(False, None, "missing", "; ".join([*notes, how]))
-
-
-def find_snapshot(hub_dir: Path, repo_id: str) -> Path | None:
-    """``hub_dir/models--org--name/snapshots/<rev>`` holding model_index.json (``refs/main`` first)."""
-    repo = hub_dir / ("models--" + repo_id.replace("/", "--"))
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        snapshot = repo / "snapshots" / ref.read_text().strip()
-        if (snapshot / "model_index.json").is_file():
-            return snapshot
-    snapshots = [p for p in (repo / "snapshots").glob("*") if (p / "model_index.json").is_file()]
-    return max(snapshots, key=lambda p: p.stat().st_mtime) if snapshots else None
 
 
 def weights_bytes(location: str | None) -> int:

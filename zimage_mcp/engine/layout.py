@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zimage_mcp.engine.errors import WeightsError
+from zimage_mcp.hub_cache import find_snapshot, hub_cache_dir
 
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 
@@ -32,25 +33,12 @@ class ModelFiles:
 
 def hf_hub_cache(hf_home: str | None = None) -> Path:
     """The hub cache folder, honouring HF_HUB_CACHE and HF_HOME like huggingface_hub does."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = hf_home or os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return Path(home) / "hub"
+    return hub_cache_dir(hf_home or os.environ.get("HF_HOME"), os.environ.get("HF_HUB_CACHE"))
 
 
 def find_hf_snapshot(repo_id: str, hf_home: str | None = None) -> Path | None:
     """The local snapshot folder of ``repo_id`` (refs/main first, else the newest), or None. No network."""
-    repo_dir = hf_hub_cache(hf_home) / ("models--" + repo_id.replace("/", "--"))
-    snapshots = repo_dir / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    ref = repo_dir / "refs" / "main"
-    if ref.is_file():
-        candidate = snapshots / ref.read_text(encoding="utf-8").strip()
-        if (candidate / "model_index.json").is_file():
-            return candidate
-    found = sorted((p for p in snapshots.iterdir() if (p / "model_index.json").is_file()), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+    return find_snapshot(hf_hub_cache(hf_home), repo_id)
 
 
 def _component(folder: Path, name: str) -> Path:
