@@ -106,9 +106,8 @@ def load_strict(
 
 # -- ComfyUI / Lumina2 single-file transformer dialect --------------------------------------------
 COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
-COMFY_RENAMES = (  # (comfy substring, ours), applied in order
-    ("x_embedder.", "all_x_embedder.2-1."),
-    ("final_layer.", "all_final_layer.2-1."),
+COMFY_PREFIX_RENAMES = (("x_embedder.", "all_x_embedder.2-1."), ("final_layer.", "all_final_layer.2-1."))
+COMFY_INFIX_RENAMES = (  # (comfy, ours) inside block keys
     (".attention.out.", ".attention.to_out.0."),
     (".attention.q_norm.", ".attention.norm_q."),
     (".attention.k_norm.", ".attention.norm_k."),
@@ -138,12 +137,20 @@ def convert_comfy_transformer(sd: StateDict) -> StateDict:
             q, k, v = (part.clone() for part in t.chunk(3, dim=0))  # (3D, D) -> three (D, D), own storage
             out[base + "to_q.weight"], out[base + "to_k.weight"], out[base + "to_v.weight"] = q, k, v
             continue
-        if not key.startswith("all_"):
-            for old, new in COMFY_RENAMES:
-                if key.startswith(old) or old.startswith(".") and old in key:
-                    key = new + key[len(old):] if key.startswith(old) else key.replace(old, new)
-        out[key] = t
+        out[_rename(key, reverse=False)] = t
     return out
+
+
+def _rename(key: str, reverse: bool) -> str:
+    """Apply the ComfyUI <-> ours tables to one key (``reverse``: ours -> ComfyUI)."""
+    for comfy, ours in COMFY_PREFIX_RENAMES:
+        src, dst = (ours, comfy) if reverse else (comfy, ours)
+        if key.startswith(src):
+            key = dst + key[len(src):]
+    for comfy, ours in COMFY_INFIX_RENAMES:
+        src, dst = (ours, comfy) if reverse else (comfy, ours)
+        key = key.replace(src, dst)
+    return key
 
 
 def to_comfy_transformer(sd: StateDict, prefix: str = "") -> StateDict:
@@ -156,10 +163,5 @@ def to_comfy_transformer(sd: StateDict, prefix: str = "") -> StateDict:
             continue
         if key.endswith((".attention.to_k.weight", ".attention.to_v.weight")):
             continue
-        for old, new in COMFY_RENAMES:
-            if key.startswith(new):
-                key = old + key[len(new):]
-            elif new.startswith(".") and new in key:
-                key = key.replace(new, old)
-        out[prefix + key] = t
+        out[prefix + _rename(key, reverse=True)] = t
     return out
