@@ -215,13 +215,39 @@ def test_tokenizer_is_deterministic(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_bucketed_unmasked_right_padding_gives_the_same_features(tiny: Path) -> None:
-    """The compiled encoder pads to 32-token buckets with no mask: real tokens must not change."""
+    """The graphed encoder right-pads to length buckets with no mask: real tokens must not change."""
+    from zimage_mcp.engine.text_encoder import chat_prompt, length_bucket, load_text_encoder
+
+    te = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
+    prompts = ["a cat", "一只猫坐在垫子上", "a much longer prompt about a lighthouse on a cliff at dusk, waves below"]
+    plain = te.encode(prompts)
+    for p, ref in zip(prompts, plain, strict=True):
+        ids = te.tokenizer(chat_prompt(te.tokenizer, p), return_tensors="pt").input_ids  # (1, n)
+        n = ids.shape[1]
+        bucket = length_bucket(n)
+        assert bucket >= n and bucket in (32, 64, 128)
+        padded = torch.nn.functional.pad(ids, (0, bucket - n), value=te.tokenizer.pad_token_id)
+        with torch.no_grad():
+            out = te._forward(padded)[0, :n]
+        assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_prebuilt_mask_mapping_matches_the_default_forward(tiny: Path) -> None:
+    """The mask-free call used for CUDA graphs computes what HF's own causal path computes."""
     from zimage_mcp.engine.text_encoder import load_text_encoder
 
-    plain = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
-    bucketed = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
-    bucketed.bucket = 32
-    prompts = ["a cat", "一只猫坐在垫子上", "a much longer prompt about a lighthouse on a cliff at dusk, waves below"]
-    for a, b in zip(plain.encode(prompts), bucketed.encode(prompts), strict=True):
-        assert a.shape == b.shape
-        assert torch.allclose(a, b, atol=1e-5)
+    te = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
+    ids = torch.randint(0, 1000, (2, 37))
+    with torch.no_grad():
+        ref = te.model(input_ids=ids, use_cache=False).last_hidden_state
+        assert torch.equal(te._forward(ids), ref)
+
+
+def test_length_buckets_and_cuda_graphs_need_cuda(tiny: Path) -> None:
+    from zimage_mcp.engine.text_encoder import length_bucket, load_text_encoder
+
+    assert [length_bucket(n) for n in (1, 32, 33, 64, 65, 200, 512)] == [32, 32, 64, 64, 128, 256, 512]
+    te = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32)
+    with pytest.raises(ValueError, match="CUDA"):
+        te.use_cuda_graphs()
+    assert te.graph_shapes == []
