@@ -94,19 +94,21 @@ class ZImagePipeline:
         shape = (1, self.transformer.cfg.in_channels, 2 * (height // 16), 2 * (width // 16))
         return torch.cat([noise_like(shape, s) for s in seeds]).to(self.device)
 
-    def decode_pixels(self, latents: Tensor) -> Tensor:
-        """DiT latents (B, 16, h, w) -> images (B, 3, 8h, 8w) in [0, 1], fp32 on the CPU."""
+    def decode_raw(self, latents: Tensor) -> Tensor:
+        """DiT latents (B, 16, h, w) -> decoder output (B, 3, 8h, 8w) in about [-1, 1], on the device."""
         z = denormalize_latents(latents.to(self.vae_dtype), self.vae.cfg)
         if self.vae_tiling:
             from zimage_mcp.engine.vae_tiling import decode_tiled
 
-            pixels = torch.cat([decode_tiled(self.vae, zi[None]) for zi in z])  # one image at a time
-        else:
-            pixels = self.vae.decode(z)
-        return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
+            return torch.cat([decode_tiled(self.vae, zi[None]) for zi in z])  # one image at a time
+        return self.vae.decode(z)
+
+    def decode_pixels(self, latents: Tensor) -> Tensor:
+        """DiT latents (B, 16, h, w) -> images (B, 3, 8h, 8w) in [0, 1], fp32 on the CPU."""
+        return (self.decode_raw(latents).float() / 2 + 0.5).clamp(0, 1).cpu()
 
     def decode(self, latents: Tensor) -> list[Image]:
-        return tensor_to_images(self.decode_pixels(latents) * 2 - 1)
+        return tensor_to_images(self.decode_raw(latents))
 
     @property
     def vae_dtype(self) -> torch.dtype:
