@@ -26,6 +26,9 @@ def _rowwise(x: Tensor) -> tuple[Tensor, Tensor]:
 class Float8Linear(nn.Module):
     """A bias-free linear layer with an (N, K) fp8 weight. Its buffers stay out of the state dict."""
 
+    weight_fp8: Tensor
+    weight_scale: Tensor
+
     def __init__(self, weight: Tensor) -> None:
         super().__init__()
         data, scale = _rowwise(weight.detach())

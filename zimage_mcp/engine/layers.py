@@ -9,9 +9,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zimage_mcp.engine.attention import AttentionBackend, attention
+from zimage_mcp.engine.fp8 import Float8Linear
+from zimage_mcp.engine.qk_rope_kernel import qk_norm_rope
 from zimage_mcp.engine.rope import apply_rope
 
 Modulation = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def _release(*linears: nn.Linear) -> None:
+    """Free bf16 weights once an fp8 copy replaces them (the fp8 mode's memory saving)."""
+    for lin in linears:
+        lin.weight = nn.Parameter(lin.weight.new_empty(0), requires_grad=False)
 
 
 def _fuse_rows(*linears: nn.Linear) -> Tensor:
@@ -67,21 +75,39 @@ class Attention(nn.Module):
         self.norm_k = RMSNorm(head_dim, eps)
 
         self.qkv: Tensor | None = None  # (3D, D) after fuse(): to_q/k/v weights become views of it
+        self.qkv8: Float8Linear | None = None  # after to_fp8(): fp8 copies of qkv and to_out
+        self.out8: Float8Linear | None = None
+        self.fused_rope = False  # QK-norm + RoPE in one Triton kernel (CUDA); see use_fused_rope()
 
     def fuse(self) -> None:
         """One (3D, D) GEMM instead of three; the checkpoint-named parameters stay, as views into it."""
         self.qkv = _fuse_rows(self.to_q, self.to_k, self.to_v)
 
+    def to_fp8(self, keep_bf16: bool = False) -> None:
+        qkv = self.qkv if self.qkv is not None else torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+        self.qkv8, self.out8 = Float8Linear(qkv), Float8Linear(self.to_out[0].weight)
+        if not keep_bf16:
+            self.qkv = None
+            _release(self.to_q, self.to_k, self.to_v, self.to_out[0])
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, S, D) -> q, k, v each (B, S, H, Dh)."""
+        if self.qkv8 is not None or self.qkv is not None:
+            fused = self.qkv8(x) if self.qkv8 is not None else F.linear(x, self.qkv)  # (B, S, 3D)
+            q, k, v = fused.unflatten(-1, (3, self.n_heads, -1)).unbind(-3)
+            return q, k, v
+        return tuple(lin(x).unflatten(-1, (self.n_heads, -1)) for lin in (self.to_q, self.to_k, self.to_v))
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None, backend: AttentionBackend) -> Tensor:
-        if self.qkv is not None:
-            q, k, v = F.linear(x, self.qkv).unflatten(-1, (3, self.n_heads, -1)).unbind(-3)  # 3 x (B, S, H, Dh)
+        q, k, v = self._qkv(x)
+        if self.fused_rope and q.is_cuda:  # one Triton kernel per tensor (engine/qk_rope_kernel.py)
+            q = qk_norm_rope(q, self.norm_q.weight, cos, sin, self.norm_q.eps)
+            k = qk_norm_rope(k, self.norm_k.weight, cos, sin, self.norm_k.eps)
         else:
-            q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (B, S, H, Dh)
-            k = self.to_k(x).unflatten(-1, (self.n_heads, -1))
-            v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
-        q = apply_rope(self.norm_q(q), cos, sin)  # QK-norm before RoPE
-        k = apply_rope(self.norm_k(k), cos, sin)
-        return self.to_out[0](attention(q, k, v, key_mask, backend))
+            q = apply_rope(self.norm_q(q), cos, sin)  # QK-norm before RoPE
+            k = apply_rope(self.norm_k(k), cos, sin)
+        out = attention(q, k, v, key_mask, backend)  # (B, S, D)
+        return self.out8(out) if self.out8 is not None else self.to_out[0](out)
 
 
 class FeedForward(nn.Module):
@@ -94,11 +120,23 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
         self.w13: Tensor | None = None  # (2H, D) after fuse(): w1/w3 weights become views of it
+        self.w13_8: Float8Linear | None = None  # after to_fp8()
+        self.w2_8: Float8Linear | None = None
 
     def fuse(self) -> None:
         self.w13 = _fuse_rows(self.w1, self.w3)
 
+    def to_fp8(self, keep_bf16: bool = False) -> None:
+        w13 = self.w13 if self.w13 is not None else torch.cat([self.w1.weight, self.w3.weight])
+        self.w13_8, self.w2_8 = Float8Linear(w13), Float8Linear(self.w2.weight)
+        if not keep_bf16:
+            self.w13 = None
+            _release(self.w1, self.w2, self.w3)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.w13_8 is not None and self.w2_8 is not None:
+            a, b = self.w13_8(x).chunk(2, dim=-1)
+            return self.w2_8(F.silu(a) * b)
         if self.w13 is not None:
             a, b = F.linear(x, self.w13).chunk(2, dim=-1)
             return self.w2(F.silu(a) * b)

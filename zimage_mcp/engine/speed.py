@@ -1,4 +1,4 @@
-"""Speed settings applied after loading, all lossless: fused projections, regional compile, VAE layout.
+"""Speed settings applied after loading: lossless ones by default, fp8 weights only when asked for.
 
 ``optimize(pipe, mode)`` is what the server's backends call. ``auto`` does everything on CUDA and
 nothing on the CPU (where the tests compare bit for bit with the reference).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from zimage_mcp.engine import qk_rope_kernel
 from zimage_mcp.engine.pipeline import ZImagePipeline
 from zimage_mcp.engine.vae import AutoencoderKL
 
@@ -19,18 +20,33 @@ def optimize_vae(vae: AutoencoderKL, compile: bool = True) -> None:
         vae.decoder.compile(dynamic=False)
 
 
-def optimize(pipe: ZImagePipeline, mode: str = "auto") -> None:
-    """``auto``/``compile``: fuse + compile the DiT blocks and the VAE decoder; ``fuse``: fusion only."""
+def optimize(pipe: ZImagePipeline, mode: str = "auto", fp8: bool = False) -> None:
+    """``auto``/``compile``: everything below; ``fuse``: all but compilation; ``off``: nothing (fp8 aside).
+
+    Lossless (same math, rounding aside): q/k/v and w1/w3 fused into single GEMMs; on CUDA, the text
+    encoder replayed as CUDA graphs (when it lives on the GPU), QK-norm + RoPE as one Triton kernel,
+    regionally compiled DiT blocks, a channels-last compiled VAE decoder. ``auto`` does nothing on the CPU,
+    where the tests compare bit for bit with the reference. ``fp8`` (opt-in, lossy) stores the blocks'
+    GEMM weights in fp8 and frees the bf16 copies; it needs a GPU with fp8 tensor cores.
+    """
     device = pipe.device
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+    if fp8 and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)):
+        raise ValueError(f"fp8 weights need a CUDA GPU with fp8 tensor cores (compute capability 8.9+), not {device}")
+    active = not (mode == "off" or (mode == "auto" and device.type != "cuda"))
+    if active:
+        pipe.transformer.fuse_projections()
+    if fp8:
+        pipe.transformer.to_fp8(keep_bf16=False)
+    if not active:
         return
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per size bucket: let cuDNN pick conv kernels
-    pipe.transformer.fuse_projections()
+        if pipe.text_encoder.device.type == "cuda":
+            pipe.text_encoder.use_cuda_graphs()
+        if qk_rope_kernel.available():
+            pipe.transformer.use_fused_rope()
     if mode in ("auto", "compile"):
         pipe.transformer.compile_blocks(dynamic=False)
         optimize_vae(pipe.vae, compile=True)
-    # The text encoder stays eager: TextEncoder.compile() exists (32-token buckets, static shapes) but
-    # has not been validated on a GPU yet, so it is not switched on for users.
     elif device.type == "cuda":
         optimize_vae(pipe.vae, compile=False)

@@ -75,6 +75,7 @@ class ZImageTransformer(nn.Module):
         self.cap_pad_token = nn.Parameter(torch.zeros(1, d))
         self.layers = nn.ModuleList([block(True) for _ in range(cfg.n_layers)])
         self._angles: dict[torch.device, list[Tensor]] = {}
+        self.precision = "native"  # the loaded dtype; "fp8" after to_fp8()
 
     # -- speed: load-time fusion and regional compilation --------------------------------------------
     def blocks(self) -> list[TransformerBlock]:
@@ -85,6 +86,26 @@ class ZImageTransformer(nn.Module):
         for blk in self.blocks():
             blk.attention.fuse()
             blk.feed_forward.fuse()
+
+    def use_fused_rope(self, enabled: bool = True) -> None:
+        """QK-norm + RoPE as one Triton kernel per q and k on CUDA (same rounding; see qk_rope_kernel)."""
+        from zimage_mcp.engine.qk_rope_kernel import available
+
+        if enabled and not available():
+            raise RuntimeError("the fused QK-norm/RoPE kernel needs Triton and a CUDA device")
+        for blk in self.blocks():
+            blk.attention.fused_rope = enabled
+
+    def to_fp8(self, keep_bf16: bool = False) -> None:
+        """fp8 weights for every block's qkv, out, w13 and w2 GEMMs (see ``engine/fp8``); opt-in, lossy.
+
+        Unless ``keep_bf16``, the bf16 copies are freed (about half the DiT's memory): LoRAs can no
+        longer be merged, and ``precision`` tells callers so.
+        """
+        for blk in self.blocks():
+            blk.attention.to_fp8(keep_bf16)
+            blk.feed_forward.to_fp8(keep_bf16)
+        self.precision = "fp8" if not keep_bf16 else "fp8+bf16"
 
     def compile_blocks(self, dynamic: bool | None = False, mode: str | None = None) -> None:
         """Regional torch.compile: each block class compiles once and is reused by every instance.

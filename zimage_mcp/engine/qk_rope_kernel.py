@@ -1,0 +1,73 @@
+"""One Triton kernel for QK-norm + interleaved RoPE (CUDA only; the PyTorch path stays the reference).
+
+Inductor's fused version of ``apply_rope(norm(q))`` ran at about a third of the memory bandwidth on an
+H100 (4.3 ms of a 94 ms forward at 1024^2, for q and k). Here each program loads whole head vectors with
+wide contiguous loads, splits the (even, odd) pairs in registers, normalises and rotates them, and joins
+them back for one contiguous store, in the layout the attention kernel reads.
+
+Rounding follows the reference exactly: RMS statistics in fp32, the normalised vector rounded to the
+weight dtype, times the weight (rounded again), then the rotation in fp32 and a final rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    import triton  # type: ignore[import-not-found]
+    import triton.language as tl  # type: ignore[import-not-found]
+    from torch.library import triton_op, wrap_triton
+except ImportError:  # CPU-only installs: the PyTorch path is used
+    triton = None
+
+ROWS_PER_PROGRAM = 8
+
+
+def available() -> bool:
+    return triton is not None and torch.cuda.is_available()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _qk_norm_rope(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, n_rows, heads, token_stride, eps,
+                      HALF: tl.constexpr, ROWS: tl.constexpr):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # (ROWS,) one head vector each
+        live = rows < n_rows
+        token = rows // heads
+        src = token * token_stride + (rows % heads) * (2 * HALF)
+        d = tl.arange(0, 2 * HALF)  # (Dh,)
+        j = tl.arange(0, HALF)  # (Dh/2,) pair index
+        x = tl.load(x_ptr + src[:, None] + d[None, :], mask=live[:, None], other=0.0).to(tl.float32)  # (ROWS, Dh)
+        inv = tl.rsqrt(tl.sum(x * x, axis=1) / (2 * HALF) + eps)  # (ROWS,)
+        w = tl.load(w_ptr + d)
+        dt = w_ptr.dtype.element_ty
+        n = ((x * inv[:, None]).to(dt).to(tl.float32) * w.to(tl.float32)[None, :]).to(dt).to(tl.float32)
+        n0, n1 = tl.split(tl.reshape(n, (ROWS, HALF, 2)))  # (ROWS, Dh/2) each: even and odd elements
+        c = tl.load(cos_ptr + token[:, None] * HALF + j[None, :], mask=live[:, None], other=0.0)
+        s = tl.load(sin_ptr + token[:, None] * HALF + j[None, :], mask=live[:, None], other=0.0)
+        out = tl.reshape(tl.join(n0 * c - n1 * s, n0 * s + n1 * c), (ROWS, 2 * HALF))  # pairs back in place
+        tl.store(out_ptr + rows[:, None] * (2 * HALF) + d[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=live[:, None])
+
+    @triton_op("zimage::qk_norm_rope", mutates_args={})
+    def _qk_norm_rope_op(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, eps: float) -> Tensor:
+        b, s, h, dh = x.shape
+        out = torch.empty((b, s, h, dh), dtype=x.dtype, device=x.device)
+        n_rows = b * s * h
+        grid = (triton.cdiv(n_rows, ROWS_PER_PROGRAM),)
+        wrap_triton(_qk_norm_rope)[grid](x, weight, cos, sin, out, n_rows, h, x.stride(1), eps,
+                                         HALF=dh // 2, ROWS=ROWS_PER_PROGRAM)
+        return out
+
+
+def qk_norm_rope(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, eps: float) -> Tensor:
+    """x (B, S, H, Dh) -> RoPE(RMSNorm(x) * weight), (B, S, H, Dh) contiguous; cos/sin (B, S, Dh/2) fp32.
+
+    ``x`` may be a view into the fused qkv output: heads and elements contiguous, tokens evenly strided.
+    """
+    b, s, h, dh = x.shape
+    if x.stride(3) != 1 or x.stride(2) != dh or x.stride(0) != s * x.stride(1):
+        x = x.contiguous()
+    return _qk_norm_rope_op(x, weight, cos.contiguous(), sin.contiguous(), eps)
