@@ -8,6 +8,7 @@ never import torch. Variants that read the same text encoder and VAE files share
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,16 @@ def _invalid(err: ValueError) -> InvalidRequestError:
     return InvalidRequestError(field, msg) if msg and " " not in field else InvalidRequestError("request", str(err))
 
 
+def speed_up(pipe: ZImagePipeline, ctx: BackendContext, variant: str) -> None:
+    """The configured speed settings; compile artefacts go to a folder that outlives the process."""
+    if ctx.compile_cache_dir:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", ctx.compile_cache_dir)  # the user's own choice wins
+    try:
+        optimize(pipe, ctx.optimize, fp8=ctx.fp8)
+    except ValueError as e:
+        raise BackendLoadError(f"{variant}: {e}") from e
+
+
 class EngineBackend:
     """A loaded Turbo/Base-architecture variant: text-to-image, img2img and inpaint."""
 
@@ -122,7 +133,7 @@ class EngineBackend:
         shift = load_scheduler(files.scheduler_config, spec.defaults.shift).shift
         self.pipe = ZImagePipeline(transformer, vae, te, shift, offload_text_encoder=ctx.offload_text_encoder)
         self.loras = LoraManager(transformer)
-        optimize(self.pipe, ctx.optimize)
+        speed_up(self.pipe, ctx, spec.id)
         self._controlnet_path = Path(w.controlnet) if w.controlnet else None
         self._controlnet: Any = None
 
@@ -166,6 +177,9 @@ class EngineBackend:
     def generate(self, request: GenerationRequest, progress: ProgressCallback, should_stop: StopCheck) -> GenerationResult:
         if self.pipe is None:
             raise BackendLoadError(f"{self.spec.id} was unloaded")
+        if request.loras and self.pipe.transformer.precision == "fp8":
+            raise InvalidRequestError("loras", "LoRAs need the bf16 weights, and this server runs with fp8 "
+                                      "weights (ZIMAGE_MCP_FP8=1); restart without it to use LoRAs")
         try:
             self.loras.set_adapters([(ref.file, ref.scale) for ref in request.loras])
         except EngineWeightsError as e:
@@ -246,7 +260,7 @@ class OmniBackend(EngineBackend):
         self._keys = ()
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path, self._controlnet = None, None
-        optimize(self.pipe, ctx.optimize)
+        speed_up(self.pipe, ctx, spec.id)
 
     def vram_bytes(self) -> int:
         pipe = getattr(self, "pipe", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,20 @@ def test_a_lora_variant_reuses_its_base_and_the_weights_come_back(registry: Regi
     assert all(torch.equal(before[k], after[k]) for k in before)  # bit-exact once the LoRA is gone
 
 
+def test_loras_on_fp8_weights_are_a_request_error_and_plain_generation_goes_on(registry: Registry) -> None:
+    backend = registry.backend("z-image-turbo")
+    target = registry.lora_variant_target("lora:style")
+    assert target is not None
+    backend.pipe.transformer.to_fp8()  # what ZIMAGE_MCP_FP8=1 does on a GPU (fp8 matmuls also run on the CPU)
+    try:
+        with pytest.raises(InvalidRequestError, match="loras.*ZIMAGE_MCP_FP8"):
+            backend.generate(_request(loras=(LoraRef(name="style", file=target[1].file, scale=0.9),)),
+                             _noop, lambda: False)
+        assert backend.generate(_request(), _noop, lambda: False).images
+    finally:
+        registry.unload_all()  # the next test gets a fresh bf16 backend
+
+
 def test_a_lora_for_another_shape_is_a_request_error_and_leaves_the_model_alone(registry: Registry) -> None:
     backend = registry.backend("z-image-turbo")
     alien = registry.resolve_lora("alien")
@@ -104,6 +119,35 @@ def test_low_vram_mode_keeps_the_text_encoder_on_the_host_and_tiles_the_vae(
         assert backend.generate(_request(), _noop, lambda: False).images
     finally:
         backend.unload()
+
+
+def test_fp8_without_fp8_tensor_cores_is_a_load_error_naming_the_setting(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from zimage_engine_backend import build_backend
+
+    from zimage_mcp.errors import BackendLoadError
+    from zimage_mcp.types import BackendContext
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    registry = Registry.from_settings(make_settings(tmp_path, _turbo_registry(tmp_path, tiny_model_dir), tmp_path))
+    spec = registry.resolve("turbo").spec
+    cache = str(tmp_path / "compile-cache")
+    with pytest.raises(BackendLoadError, match="turbo.*fp8 weights need a CUDA GPU with fp8 tensor cores"):
+        build_backend(spec, BackendContext(device="cpu", dtype="float32", fp8=True, compile_cache_dir=cache))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == cache  # set before any compilation could start
+    # a backend that loads after the failed one is unaffected
+    backend = build_backend(spec, BackendContext(device="cpu", dtype="float32"))
+    try:
+        assert backend.pipe.transformer.precision == "native"
+    finally:
+        backend.unload()
+
+
+def test_registry_passes_a_persistent_compile_cache_to_backends(tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    registry = Registry.from_settings(make_settings(tmp_path, _turbo_registry(tmp_path, tiny_model_dir), tmp_path))
+    ctx = registry.backend_context()
+    assert ctx.fp8 is False and ctx.compile_cache_dir and ctx.compile_cache_dir.endswith("torch-compile")
 
 
 def _turbo_registry(tmp_path: Path, model_dir: Path) -> Path:

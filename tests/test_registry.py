@@ -238,7 +238,10 @@ def test_backend_is_built_lazily_once_and_gets_the_context() -> None:
     assert factory.builds == 0 and not registry.is_loaded("v-a")
     backend = registry.backend("v-a")
     assert registry.backend("v-a") is backend and factory.builds == 1 and registry.is_loaded("v-a")
-    assert registry.backend_context() == BackendContext(device="cpu", dtype="float32", hf_home=registry.settings.hf_home)
+    from zimage_mcp.settings import default_compile_cache_dir
+
+    assert registry.backend_context() == BackendContext(device="cpu", dtype="float32", hf_home=registry.settings.hf_home,
+                                                        compile_cache_dir=str(default_compile_cache_dir()))
 
 
 def test_factory_gets_the_located_snapshot(tmp_path: Path) -> None:

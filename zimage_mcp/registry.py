@@ -24,7 +24,7 @@ from zimage_mcp.catalog import ALIAS, KINDS, VARIANT_ID, Catalog, load_catalog, 
 from zimage_mcp.errors import NotInstalledError, RegistryError, UnknownLoraError, UnknownVariantError
 from zimage_mcp.hub_cache import hub_cache_dir
 from zimage_mcp.plugins import check_pending, plugin_manager_from_settings, record_failure
-from zimage_mcp.settings import Settings
+from zimage_mcp.settings import Settings, default_compile_cache_dir
 from zimage_mcp.types import Backend, BackendContext, BackendFactory, LoraSpec, VariantSpec
 
 __all__ = ["Duplicate", "InstallStatus", "Registry", "VariantEntry"]
@@ -200,6 +200,8 @@ class Registry:
             dtype=self.settings.dtype,
             optimize=self.settings.optimize,
             offload_text_encoder=self.settings.offload_text_encoder,
+            fp8=self.settings.fp8,
+            compile_cache_dir=str(self.settings.compile_cache_dir or default_compile_cache_dir()),
             hf_home=self.settings.hf_home,
             lora_specs=tuple(self._loras.values()),
         )

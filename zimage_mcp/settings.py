@@ -27,6 +27,11 @@ def default_output_dir() -> Path:
     return Path(platformdirs.user_pictures_dir()) / APP_NAME
 
 
+def default_compile_cache_dir() -> Path:
+    """torch.compile artefacts kept between server runs: a restart compiles in seconds, not a minute."""
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / "torch-compile"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server, registry and plugins are configured with. Build with ``from_env``."""
@@ -39,6 +44,8 @@ class Settings:
     dtype: str = "bfloat16"
     optimize: str = "auto"  # auto: fused projections + regional torch.compile on CUDA; "off": eager
     offload_text_encoder: bool = False  # low-VRAM (16 GB cards): keep the text encoder in host memory
+    fp8: bool = False  # opt-in, lossy: fp8 GEMM weights in the DiT (faster, half its memory, no LoRAs)
+    compile_cache_dir: Path | None = None  # None: user_cache_dir/torch-compile (TORCHINDUCTOR_CACHE_DIR wins)
     vram_budget_gb: float | None = None  # None: unlimited
     idle_unload_seconds: float = 900.0  # 0 disables idle release
     default_model: str | None = None
@@ -162,6 +169,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "dtype": (PREFIX + "DTYPE", _choice("bfloat16", "float16", "float32")),
     "optimize": (PREFIX + "OPTIMIZE", _choice("auto", "compile", "fuse", "off")),
     "offload_text_encoder": (PREFIX + "OFFLOAD_TEXT_ENCODER", _bool),
+    "fp8": (PREFIX + "FP8", _bool),
+    "compile_cache_dir": (PREFIX + "COMPILE_CACHE", _optional_path),
     "vram_budget_gb": (PREFIX + "VRAM_BUDGET_GB", _optional_budget),
     "idle_unload_seconds": (PREFIX + "IDLE_UNLOAD_SECONDS", _number(0)),
     "default_model": (PREFIX + "DEFAULT_MODEL", _optional_str),

@@ -197,6 +197,8 @@ class BackendContext:
     dtype: str = "bfloat16"
     optimize: str = "auto"  # "auto" | "compile" | "fuse" | "off"
     offload_text_encoder: bool = False
+    fp8: bool = False  # fp8 GEMM weights in the DiT (CUDA, compute capability >= 8.9)
+    compile_cache_dir: str | None = None  # where torch.compile keeps its artefacts between runs
     hf_home: str | None = None
     lora_specs: tuple[LoraSpec, ...] = ()
 
