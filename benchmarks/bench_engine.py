@@ -52,14 +52,38 @@ def timed(fn: Callable[[], object], dev: torch.device, runs: int, warmup: int = 
     return statistics.median(out)
 
 
-def peak_gib(fn: Callable[[], object], dev: torch.device) -> float:
+def resident_gib(*modules: torch.nn.Module) -> float:
+    """GiB of distinct CUDA storages held by the modules' parameters and buffers (shared ones once)."""
+    seen: dict[int, int] = {}
+    for m in modules:
+        for t in [*m.parameters(), *m.buffers()]:
+            if t.is_cuda:
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values()) / 2**30
+
+
+def peak_gib(fn: Callable[[], object], dev: torch.device, *modules: torch.nn.Module) -> float:
+    """Peak memory of one engine during ``fn``: its own resident weights + the call's transient peak.
+
+    Both engines live in one process and share most weight tensors (but not the fused copies), so the
+    device-wide peak would count the other engine's tensors too."""
     if dev.type != "cuda":
         return float("nan")
     torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     fn()
     sync(dev)
-    return torch.cuda.max_memory_allocated(dev) / 2**30
+    return resident_gib(*modules) + (torch.cuda.max_memory_allocated(dev) - before) / 2**30
+
+
+def ours_modules(c: Components) -> tuple[torch.nn.Module, ...]:
+    return c.ours.transformer, c.ours.vae, c.ours.text_encoder.model
+
+
+def ref_modules(c: Components) -> tuple[torch.nn.Module, ...]:
+    return c.ref.transformer, c.ref.vae, c.ref.text_encoder
 
 
 def row(c: Components, name: str, spec: tuple, runs: int) -> dict:
@@ -92,8 +116,8 @@ def row(c: Components, name: str, spec: tuple, runs: int) -> dict:
         r["ours_vae_ms"] = timed(lambda: ours.decode(lat), dev, runs)
         r["ref_vae_ms"] = timed(lambda: ref.image_processor.postprocess(
             ref.vae.decode((lat.to(ref.vae.dtype) / 0.3611) + 0.1159, return_dict=False)[0], output_type="pil"), dev, runs)
-        r["ours_peak_gib"] = peak_gib(ours_e2e, dev)
-        r["ref_peak_gib"] = peak_gib(ref_e2e, dev)
+        r["ours_peak_gib"] = peak_gib(ours_e2e, dev, *ours_modules(c))
+        r["ref_peak_gib"] = peak_gib(ref_e2e, dev, *ref_modules(c))
         r["caption_tokens"] = int(feats[0].shape[0])
     r["speedup_e2e"] = r["ref_e2e_ms"] / r["ours_e2e_ms"]
     r["speedup_forward"] = r["ref_forward_ms"] / r["ours_forward_ms"]
@@ -113,7 +137,7 @@ def offload_row(c: Components, name: str, spec: tuple, runs: int) -> dict:
         r["ours_e2e_ms"] = timed(ours_e2e, c.device, runs)
         r["ours_text_ms_on_cpu"] = timed(lambda: (c.ours.text_encoder.clear_cache(),
                                                   c.ours.encode_prompts([PROMPT])), c.device, runs)
-        r["ours_peak_gib"] = peak_gib(ours_e2e, c.device)
+        r["ours_peak_gib"] = peak_gib(ours_e2e, c.device, *ours_modules(c))
     return r
 
 
@@ -132,15 +156,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny presets")
     ap.add_argument("--rows", nargs="*", default=None)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--fuse", action="store_true", help="fuse q/k/v and w1/w3 at load time")
-    ap.add_argument("--compile", choices=["none", "static", "dynamic"], default="none")
+    ap.add_argument("--optimize", choices=["off", "fuse", "compile"], default="compile",
+                    help="ours through engine.speed.optimize, exactly as the server runs it")
+    ap.add_argument("--fp8", action="store_true", help="ours with fp8 GEMM weights (opt-in, lossy mode)")
     ap.add_argument("--compile-ref", action="store_true", help="also compile diffusers (compile_repeated_blocks)")
     ap.add_argument("--vae-dtype", choices=["float32", "bfloat16"], default="bfloat16")
     ap.add_argument("--attn", default=None, help="attention backend for ours (sdpa, cudnn, flash, efficient)")
     ap.add_argument("--offload-te", action="store_true", help="low-VRAM: text encoder in host memory")
-    ap.add_argument("--vae-opt", action="store_true", help="channels_last VAE (+ compiled decoder with --compile)")
     ap.add_argument("--cfg-mode", choices=["auto", "batched", "sequential"], default="auto")
-    ap.add_argument("--te-compile", action="store_true", help="compile the text encoder (dynamic shapes)")
     ap.add_argument("--floor", action="store_true", help="time the kernel floor of one 1024^2 forward")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -148,45 +171,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dtype = torch.float32 if args.tiny else torch.bfloat16
     c = build(args.tiny, dev, dtype, vae_dtype=getattr(torch, args.vae_dtype) if not args.tiny else torch.float32)
     from zimage_mcp.engine.attention import best_backend
-    from zimage_mcp.engine.speed import optimize_vae
+    from zimage_mcp.engine.speed import optimize
 
     c.ours.transformer.attn_backend = args.attn or best_backend(c.device)
     c.ours.cfg_mode = args.cfg_mode
-    if args.vae_opt:
-        torch.backends.cudnn.benchmark = True
-        optimize_vae(c.ours.vae, compile=args.compile != "none")
-    if args.te_compile:
-        c.ours.text_encoder.compile(bucket=32)
-    if args.fuse:
-        c.ours.transformer.fuse_projections()
+    if args.offload_te:  # before optimize(), which then leaves the host-side encoder eager
+        c.ours.offload_text_encoder = True
+        c.ours.vae_tiling = True  # as ZImagePipeline(offload_text_encoder=True) sets it
+        c.ours.text_encoder.model.to("cpu")
+        c.ref.text_encoder.to("cpu")  # shares storage with ours: both must move for the GPU copy to go
+        torch.cuda.empty_cache()
+    optimize(c.ours, args.optimize, fp8=args.fp8)
     table = TINY_ROWS if args.tiny else ROWS
     names = args.rows or list(table)
     results: list[dict] = []
     setup = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
-             "fuse": args.fuse, "compile": args.compile, "vae_dtype": args.vae_dtype,
-             "attn": c.ours.transformer.attn_backend, "offload_te": args.offload_te, "vae_opt": args.vae_opt,
-             "cfg_mode": args.cfg_mode, "te_compile": args.te_compile}
-    if args.compile != "none":
-        c.ours.transformer.compile_blocks(dynamic=args.compile == "dynamic")
+             "optimize": args.optimize, "fp8": args.fp8, "vae_dtype": args.vae_dtype,
+             "attn": c.ours.transformer.attn_backend, "offload_te": args.offload_te, "cfg_mode": args.cfg_mode,
+             "te_cuda_graphs": c.ours.text_encoder.cuda_graphs,
+             "fused_rope": c.ours.transformer.layers[0].attention.fused_rope}
+    if args.optimize == "compile" and not args.tiny:
         setup["first_image_ms_incl_compile"] = first_image_ms(c, table[names[0]])
     if args.compile_ref:
         c.ref.transformer.compile_repeated_blocks(fullgraph=True)
-    if args.offload_te:
-        c.ours.offload_text_encoder = True
-        c.ours.text_encoder.model.to("cpu")
-        c.ref.text_encoder.to("cpu")  # diffusers' copy is a different module object: keep it off the GPU too
-        torch.cuda.empty_cache()
     print(json.dumps({"setup": setup}), flush=True)
-    for name in names:
-        r = offload_row(c, name, table[name], args.runs) if args.offload_te else row(c, name, table[name], args.runs)
-        print(json.dumps(r), flush=True)
-        results.append(r)
-    if args.floor and not args.tiny:
-        caption = results[0]["caption_tokens"] if results else 64
+    if args.floor and not args.tiny:  # first, on a GPU not yet heated by minutes of rows
+        with torch.inference_mode():
+            caption = int(c.ours.encode_prompts([PROMPT])[0].shape[0])
         floor = kernel_floor_ms(c.ours.transformer.cfg, 4096, caption, dev)
         floor["flop_floor_ms"] = flop_floor_ms(c.ours.transformer.cfg, 4096, caption, floor["peak_tflops"])
         print(json.dumps({"floor_1024": floor}), flush=True)
         results.append({"floor_1024": floor})
+    for name in names:
+        r = offload_row(c, name, table[name], args.runs) if args.offload_te else row(c, name, table[name], args.runs)
+        print(json.dumps(r), flush=True)
+        results.append(r)
     if args.json:
         args.json.write_text(json.dumps({"setup": setup, "results": results}, indent=2))
     return results

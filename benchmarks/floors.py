@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -33,16 +32,18 @@ def flops(cfg: TransformerConfig, img_tokens: int, cap_tokens: int) -> float:
     return float(gemm + attn)
 
 
-def _time_ms(fn, reps: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
+def _time_ms(fn, reps: int = 20) -> float:
+    """Median of ``reps`` launches timed with CUDA events (no host sync inside the timed region)."""
+    for _ in range(3):
         fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
 def peak_tflops() -> float:
