@@ -30,7 +30,7 @@ def test_parity_full_tiny_agrees() -> None:
 
 @pytest.mark.slow
 def test_bench_engine_tiny_produces_a_row() -> None:
-    rows = _run("bench_engine.py", "--runs", "1", "--rows", "1024", "--fuse", "--vae-opt")
+    rows = _run("bench_engine.py", "--runs", "1", "--rows", "1024", "--optimize", "fuse")
     row = next(r for r in rows if r.get("row") == "1024")
     for key in ("ours_e2e_ms", "ref_e2e_ms", "ours_forward_ms", "ours_text_ms", "ours_vae_ms", "speedup_e2e"):
         assert row[key] > 0
@@ -40,3 +40,12 @@ def test_bench_engine_tiny_produces_a_row() -> None:
 def test_bench_lora_tiny_restores_and_counts() -> None:
     (row,) = _run("bench_lora.py", "--rank", "4", "--runs", "2")
     assert row["swap_s_median"] >= 0 and row["new_graphs_after_swaps"] == 0
+
+
+@pytest.mark.slow
+def test_profile_engine_tiny_measures_fp8_against_bf16() -> None:
+    rows = {k: v for r in _run("profile_engine.py", "--runs", "1", "--sections", "text", "dit", "fp8") for k, v in r.items()}
+    assert "error" not in rows["fp8"], rows["fp8"]
+    assert rows["text"]["eager_ms"] > 0 and rows["dit"]["forward_ms"] > 0
+    # fp8 GEMM weights change the result a little, never wildly (tiny random model, 4 steps at 256^2)
+    assert 0 < rows["fp8"]["latent_rel_err"] < 0.1 and rows["fp8"]["image_psnr_db"] > 30
