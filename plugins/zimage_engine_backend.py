@@ -132,6 +132,7 @@ class EngineBackend:
             raise BackendLoadError(f"{spec.id}: {e}") from e
         shift = load_scheduler(files.scheduler_config, spec.defaults.shift).shift
         self.pipe = ZImagePipeline(transformer, vae, te, shift, offload_text_encoder=ctx.offload_text_encoder)
+        self.pipe.step_cache = ctx.step_cache
         self.loras = LoraManager(transformer)
         speed_up(self.pipe, ctx, spec.id)
         self._controlnet_path = Path(w.controlnet) if w.controlnet else None

@@ -112,9 +112,10 @@ def test_low_vram_mode_keeps_the_text_encoder_on_the_host_and_tiles_the_vae(
 
     registry = Registry.from_settings(make_settings(tmp_path, _turbo_registry(tmp_path, tiny_model_dir), tmp_path))
     spec = registry.resolve("turbo").spec
-    backend = build_backend(spec, BackendContext(device="cpu", dtype="float32", offload_text_encoder=True))
+    backend = build_backend(spec, BackendContext(device="cpu", dtype="float32", offload_text_encoder=True,
+                                                 step_cache=0.08))
     try:
-        assert backend.pipe.offload_text_encoder and backend.pipe.vae_tiling
+        assert backend.pipe.offload_text_encoder and backend.pipe.vae_tiling and backend.pipe.step_cache == 0.08
         assert backend.pipe.text_encoder.device.type == "cpu"
         assert backend.generate(_request(), _noop, lambda: False).images
     finally:

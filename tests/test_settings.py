@@ -15,12 +15,14 @@ def test_defaults_never_use_the_working_directory(tmp_path: Path) -> None:
     assert s.load_plugins is None and s.block_plugins == ()
     assert (s.device, s.dtype, s.idle_unload_seconds, s.max_queue) == ("auto", "bfloat16", 900.0, 32)
     assert s.vram_budget_gb is None and s.registry_file is None and s.lora_dir is None
-    assert s.fp8 is False and s.compile_cache_dir is None  # fp8 is lossy: never on unless asked for
+    assert s.fp8 is False and s.step_cache == 0.0 and s.compile_cache_dir is None  # lossy modes: opt-in
 
 
 def test_fp8_and_compile_cache_are_read() -> None:
-    s = Settings.from_env({"ZIMAGE_MCP_FP8": "1", "ZIMAGE_MCP_COMPILE_CACHE": "~/tc"})
-    assert s.fp8 is True and s.compile_cache_dir == Path("~/tc").expanduser()
+    s = Settings.from_env({"ZIMAGE_MCP_FP8": "1", "ZIMAGE_MCP_COMPILE_CACHE": "~/tc", "ZIMAGE_MCP_STEP_CACHE": "0.1"})
+    assert s.fp8 is True and s.compile_cache_dir == Path("~/tc").expanduser() and s.step_cache == 0.1
+    with pytest.raises(SettingsError, match="ZIMAGE_MCP_STEP_CACHE"):
+        Settings.from_env({"ZIMAGE_MCP_STEP_CACHE": "-1"})
 
 
 def test_reads_prefixed_variables() -> None:

@@ -201,6 +201,7 @@ class Registry:
             optimize=self.settings.optimize,
             offload_text_encoder=self.settings.offload_text_encoder,
             fp8=self.settings.fp8,
+            step_cache=self.settings.step_cache,
             compile_cache_dir=str(self.settings.compile_cache_dir or default_compile_cache_dir()),
             hf_home=self.settings.hf_home,
             lora_specs=tuple(self._loras.values()),

@@ -45,6 +45,7 @@ class Settings:
     optimize: str = "auto"  # auto: fused projections + regional torch.compile on CUDA; "off": eager
     offload_text_encoder: bool = False  # low-VRAM (16 GB cards): keep the text encoder in host memory
     fp8: bool = False  # opt-in, lossy: fp8 GEMM weights in the DiT (faster, half its memory, no LoRAs)
+    step_cache: float = 0.0  # opt-in, lossy: first-block cache threshold for many-step sampling; 0 = off
     compile_cache_dir: Path | None = None  # None: user_cache_dir/torch-compile (TORCHINDUCTOR_CACHE_DIR wins)
     vram_budget_gb: float | None = None  # None: unlimited
     idle_unload_seconds: float = 900.0  # 0 disables idle release
@@ -170,6 +171,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "optimize": (PREFIX + "OPTIMIZE", _choice("auto", "compile", "fuse", "off")),
     "offload_text_encoder": (PREFIX + "OFFLOAD_TEXT_ENCODER", _bool),
     "fp8": (PREFIX + "FP8", _bool),
+    "step_cache": (PREFIX + "STEP_CACHE", _number(0)),
     "compile_cache_dir": (PREFIX + "COMPILE_CACHE", _optional_path),
     "vram_budget_gb": (PREFIX + "VRAM_BUDGET_GB", _optional_budget),
     "idle_unload_seconds": (PREFIX + "IDLE_UNLOAD_SECONDS", _number(0)),

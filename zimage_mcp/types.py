@@ -198,6 +198,7 @@ class BackendContext:
     optimize: str = "auto"  # "auto" | "compile" | "fuse" | "off"
     offload_text_encoder: bool = False
     fp8: bool = False  # fp8 GEMM weights in the DiT (CUDA, compute capability >= 8.9)
+    step_cache: float = 0.0  # first-block cache threshold; 0 = off
     compile_cache_dir: str | None = None  # where torch.compile keeps its artefacts between runs
     hf_home: str | None = None
     lora_specs: tuple[LoraSpec, ...] = ()

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from zimage_mcp.engine.errors import GenerationCancelled
 from zimage_mcp.engine.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, model_time, noise_like
+from zimage_mcp.engine.step_cache import FirstBlockCache
 from zimage_mcp.engine.transformer import Conditioning, ZImageTransformer
 from zimage_mcp.engine.vae import AutoencoderKL, denormalize_latents, tensor_to_images
 
@@ -74,6 +75,8 @@ class ZImagePipeline:
         self.offload_text_encoder = offload_text_encoder
         self.cfg_mode = "auto"  # "batched" | "sequential" | "auto"
         self.vae_tiling = offload_text_encoder  # low-VRAM mode also bounds the decoder's transient
+        self.step_cache = 0.0  # > 0: first-block cache threshold (opt-in, lossy; engine/step_cache.py)
+        self.last_step_cache: FirstBlockCache | None = None  # the last generation's cache (steps skipped)
         if offload_text_encoder:
             self.text_encoder.model.to("cpu")
 
@@ -188,6 +191,8 @@ class ZImagePipeline:
                 return cond_pos, model.prepare(neg, hw)
             return both
 
+        if forward is None and self.step_cache > 0:
+            forward = self.last_step_cache = FirstBlockCache(model, self.step_cache)
         return self.euler_loop(latents, sigmas, cond_pos, cond_both if neg is not None else None, guidance,
                                forward or model.forward_prepared, on_step, should_stop, after_step)
 
