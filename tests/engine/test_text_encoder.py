@@ -251,3 +251,30 @@ def test_length_buckets_and_cuda_graphs_need_cuda(tiny: Path) -> None:
     with pytest.raises(ValueError, match="CUDA"):
         te.use_cuda_graphs()
     assert te.graph_shapes == []
+
+
+@pytest.mark.slow
+def test_compiled_layers_match_eager_for_every_length(tiny: Path) -> None:
+    """Compiled layers change nothing in fp32 (CPU Inductor here), and new lengths stop compiling: at
+    most one recompile (automatic dynamic shapes), then one graph serves every length."""
+    from zimage_mcp.engine.text_encoder import load_text_encoder
+
+    te = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
+    batches = [["a cat", "a lighthouse " * n] for n in (1, 6, 15, 40)]  # four lengths, batch of 2
+    eager = [te.encode(b) for b in batches]
+    torch._dynamo.reset()
+    te.compile_layers()
+    assert te.compiled
+    try:
+        got, graphs = [], []
+        for b in batches:
+            got.append(te.encode(b))
+            graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        assert 0 < graphs[0] and graphs[1] <= graphs[0] + 1 and graphs[3] == graphs[2] == graphs[1], graphs
+        for want, have in zip(eager, got, strict=True):
+            for w, h in zip(want, have, strict=True):
+                torch.testing.assert_close(h, w, rtol=1e-5, atol=1e-5)
+    finally:
+        for layer in te.model.layers:
+            layer._compiled_call_impl = None
+        torch._dynamo.reset()

@@ -24,8 +24,8 @@ def optimize(pipe: ZImagePipeline, mode: str = "auto", fp8: bool = False) -> Non
     """``auto``/``compile``: everything below; ``fuse``: all but compilation; ``off``: nothing (fp8 aside).
 
     Lossless (same math, rounding aside): q/k/v and w1/w3 fused into single GEMMs; on CUDA, the text
-    encoder replayed as CUDA graphs (when it lives on the GPU), QK-norm + RoPE as one Triton kernel,
-    regionally compiled DiT blocks, a channels-last compiled VAE decoder. ``auto`` does nothing on the CPU,
+    encoder's layers compiled and replayed as CUDA graphs (when it lives on the GPU), QK-norm + RoPE as one
+    Triton kernel, regionally compiled DiT blocks, a channels-last compiled VAE decoder. ``auto`` does nothing on the CPU,
     where the tests compare bit for bit with the reference. ``fp8`` (opt-in, lossy) stores the blocks'
     GEMM weights in fp8 and frees the bf16 copies; it needs a GPU with fp8 tensor cores.
     """
@@ -46,6 +46,8 @@ def optimize(pipe: ZImagePipeline, mode: str = "auto", fp8: bool = False) -> Non
         if qk_rope_kernel.available():
             pipe.transformer.use_fused_rope()
     if mode in ("auto", "compile"):
+        if pipe.text_encoder.device.type == "cuda":  # in host memory (low-VRAM mode) it stays eager
+            pipe.text_encoder.compile_layers()
         pipe.transformer.compile_blocks(dynamic=False)
         optimize_vae(pipe.vae, compile=True)
     elif device.type == "cuda":
