@@ -4,9 +4,11 @@ diffusers here; bench_engine.py does the same-job comparison).
     python benchmarks/profile_engine.py --out DIR      # GPU, full size, random weights
     python benchmarks/profile_engine.py --tiny          # CPU smoke run (CI)
 
-Sections, each recorded even if a later one fails: text encoder eager vs CUDA graphs; one compiled 1024^2
-DiT forward profiled by kernel class; the same forward replayed as one CUDA graph (is it launch-bound?);
-VAE decode; fp8 vs bf16 over a full 8-step run (speed, latent error, PSNR); peak memory of the low-VRAM
+Sections, each recorded even if a later one fails: text encoder eager vs CUDA graphs vs compiled layers
+under graphs (accuracy against an fp32 copy); one compiled 1024^2 DiT forward profiled by kernel class; the
+same forward replayed as one CUDA graph (is it launch-bound?); VAE decode; where an end-to-end call leaves
+the GPU idle (``e2e_gaps``, best with ``--server-setup``); the opt-in step cache against the same seed
+without it; fp8 vs bf16 over a full 8-step run (speed, latent error, PSNR); peak memory of the low-VRAM
 modes. Writes ``profile.json`` and the kernel tables to ``--out``.
 """
 
@@ -104,6 +106,66 @@ def text_section(c: Components, runs: int) -> dict:
                                      c.device, runs)
         r["cached_ms"] = timed(lambda: te.encode([PROMPT]), c.device, runs)
         r["graph_shapes"] = [list(s) for s in te.graph_shapes]
+        r.update(text_compiled_experiment(c, runs, eager))
+    return r
+
+
+def text_compiled_experiment(c: Components, runs: int, eager: torch.Tensor) -> dict:
+    """Experiment: Inductor-fused decoder layers (norms, RoPE, silu·mul in a few kernels) under the same
+    CUDA graphs, in three compile variants. Where the graphed encoder's GPU time goes comes first (kernel
+    classes, eager). Accuracy is judged against an fp32 copy of the encoder, next to bf16 eager's own
+    error. The encoder is restored to plain graphs afterwards."""
+    import copy
+
+    te = c.ours.text_encoder
+    r: dict = {}
+    te.use_cuda_graphs(False)
+    prof = profile_kernels(lambda: (te.clear_cache(), te.encode([PROMPT])), 2, None, "text_kernels")
+    r["eager_gpu_ms_by_class"], r["eager_gpu_ms_total"], r["eager_top"] = (
+        prof["gpu_ms_by_class"], prof["gpu_ms_total"], prof["top"][:8])
+    bf16_model = te.model
+    te.model = copy.deepcopy(bf16_model).float()
+    te.clear_cache()
+    fp32 = te.encode([PROMPT])[0]
+    te.model = bf16_model
+    del bf16_model
+    torch.cuda.empty_cache()
+    r["eager_bf16_vs_fp32_rel_err"] = rel(eager, fp32.to(eager.dtype))
+    long_prompt = ", ".join([PROMPT] * 3)  # another length bucket: does a new length recompile?
+    variants = {"static": {"dynamic": False},
+                "static_emulate": {"dynamic": False, "options": {"emulate_precision_casts": True}},
+                "dynamic_emulate": {"dynamic": True, "options": {"emulate_precision_casts": True}}}
+    for name, kwargs in variants.items():
+        v: dict = {}
+        try:
+            torch._dynamo.reset()
+            for layer in te.model.layers:
+                layer.compile(**kwargs)
+            te.use_cuda_graphs()
+            for call, prompt in (("first", PROMPT), ("new_bucket", long_prompt)):
+                t = time.perf_counter()
+                te.clear_cache()
+                got = te.encode([prompt])[0]
+                sync(c.device)
+                v[f"{call}_call_ms_incl_compile"] = (time.perf_counter() - t) * 1000
+                if call == "first":
+                    v["vs_eager_rel_err"] = rel(got, eager)
+                    v["vs_fp32_rel_err"] = rel(got, fp32.to(got.dtype))
+            v["ms"] = timed(lambda: (te.clear_cache(), te.encode([PROMPT])), c.device, runs)
+            v["long_ms"] = timed(lambda: (te.clear_cache(), te.encode([long_prompt])), c.device, runs)
+            v["batch2_ms"] = timed(lambda: (te.clear_cache(), te.encode([PROMPT, "blurry, low quality"])),
+                                   c.device, runs)
+        except Exception as e:  # one variant failing must not cost the others
+            v["error"] = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            for layer in te.model.layers:
+                layer._compiled_call_impl = None  # back to the plain layers under fresh graphs
+            te.use_cuda_graphs(False)
+        r[f"compiled_{name}"] = v
+    te.use_cuda_graphs()
+    te.clear_cache()
+    te.encode([long_prompt])
+    r["graph_long_ms"] = timed(lambda: (te.clear_cache(), te.encode([long_prompt])), c.device, runs)
     return r
 
 
@@ -277,13 +339,101 @@ def dit_variants_section(c: Components, runs: int, size: int = 1024) -> dict:
     return r
 
 
+def step_cache_section(c: Components, size: int, base_steps: int, thresholds: tuple[float, ...]) -> dict:
+    """Opt-in first-block cache (ZIMAGE_MCP_STEP_CACHE) against the same seed without it: Base-style
+    many-step CFG sampling, then Turbo's 8 steps. Time, steps skipped, latent error and PSNR, and the
+    relative change seen at each decision. Random weights do not follow a smooth trajectory, so their skip
+    rate says little about real checkpoints; ``skip_all`` measures the time a skipped step costs."""
+    pipe = c.ours
+    r: dict = {}
+    runs = (("base", base_steps, 4.0, "blurry, low quality, watermark"), ("turbo", 8, 0.0, ""))
+    with torch.inference_mode():
+        for name, steps, guidance, neg in runs:
+            def gen(neg: str = neg, steps: int = steps, guidance: float = guidance) -> object:
+                pipe.text_encoder.clear_cache()
+                return pipe.generate(PROMPT, neg, size, size, steps, guidance, seed=0)
+
+            pipe.step_cache = 0.0
+            gen()  # warm: the compile of this shape happened in earlier sections or happens here
+            start = time.perf_counter()
+            plain = gen()
+            sync(c.device)
+            r[f"{name}_off_ms"] = (time.perf_counter() - start) * 1000
+            plain_px = pipe.decode_pixels(plain.latents)
+            # skip_all: every step after the first reuses the cache, the ceiling of what skipping saves
+            cases = [(str(th), th) for th in (thresholds if name == "base" else thresholds[1:2])]
+            for label, th in cases + ([("skip_all", 1e9)] if name == "base" else []):
+                pipe.step_cache = th
+                start = time.perf_counter()
+                cached = gen()
+                sync(c.device)
+                cache = pipe.last_step_cache
+                assert cache is not None
+                r[f"{name}_{label}"] = {
+                    "ms": (time.perf_counter() - start) * 1000, "steps": cache.steps, "skipped": cache.skipped,
+                    "latent_rel_err": rel(cached.latents, plain.latents),
+                    "image_psnr_db": psnr(pipe.decode_pixels(cached.latents), plain_px),
+                    "changes": [round(x, 4) for x in cache.changes]}
+        pipe.step_cache = 0.0
+    return r
+
+
+def e2e_gaps_section(c: Components, size: int) -> dict:
+    """Where an end-to-end call is not GPU-bound: one traced 1024^2 Turbo call, the GPU's busy time
+    (union of kernel intervals) against the wall time, and the largest idle gaps with the kernels around
+    them and the host ops that start inside them."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    pipe = c.ours
+
+    def once() -> object:
+        pipe.text_encoder.clear_cache()
+        return pipe.generate(PROMPT, "", size, size, 8, 0.0, seed=0)
+
+    with torch.inference_mode():
+        once()
+        sync(c.device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            once()
+            sync(c.device)
+    events = prof.events()
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type == DeviceType.CUDA)
+    host = sorted((e.time_range.start, e.name) for e in events if e.device_type == DeviceType.CPU)
+    wall = max(e.time_range.end for e in events) - min(e.time_range.start for e in events)
+    busy, gaps, end, prev = 0.0, [], None, ""
+    for start, stop, name in kernels:
+        if end is None or start > end:
+            if end is not None:
+                gaps.append((start - end, end, prev, name))
+            busy += stop - start
+            end = stop
+        elif stop > end:
+            busy += stop - end
+            end = stop
+        prev = name
+    gaps.sort(reverse=True)
+    top = []
+    for gap, at, before, after in gaps[:15]:
+        inside = [n for t, n in host if at <= t < at + gap][:6]
+        top.append({"gap_ms": round(gap / 1000, 3), "at_ms": round((at - kernels[0][0]) / 1000, 1),
+                    "after_kernel": before[:80], "before_kernel": after[:80], "host_ops": inside})
+    return {"wall_ms": round(wall / 1000, 2), "gpu_busy_ms": round(busy / 1000, 2),
+            "gpu_idle_ms": round((wall - busy) / 1000, 2), "kernels": len(kernels),
+            "gaps_over_0.1ms": sum(g[0] > 100 for g in gaps),
+            "idle_in_gaps_over_0.1ms": round(sum(g[0] for g in gaps if g[0] > 100) / 1000, 2), "top_gaps": top}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--sections", nargs="*", default=["text", "dit", "dit_variants", "vae", "e2e",
-                                                          "low_vram", "fp8", "low_vram_fp8"])
+                                                          "step_cache", "low_vram", "fp8", "low_vram_fp8"])
+    ap.add_argument("--server-setup", action="store_true",
+                    help="set up our engine with engine.speed.optimize (as the server does) instead of the "
+                         "experiments' baseline (fused projections + compiled blocks only)")
     args = ap.parse_args(argv)
     dev = "cpu" if args.tiny else "cuda"
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -299,9 +449,14 @@ def main(argv: list[str] | None = None) -> dict:
     c.ours.transformer.attn_backend = best_backend(c.device)
     if dev == "cuda":
         torch.backends.cudnn.benchmark = True
-    c.ours.transformer.fuse_projections()
-    if not args.tiny:
-        c.ours.transformer.compile_blocks(dynamic=False)
+    if args.server_setup:  # exactly what the server runs: engine.speed.optimize
+        from zimage_mcp.engine.speed import optimize
+
+        optimize(c.ours, "auto")
+    else:  # the baseline the one-variable experiments start from
+        c.ours.transformer.fuse_projections()
+        if not args.tiny:
+            c.ours.transformer.compile_blocks(dynamic=False)
 
     def e2e() -> dict:
         with torch.inference_mode():
@@ -318,6 +473,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dit_variants": lambda: dit_variants_section(c, args.runs, size) if dev == "cuda" else {},
         "vae": lambda: vae_section(c, args.runs, args.out, size),
         "e2e": e2e,
+        "e2e_gaps": lambda: e2e_gaps_section(c, size) if dev == "cuda" else {},
+        "step_cache": lambda: step_cache_section(c, size, 6 if args.tiny else 50, (0.05, 0.1, 0.2)),
         "low_vram": lambda: low_vram_section(c, size) if dev == "cuda" else {},
         "fp8": lambda: fp8_section(c, args.runs, args.out, size),
         "low_vram_fp8": lambda: low_vram_section(c, size, fp8_only=True) if dev == "cuda" else {},

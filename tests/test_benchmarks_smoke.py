@@ -44,8 +44,13 @@ def test_bench_lora_tiny_restores_and_counts() -> None:
 
 @pytest.mark.slow
 def test_profile_engine_tiny_measures_fp8_against_bf16() -> None:
-    rows = {k: v for r in _run("profile_engine.py", "--runs", "1", "--sections", "text", "dit", "fp8") for k, v in r.items()}
+    rows = {k: v for r in _run("profile_engine.py", "--runs", "1", "--sections", "text", "dit", "fp8",
+                                                     "step_cache") for k, v in r.items()}
     assert "error" not in rows["fp8"], rows["fp8"]
     assert rows["text"]["eager_ms"] > 0 and rows["dit"]["forward_ms"] > 0
     # fp8 GEMM weights change the result a little, never wildly (tiny random model, 4 steps at 256^2)
     assert 0 < rows["fp8"]["latent_rel_err"] < 0.1 and rows["fp8"]["image_psnr_db"] > 30
+    cache = rows["step_cache"]
+    assert "error" not in cache, cache
+    assert cache["base_0.1"]["steps"] in (6, 12)  # CFG batched into one pass, or two passes per step
+    assert cache["turbo_0.1"]["steps"] == 8 and 0 <= cache["turbo_0.1"]["skipped"] < 8
