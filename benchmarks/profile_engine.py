@@ -283,7 +283,7 @@ def low_vram_section(c: Components, size: int = 1024, fp8_only: bool = False) ->
     return r
 
 
-def dit_variants_section(c: Components, runs: int, size: int = 1024) -> dict:
+def dit_variants_section(c: Components, runs: int, size: int = 1024, max_autotune: bool = False) -> dict:
     """The Triton QK-norm/RoPE kernel against the compiled baseline (alone, then in the whole forward,
     recompiled); the output is compared with the baseline's. Inductor's coordinate-descent tuning was
     tried the same way on 2026-11-22 and gained nothing (RESULTS.md)."""
@@ -330,6 +330,12 @@ def dit_variants_section(c: Components, runs: int, size: int = 1024) -> dict:
 
         dit.use_fused_rope(True)
         measure("fused_rope")
+        if max_autotune:  # Triton GEMM templates with the elementwise work fused into their epilogues
+            dit.compile_blocks(dynamic=False, mode="max-autotune-no-cudagraphs")
+            try:
+                measure("max_autotune")
+            finally:
+                dit.compile_blocks(dynamic=False)
         dit.use_fused_rope(False)
         torch._dynamo.reset()  # the baseline again: Dynamo retraces, Inductor's on-disk cache serves the kernels
         start = time.perf_counter()
@@ -431,6 +437,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--sections", nargs="*", default=["text", "dit", "dit_variants", "vae", "e2e",
                                                           "step_cache", "low_vram", "fp8", "low_vram_fp8"])
+    ap.add_argument("--max-autotune", action="store_true",
+                    help="dit_variants: also compile the blocks with mode=max-autotune-no-cudagraphs (minutes)")
     ap.add_argument("--server-setup", action="store_true",
                     help="set up our engine with engine.speed.optimize (as the server does) instead of the "
                          "experiments' baseline (fused projections + compiled blocks only)")
@@ -470,7 +478,7 @@ def main(argv: list[str] | None = None) -> dict:
     sections: dict[str, Callable[[], dict]] = {
         "text": lambda: text_section(c, args.runs),
         "dit": lambda: dit_section(c, args.runs, args.out, "dit_kernels", size),
-        "dit_variants": lambda: dit_variants_section(c, args.runs, size) if dev == "cuda" else {},
+        "dit_variants": lambda: dit_variants_section(c, args.runs, size, args.max_autotune) if dev == "cuda" else {},
         "vae": lambda: vae_section(c, args.runs, args.out, size),
         "e2e": e2e,
         "e2e_gaps": lambda: e2e_gaps_section(c, size) if dev == "cuda" else {},
