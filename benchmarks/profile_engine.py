@@ -384,6 +384,43 @@ def step_cache_section(c: Components, size: int, base_steps: int, thresholds: tu
     return r
 
 
+def shapes_section(c: Components, runs: int, tiny: bool) -> dict:
+    """Static per-shape compiles (the server's) against one dynamic-shape compile (with and without the
+    Triton QK-norm/RoPE kernel): the forward's speed at three sizes, the first call at each (a compile, or
+    none), and how many graphs Dynamo made. Each variant is recorded even if another fails."""
+    dit = c.ours.transformer
+    stats = torch._dynamo.utils.counters["stats"]
+    sizes = [(256, 256), (384, 384), (256, 384)] if tiny else [(1024, 1024), (768, 768), (1280, 720)]
+    fused = dit.blocks()[0].attention.fused_rope
+    r: dict = {}
+    with torch.inference_mode():
+        feats = c.ours.encode_prompts([PROMPT])
+        for name, dynamic, rope_kernel in (("static", False, fused), ("dynamic", True, fused),
+                                           ("dynamic_no_rope_kernel", True, False)):
+            try:
+                torch._dynamo.reset()
+                dit.use_fused_rope(rope_kernel)
+                dit.compile_blocks(dynamic=dynamic)
+                before = stats["unique_graphs"]
+                for w, h in sizes:
+                    x = torch.randn(1, 16, h // 8, w // 8, device=c.device, dtype=c.dtype)
+                    t = torch.full((1,), 0.5, device=c.device)
+                    cond = dit.prepare(feats, (h // 8, w // 8))
+                    start = time.perf_counter()
+                    dit.forward_prepared(x, t, cond)
+                    sync(c.device)
+                    r[f"{name}_{w}x{h}"] = {"first_call_ms": (time.perf_counter() - start) * 1000,
+                                            "ms": timed(lambda x=x, t=t, cond=cond: dit.forward_prepared(x, t, cond),
+                                                        c.device, runs)}
+                r[f"{name}_graphs"] = stats["unique_graphs"] - before
+            except Exception as e:  # noqa: BLE001 - recorded; the next variant still runs
+                r[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+        torch._dynamo.reset()
+        dit.use_fused_rope(fused)
+        dit.compile_blocks(dynamic=False)
+    return r
+
+
 def e2e_gaps_section(c: Components, size: int) -> dict:
     """Where an end-to-end call is not GPU-bound: one traced 1024^2 Turbo call, the GPU's busy time
     (union of kernel intervals) against the wall time, and the largest idle gaps with the kernels around
@@ -437,6 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--sections", nargs="*", default=["text", "dit", "dit_variants", "vae", "e2e",
                                                           "step_cache", "low_vram", "fp8", "low_vram_fp8"])
+    ap.add_argument("--compile-tiny", action="store_true", help="--tiny: run the compile sections on the CPU too")
     ap.add_argument("--max-autotune", action="store_true",
                     help="dit_variants: also compile the blocks with mode=max-autotune-no-cudagraphs (minutes)")
     ap.add_argument("--server-setup", action="store_true",
@@ -481,6 +519,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dit_variants": lambda: dit_variants_section(c, args.runs, size, args.max_autotune) if dev == "cuda" else {},
         "vae": lambda: vae_section(c, args.runs, args.out, size),
         "e2e": e2e,
+        "shapes": lambda: shapes_section(c, args.runs, args.tiny) if (dev == "cuda" or args.compile_tiny) else {},
         "e2e_gaps": lambda: e2e_gaps_section(c, size) if dev == "cuda" else {},
         "step_cache": lambda: step_cache_section(c, size, 6 if args.tiny else 50, (0.05, 0.1, 0.2)),
         "low_vram": lambda: low_vram_section(c, size) if dev == "cuda" else {},

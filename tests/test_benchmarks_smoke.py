@@ -54,3 +54,13 @@ def test_profile_engine_tiny_measures_fp8_against_bf16() -> None:
     assert "error" not in cache, cache
     assert cache["base_0.1"]["steps"] in (6, 12)  # CFG batched into one pass, or two passes per step
     assert cache["turbo_0.1"]["steps"] == 8 and 0 <= cache["turbo_0.1"]["skipped"] < 8
+
+
+@pytest.mark.slow
+def test_profile_engine_tiny_compares_static_and_dynamic_shapes() -> None:
+    (row,) = _run("profile_engine.py", "--runs", "1", "--compile-tiny", "--sections", "shapes")
+    shapes = row["shapes"]
+    assert not any(k.endswith("_error") for k in shapes), shapes
+    # static: one graph set per size; dynamic: one for all sizes (a new size is not a compile)
+    assert shapes["static_graphs"] > shapes["dynamic_no_rope_kernel_graphs"] > 0
+    assert all(shapes[f"static_{s}"]["ms"] > 0 for s in ("256x256", "384x384", "256x384"))
