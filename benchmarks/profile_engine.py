@@ -169,18 +169,26 @@ def text_compiled_experiment(c: Components, runs: int, eager: torch.Tensor) -> d
     return r
 
 
+def dit_inputs(c: Components, feats: list[torch.Tensor], w: int, h: int) -> tuple:
+    """Latents (1, 16, h/8, w/8), timestep and prepared conditioning of one forward at w x h."""
+    x = torch.randn(1, 16, h // 8, w // 8, device=c.device, dtype=c.dtype)
+    t = torch.full((1,), 0.5, device=c.device)
+    return x, t, c.ours.transformer.prepare(feats, (h // 8, w // 8))
+
+
+def first_call_ms(fn: Callable[[], object], device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return (time.perf_counter() - start) * 1000
+
+
 def dit_section(c: Components, runs: int, out: Path | None, label: str, size: int = 1024) -> dict:
     dit = c.ours.transformer
     r: dict = {}
     with torch.inference_mode():
-        feats = c.ours.encode_prompts([PROMPT])
-        x = torch.randn(1, 16, size // 8, size // 8, device=c.device, dtype=c.dtype)
-        t = torch.full((1,), 0.5, device=c.device)
-        cond = dit.prepare(feats, (size // 8, size // 8))
-        start = time.perf_counter()
-        dit.forward_prepared(x, t, cond)
-        sync(c.device)
-        r["first_forward_ms"] = (time.perf_counter() - start) * 1000
+        x, t, cond = dit_inputs(c, c.ours.encode_prompts([PROMPT]), size, size)
+        r["first_forward_ms"] = first_call_ms(lambda: dit.forward_prepared(x, t, cond), c.device)
         r["forward_ms"] = timed(lambda: dit.forward_prepared(x, t, cond), c.device, runs)
         # CPU time to issue one forward (queue kept non-empty by a preceding one): launch-bound if ~ GPU time
         dit.forward_prepared(x, t, cond)
@@ -403,15 +411,13 @@ def shapes_section(c: Components, runs: int, tiny: bool) -> dict:
                 dit.compile_blocks(dynamic=dynamic)
                 before = stats["unique_graphs"]
                 for w, h in sizes:
-                    x = torch.randn(1, 16, h // 8, w // 8, device=c.device, dtype=c.dtype)
-                    t = torch.full((1,), 0.5, device=c.device)
-                    cond = dit.prepare(feats, (h // 8, w // 8))
-                    start = time.perf_counter()
-                    dit.forward_prepared(x, t, cond)
-                    sync(c.device)
-                    r[f"{name}_{w}x{h}"] = {"first_call_ms": (time.perf_counter() - start) * 1000,
-                                            "ms": timed(lambda x=x, t=t, cond=cond: dit.forward_prepared(x, t, cond),
-                                                        c.device, runs)}
+                    x, t, cond = dit_inputs(c, feats, w, h)
+
+                    def fwd(x: torch.Tensor = x, t: torch.Tensor = t, cond: object = cond) -> object:
+                        return dit.forward_prepared(x, t, cond)
+
+                    r[f"{name}_{w}x{h}"] = {"first_call_ms": first_call_ms(fwd, c.device),
+                                            "ms": timed(fwd, c.device, runs)}
                 r[f"{name}_graphs"] = stats["unique_graphs"] - before
             except Exception as e:  # noqa: BLE001 - recorded; the next variant still runs
                 r[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
