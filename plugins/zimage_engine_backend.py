@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from zimage_mcp.engine.loader import (
 from zimage_mcp.engine.lora_apply import LoraManager
 from zimage_mcp.engine.pipeline import GenerationOutput, ZImagePipeline
 from zimage_mcp.engine.speed import optimize
+from zimage_mcp.engine.warm_up import warm_up
 from zimage_mcp.errors import (
     BackendLoadError,
     GenerationCancelled,
@@ -174,6 +175,14 @@ class EngineBackend:
         self.pipe = None  # type: ignore[assignment]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]]) -> Iterator[str]:
+        """Compile the variant's default size and ``sizes`` ahead of the first request (engine/warm_up.py);
+        one unit of work per ``next()``, so the caller can let requests in between."""
+        if self.pipe is None:
+            raise BackendLoadError(f"{self.spec.id} was unloaded")
+        d = self.spec.defaults
+        yield from warm_up(self.pipe, list(dict.fromkeys([(d.width, d.height), *sizes])))
 
     def generate(self, request: GenerationRequest, progress: ProgressCallback, should_stop: StopCheck) -> GenerationResult:
         if self.pipe is None:

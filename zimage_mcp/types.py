@@ -6,9 +6,9 @@ these dataclasses and the ``Backend`` protocol; plugins adapt the engine to them
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -186,6 +186,15 @@ class Backend(Protocol):
 
     def vram_bytes(self) -> int:
         """Bytes of device memory the backend holds once loaded (an estimate before loading)."""
+        ...
+
+
+@runtime_checkable
+class WarmableBackend(Protocol):
+    """A backend that can compile ahead of the first request (``ZIMAGE_MCP_PRELOAD``); optional."""
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]]) -> Iterator[str]:
+        """Run its default size and ``sizes`` once, yielding a label after each unit of work."""
         ...
 
 

@@ -120,6 +120,11 @@ class ZImageTransformer(nn.Module):
         for blk in self.blocks():
             blk.compile(dynamic=dynamic, mode=mode)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether ``compile_blocks`` was applied (each new shape then costs a compile)."""
+        return any(getattr(blk, "_compiled_call_impl", None) is not None for blk in self.blocks())
+
     # -- per-generation preparation ---------------------------------------------------------------
     def _tables(self, device: torch.device) -> list[Tensor]:
         if device not in self._angles:
