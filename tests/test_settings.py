@@ -25,6 +25,14 @@ def test_fp8_and_compile_cache_are_read() -> None:
         Settings.from_env({"ZIMAGE_MCP_STEP_CACHE": "-1"})
 
 
+def test_preload_and_warm_sizes_are_read() -> None:
+    s = Settings.from_env({"ZIMAGE_MCP_PRELOAD": "turbo, base", "ZIMAGE_MCP_WARM_SIZES": "1280x720, 720X1280"})
+    assert s.preload == ("turbo", "base") and s.warm_sizes == ("1280x720", "720x1280")
+    assert Settings.from_env({}).preload == () and Settings.from_env({}).warm_sizes == ()
+    with pytest.raises(SettingsError, match="ZIMAGE_MCP_WARM_SIZES: must be comma-separated WIDTHxHEIGHT"):
+        Settings.from_env({"ZIMAGE_MCP_WARM_SIZES": "1280*720"})
+
+
 def test_reads_prefixed_variables() -> None:
     env = {
         "ZIMAGE_MCP_REGISTRY": "~/reg.toml",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -62,6 +63,7 @@ class AppState:
     store: ImageStore
     jobs: JobManager
     metrics: Metrics = field(default_factory=Metrics)
+    preload: dict[str, str] | None = None  # variant -> "ready" or its error, once ZIMAGE_MCP_PRELOAD is done
 
 
 class ZImageServer(MCPServer):
@@ -162,11 +164,15 @@ def build_server(settings: Settings, registry: Registry | None = None) -> ZImage
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppState]:
+        stopping = threading.Event()  # tells a preload waiting in a worker thread to give up
         async with anyio.create_task_group() as tg:
             tg.start_soon(_idle_unloader, state)
+            if settings.preload:
+                tg.start_soon(_preload, state, stopping)
             try:
                 yield state
             finally:
+                stopping.set()
                 tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_unload_all, state)
@@ -198,6 +204,13 @@ async def _idle_unloader(state: AppState) -> None:
                 log.exception("idle unload failed")
             finally:
                 state.jobs.lock.release()
+
+
+async def _preload(state: AppState, stopping: threading.Event) -> None:
+    from zimage_mcp.preload import preload_variants
+
+    state.preload = await preload_variants(state.registry, state.jobs.lock, state.settings.preload,
+                                           state.settings.warm_sizes, stopping)
 
 
 def _unload_all(state: AppState) -> None:

@@ -47,6 +47,8 @@ class Settings:
     fp8: bool = False  # opt-in, lossy: fp8 GEMM weights in the DiT (faster, half its memory, no LoRAs)
     step_cache: float = 0.0  # opt-in, lossy: first-block cache threshold for many-step sampling; 0 = off
     compile_cache_dir: Path | None = None  # None: user_cache_dir/torch-compile (TORCHINDUCTOR_CACHE_DIR wins)
+    preload: tuple[str, ...] = ()  # variants to load and compile at server start, in the background
+    warm_sizes: tuple[str, ...] = ()  # "WxH" sizes preloading compiles besides each variant's default
     vram_budget_gb: float | None = None  # None: unlimited
     idle_unload_seconds: float = 900.0  # 0 disables idle release
     default_model: str | None = None
@@ -118,6 +120,14 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in raw.split(",") if n.strip())
 
 
+def _sizes(raw: str) -> tuple[str, ...]:
+    sizes = _names(raw.lower())
+    bad = [s for s in sizes if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", s)]
+    if bad:
+        raise ValueError(f"must be comma-separated WIDTHxHEIGHT sizes such as 1024x1024,1280x720 (bad: {bad})")
+    return sizes
+
+
 def _optional_str(raw: str) -> str | None:
     return raw.strip() or None
 
@@ -173,6 +183,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "fp8": (PREFIX + "FP8", _bool),
     "step_cache": (PREFIX + "STEP_CACHE", _number(0)),
     "compile_cache_dir": (PREFIX + "COMPILE_CACHE", _optional_path),
+    "preload": (PREFIX + "PRELOAD", _names),
+    "warm_sizes": (PREFIX + "WARM_SIZES", _sizes),
     "vram_budget_gb": (PREFIX + "VRAM_BUDGET_GB", _optional_budget),
     "idle_unload_seconds": (PREFIX + "IDLE_UNLOAD_SECONDS", _number(0)),
     "default_model": (PREFIX + "DEFAULT_MODEL", _optional_str),
@@ -189,4 +201,4 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "hf_hub_cache": ("HF_HUB_CACHE", _optional_str),
 }
 _PATH_FIELDS = {"registry_file", "output_dir", "lora_dir", "log_file"}
-_LIST_FIELDS = {"input_dirs", "load_plugins", "block_plugins", "allowed_origins"}
+_LIST_FIELDS = {"input_dirs", "load_plugins", "block_plugins", "allowed_origins", "preload", "warm_sizes"}
