@@ -427,6 +427,31 @@ def shapes_section(c: Components, runs: int, tiny: bool) -> dict:
     return r
 
 
+def warm_up_section(c: Components, size: int, runs: int) -> dict:
+    """What ZIMAGE_MCP_PRELOAD does at server start (engine/warm_up.py), unit by unit, then the first
+    request after it: run with ``--server-setup`` and an empty TORCHINDUCTOR_CACHE_DIR for the cold case."""
+    from zimage_mcp.engine.warm_up import warm_up
+
+    pipe = c.ours
+    r: dict = {"units": []}
+    start = last = time.perf_counter()
+    for label in warm_up(pipe, [(size, size)]):
+        sync(c.device)
+        now = time.perf_counter()
+        r["units"].append([label, round(now - last, 2)])
+        last = now
+    r["warm_up_s"] = round(last - start, 2)
+
+    def request() -> object:
+        pipe.text_encoder.clear_cache()
+        return pipe.generate(PROMPT, "", size, size, 8, 0.0, seed=0)
+
+    with torch.inference_mode():
+        r["first_request_ms"] = first_call_ms(request, c.device)
+        r["request_ms"] = timed(request, c.device, runs)
+    return r
+
+
 def e2e_gaps_section(c: Components, size: int) -> dict:
     """Where an end-to-end call is not GPU-bound: one traced 1024^2 Turbo call, the GPU's busy time
     (union of kernel intervals) against the wall time, and the largest idle gaps with the kernels around
@@ -526,6 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
         "vae": lambda: vae_section(c, args.runs, args.out, size),
         "e2e": e2e,
         "shapes": lambda: shapes_section(c, args.runs, args.tiny) if (dev == "cuda" or args.compile_tiny) else {},
+        "warm_up": lambda: warm_up_section(c, size, args.runs),
         "e2e_gaps": lambda: e2e_gaps_section(c, size) if dev == "cuda" else {},
         "step_cache": lambda: step_cache_section(c, size, 6 if args.tiny else 50, (0.05, 0.1, 0.2)),
         "low_vram": lambda: low_vram_section(c, size) if dev == "cuda" else {},

@@ -45,7 +45,7 @@ def test_bench_lora_tiny_restores_and_counts() -> None:
 @pytest.mark.slow
 def test_profile_engine_tiny_measures_fp8_against_bf16() -> None:
     rows = {k: v for r in _run("profile_engine.py", "--runs", "1", "--sections", "text", "dit", "fp8",
-                                                     "step_cache") for k, v in r.items()}
+                                                     "step_cache", "warm_up") for k, v in r.items()}
     assert "error" not in rows["fp8"], rows["fp8"]
     assert rows["text"]["eager_ms"] > 0 and rows["dit"]["forward_ms"] > 0
     # fp8 GEMM weights change the result a little, never wildly (tiny random model, 4 steps at 256^2)
@@ -54,6 +54,7 @@ def test_profile_engine_tiny_measures_fp8_against_bf16() -> None:
     assert "error" not in cache, cache
     assert cache["base_0.1"]["steps"] in (6, 12)  # CFG batched into one pass, or two passes per step
     assert cache["turbo_0.1"]["steps"] == 8 and 0 <= cache["turbo_0.1"]["skipped"] < 8
+    assert rows["warm_up"]["units"][0][0] == "text encoder" and rows["warm_up"]["first_request_ms"] > 0
 
 
 @pytest.mark.slow
