@@ -317,10 +317,7 @@ def dit_variants_section(c: Components, runs: int, size: int = 1024, max_autotun
         compiled = torch.compile(lambda q: apply_rope(norm(q), cos, sin), dynamic=False)
         r["torch_compiled_ms"] = timed(lambda: compiled(q), c.device, 20)
 
-        feats = c.ours.encode_prompts([PROMPT])
-        x = torch.randn(1, 16, size // 8, size // 8, device=c.device, dtype=c.dtype)
-        t = torch.full((1,), 0.5, device=c.device)
-        cond = dit.prepare(feats, (size // 8, size // 8))
+        x, t, cond = dit_inputs(c, c.ours.encode_prompts([PROMPT]), size, size)
         base = dit.forward_prepared(x, t, cond)
         r["baseline_ms"] = timed(lambda: dit.forward_prepared(x, t, cond), c.device, runs)
 

@@ -25,9 +25,9 @@ def optimize(pipe: ZImagePipeline, mode: str = "auto", fp8: bool = False) -> Non
 
     Lossless (same math, rounding aside): q/k/v and w1/w3 fused into single GEMMs; on CUDA, the text
     encoder's layers compiled and replayed as CUDA graphs (when it lives on the GPU), QK-norm + RoPE as one
-    Triton kernel, regionally compiled DiT blocks, a channels-last compiled VAE decoder. ``auto`` does nothing on the CPU,
-    where the tests compare bit for bit with the reference. ``fp8`` (opt-in, lossy) stores the blocks'
-    GEMM weights in fp8 and frees the bf16 copies; it needs a GPU with fp8 tensor cores.
+    Triton kernel, regionally compiled DiT blocks, a channels-last compiled VAE decoder. ``auto`` does
+    nothing on the CPU, where the tests compare bit for bit with the reference. ``fp8`` (opt-in, lossy)
+    stores the blocks' GEMM weights in fp8 and frees the bf16 copies; it needs a GPU with fp8 tensor cores.
     """
     device = pipe.device
     if fp8 and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)):

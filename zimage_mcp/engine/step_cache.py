@@ -37,17 +37,14 @@ class FirstBlockCache:
         m = self.model
         c = m.embed_time(t, x.dtype)
         h = m.unify(m.refine_image(m.embed_image(x, cond), c, cond), cond)  # (B, S, D)
-        first, rest = m.layers[0], m.layers[1:]
-        h1 = first(h, cond.cos, cond.sin, cond.key_mask, c, m.attn_backend)
+        h1 = m.run_layers(h, c, cond, span=slice(0, 1))
         residual = h1 - h
         state = self._states.setdefault(id(cond), _State())
         self.steps += 1
         if state.first_residual is not None and state.rest_residual is not None and self._close(residual, state):
             self.skipped += 1
             return m.finish(h1 + state.rest_residual, c, cond)
-        out = h1
-        for blk in rest:
-            out = blk(out, cond.cos, cond.sin, cond.key_mask, c, m.attn_backend)
+        out = m.run_layers(h1, c, cond, span=slice(1, None))
         state.first_residual, state.rest_residual = residual, out - h1
         return m.finish(out, c, cond)
 

@@ -100,8 +100,9 @@ class TextEncoder:
     def compile_layers(self) -> None:
         """Inductor-fused decoder layers: RMSNorms, RoPE, silu·mul and residual adds in a few kernels
         instead of ~15 per layer. Dynamic shapes: after at most one recompile a new length bucket only
-        captures a graph (batch 1 and larger batches compile apart, as torch specialises size 1), with eager's bf16 roundings kept (``emulate_precision_casts``), so the features
-        stay as close to an fp32 run as eager's are. Graphs captured before are dropped and recaptured."""
+        captures a graph (batch 1 and larger batches compile apart, as torch specialises size 1). Eager's
+        bf16 roundings are kept (``emulate_precision_casts``), so the features stay as close to an fp32 run
+        as eager's are. Graphs captured before are dropped and recaptured."""
         for layer in self.model.layers:
             if getattr(layer, "_compiled_call_impl", None) is None:
                 layer.compile(dynamic=True, options={"emulate_precision_casts": True})

@@ -198,8 +198,12 @@ class ZImageTransformer(nn.Module):
     def unify(self, img: Tensor, cond: Conditioning) -> Tensor:
         return torch.cat([img, cond.cap.to(img.dtype)], dim=1)  # (B, N_pad + Lc_max, D)
 
-    def run_layers(self, h: Tensor, c: Tensor, cond: Conditioning, hints: dict[int, Tensor] | None = None) -> Tensor:
-        for i, blk in enumerate(self.layers):
+    def run_layers(
+        self, h: Tensor, c: Tensor, cond: Conditioning, hints: dict[int, Tensor] | None = None,
+        span: slice = slice(None),
+    ) -> Tensor:
+        """The main layers in ``span`` (all by default); ``hints`` are keyed by absolute layer index."""
+        for i, blk in enumerate(self.layers[span], start=span.start or 0):
             h = blk(h, cond.cos, cond.sin, cond.key_mask, c, self.attn_backend)
             if hints is not None and i in hints:
                 h = h + hints[i]
