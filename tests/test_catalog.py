@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from zimage_mcp.catalog import BUILTIN_FILE, load_catalog
-from zimage_mcp.errors import RegistryError
+from zimage_mcp.contract import RegistryError
 
 
 def write(path: Path, text: str) -> Path:
@@ -51,7 +51,7 @@ def test_user_file_deep_merges_per_variant_table(tmp_path: Path) -> None:
         [variants.z-image-turbo.defaults]
         steps = 6
         [variants.my-finetune]
-        plugin = "zimage_turbo"
+        plugin = "zimage_engine"
         title = "My fine-tune"
         kind = "turbo"
         weights = { single_file = "/w/ft.safetensors" }
@@ -66,7 +66,7 @@ def test_user_file_deep_merges_per_variant_table(tmp_path: Path) -> None:
     assert turbo.spec.weights.path == str(tmp_path / "models" / "turbo")
     assert turbo.spec.weights.repo_id == "Tongyi-MAI/Z-Image-Turbo"
     assert catalog.lora_dir == tmp_path / "my-loras" and catalog.lora_dir_configured
-    assert [v.spec.id for v in catalog.variants_for("zimage_turbo")] == ["z-image-turbo", "my-finetune"]
+    assert [v.spec.id for v in catalog.variants_for("zimage_engine")] == ["z-image-turbo", "my-finetune"]
     assert by_id(catalog)["my-finetune"].spec.defaults.guidance == 1.0
 
 

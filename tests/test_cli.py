@@ -31,7 +31,7 @@ def test_list_and_plugins(env: Settings, capsys: pytest.CaptureFixture[str]) -> 
     assert "* z-image-turbo" in out and "installed" in out and "missing" in out
     assert main(["plugins"]) == 0
     names = {row["name"] for row in json.loads(capsys.readouterr().out)}
-    assert "zimage_turbo" in names
+    assert "zimage_engine" in names
 
 
 def test_pull_offline_is_a_clear_message(

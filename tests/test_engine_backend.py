@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.server_fixtures import make_settings, tiny_model_dir  # noqa: F401
-from zimage_mcp.errors import InvalidRequestError
+from zimage_mcp.contract import InvalidRequestError
 from zimage_mcp.registry import Registry
-from zimage_mcp.types import GenerationRequest, LoraRef
+from zimage_mcp.contract import GenerationRequest, LoraRef
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def _noop(*args: object) -> None:
 
 
 def test_turbo_and_base_share_one_text_encoder_and_vae(registry: Registry) -> None:
-    from zimage_engine_backend import SHARED
+    from zimage_builtins.engine_backend import SHARED
 
     turbo, base = registry.backend("z-image-turbo"), registry.backend("z-image-base")
     assert turbo is not base
@@ -106,9 +106,9 @@ def test_a_lora_for_another_shape_is_a_request_error_and_leaves_the_model_alone(
 def test_low_vram_mode_keeps_the_text_encoder_on_the_host_and_tiles_the_vae(
     tmp_path: Path, tiny_model_dir: Path  # noqa: F811
 ) -> None:
-    from zimage_engine_backend import build_backend
+    from zimage_builtins.engine_backend import build_backend
 
-    from zimage_mcp.types import BackendContext
+    from zimage_mcp.contract import BackendContext
 
     registry = Registry.from_settings(make_settings(tmp_path, _turbo_registry(tmp_path, tiny_model_dir), tmp_path))
     spec = registry.resolve("turbo").spec
@@ -125,10 +125,10 @@ def test_low_vram_mode_keeps_the_text_encoder_on_the_host_and_tiles_the_vae(
 def test_fp8_without_fp8_tensor_cores_is_a_load_error_naming_the_setting(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    from zimage_engine_backend import build_backend
+    from zimage_builtins.engine_backend import build_backend
 
-    from zimage_mcp.errors import BackendLoadError
-    from zimage_mcp.types import BackendContext
+    from zimage_mcp.contract import BackendLoadError
+    from zimage_mcp.contract import BackendContext
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     registry = Registry.from_settings(make_settings(tmp_path, _turbo_registry(tmp_path, tiny_model_dir), tmp_path))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from zimage_mcp.errors import InvalidRequestError
+from zimage_mcp.contract import InvalidRequestError
 from zimage_mcp.inputs import MAX_PIXELS, load_input, load_mask, open_image, resolve_path
 from zimage_mcp.store import ImageStore
 

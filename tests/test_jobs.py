@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from tests.server_fixtures import anyio_backend  # noqa: F401
-from zimage_mcp.errors import GenerationCancelled
+from zimage_mcp.contract import GenerationCancelled
 from zimage_mcp.jobs import FifoLock, JobManager, QueueFullError, describe_failure
 
 

@@ -38,14 +38,14 @@ CHATTY = textwrap.dedent('''
         print("CHATTY print in factory", flush=True)
         os.write(1, b"CHATTY fd1 in factory\\n")
         log.warning("CHATTY log in factory")
-        from zimage_engine_backend import build_backend
+        from zimage_builtins.engine_backend import build_backend
         return build_backend(spec, ctx)
 
     @hookimpl
     def zimage_register_variants(register, catalog):
         print("CHATTY print in hook", flush=True)
         log.warning("CHATTY log in hook")
-        for item in catalog.variants_for("zimage_turbo"):
+        for item in catalog.variants_for("zimage_engine"):
             register(replace(item.spec, id="chatty-turbo", title="chatty"), factory, aliases=())
 ''')
 

@@ -7,7 +7,7 @@ import pytest
 
 from zimage_mcp.registry import Registry
 from zimage_mcp.settings import Settings
-from zimage_mcp.types import LoraSpec
+from zimage_mcp.contract import LoraSpec
 
 
 @pytest.fixture

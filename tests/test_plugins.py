@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from zimage_mcp import hookimpl
-from zimage_mcp.errors import RegistryError
+from zimage_mcp.contract import RegistryError
 from zimage_mcp.plugins import DEFAULT_PLUGINS, check_pending, describe_plugins, load_plugins
 from zimage_mcp.registry import Registry
 from zimage_mcp.settings import Settings
-from zimage_mcp.types import LoraSpec
+from zimage_mcp.contract import LoraSpec
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "zimage-lora-example"
 BUILTIN_IDS = ["z-image-turbo", "z-image-base", "z-image-edit"]
@@ -34,7 +34,7 @@ def fake_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-zimage-plugin\nVersion: 1.2\n")
     (info / "entry_points.txt").write_text(
         "[zimage_mcp]\nfake_plugin = fake_zimage_plugin\nbroken_plugin = fake_zimage_broken\n"
-        "zimage_turbo = fake_zimage_plugin\n"  # a name the built-in already holds: skipped
+        "zimage_engine = fake_zimage_plugin\n"  # a name the built-in already holds: skipped
     )
     (site / "fake_zimage_plugin.py").write_text(
         textwrap.dedent(
@@ -57,9 +57,9 @@ def fake_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_builtins_load_first_under_their_module_names() -> None:
     pm = load_plugins()
     assert [name for name, _ in pm.list_name_plugin()] == list(DEFAULT_PLUGINS)
-    row = rows(pm)["zimage_turbo"]
+    row = rows(pm)["zimage_engine"]
     assert row == {
-        "name": "zimage_turbo",
+        "name": "zimage_engine",
         "distribution": "zimage-mcp",
         "version": "0.1.0",
         "hooks": ["zimage_register_variants"],
@@ -114,7 +114,7 @@ def test_entry_points_are_discovered(fake_dist: Path) -> None:
     assert table["fake_plugin"]["status"] == "ok" and table["fake_plugin"]["hooks"] == ["zimage_register_loras"]
     assert table["broken_plugin"]["status"] == "failed"
     assert "needs a library that is not installed" in table["broken_plugin"]["error"]
-    assert table["zimage_turbo"]["distribution"] == "zimage-mcp"  # the built-in kept its name
+    assert table["zimage_engine"]["distribution"] == "zimage-mcp"  # the built-in kept its name
     registry = Registry.from_settings(Settings.from_env({}), pm)
     assert ids(registry) == [*BUILTIN_IDS, "lora:fake-lora"]
     assert registry.lora_variant_target("lora:fake-lora") == ("z-image-turbo", registry.resolve_lora("fake-lora"))
@@ -128,7 +128,7 @@ def test_tests_never_autoload_entry_points(fake_dist: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "plugins", "variant_ids"),
     [
-        ("zimage_turbo,fake_plugin", ["zimage_turbo", "fake_plugin"], ["z-image-turbo", "lora:fake-lora"]),
+        ("zimage_turbo,fake_plugin", ["zimage_engine", "fake_plugin"], ["z-image-turbo", "lora:fake-lora"]),
         ("fake-zimage-plugin", ["fake_plugin", "broken_plugin"], []),  # a distribution name loads its plugins
         ("", [], []),
     ],

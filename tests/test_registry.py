@@ -10,11 +10,11 @@ import pytest
 
 from zimage_mcp import hookimpl
 from zimage_mcp.catalog import Catalog
-from zimage_mcp.errors import BackendLoadError, NotInstalledError, UnknownLoraError, UnknownVariantError
+from zimage_mcp.contract import BackendLoadError, NotInstalledError, UnknownLoraError, UnknownVariantError
 from zimage_mcp.plugins import PluginManager, describe_plugins, load_plugins
 from zimage_mcp.registry import Registry
 from zimage_mcp.settings import Settings
-from zimage_mcp.types import BackendContext, Capabilities, Defaults, Limits, VariantSpec, WeightsLocation
+from zimage_mcp.contract import BackendContext, Capabilities, Defaults, Limits, VariantSpec, WeightsLocation
 
 GB = 1024**3
 
@@ -116,7 +116,7 @@ def test_a_builtin_beats_a_plugin_reusing_its_id() -> None:
     pm = load_plugins()
     pm.register(variants_plugin((spec("z-image-turbo"), Factory(), ("turbo",))), name="impostor")
     registry = Registry.from_settings(Settings.from_env({}), pm)
-    assert registry.resolve("turbo").plugin == "zimage_turbo"
+    assert registry.resolve("turbo").plugin == "zimage_engine"
     assert "duplicate variant 'z-image-turbo': kept the one from plugin 'zimage_turbo', ignored plugin 'impostor'" in registry.problems()
 
 
@@ -144,7 +144,7 @@ def test_a_plugin_that_raises_is_listed_failed_and_others_work() -> None:
     ]
     rows = {row["name"]: row for row in describe_plugins(pm)}
     assert rows["broken"]["status"] == "failed" and rows["broken"]["error"] == "ValueError: oops"
-    assert rows["zimage_turbo"]["status"] == "ok"
+    assert rows["zimage_engine"]["status"] == "ok"
 
 
 @pytest.mark.parametrize(

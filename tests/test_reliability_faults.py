@@ -42,7 +42,7 @@ class Probe:
 def _plugin(turbo: Any, probe: Probe) -> object:
     def oom_factory(spec: Any, ctx: Any) -> Any:
         import torch
-        from zimage_engine_backend import build_backend
+        from zimage_builtins.engine_backend import build_backend
 
         backend = build_backend(spec, ctx)
         real_run = backend._run
@@ -60,7 +60,7 @@ def _plugin(turbo: Any, probe: Probe) -> object:
         return backend
 
     def slow_factory(spec: Any, ctx: Any) -> Any:
-        from zimage_engine_backend import build_backend
+        from zimage_builtins.engine_backend import build_backend
 
         backend = build_backend(spec, ctx)
         real_run = backend._run

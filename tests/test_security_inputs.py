@@ -258,7 +258,7 @@ def test_every_follow_up_image_is_readable(env: dict[str, Any]) -> None:
 
 def test_pillow_pixel_limit_is_deliberate(env: dict[str, Any]) -> None:
     """The limit is ours (64 MP) after the server, the plugins and the engine are imported."""
-    import zimage_engine_backend  # noqa: F401  (imports the engine, which must not reset the limit)
+    import zimage_builtins.engine_backend  # noqa: F401  (imports the engine, which must not reset the limit)
 
     from zimage_mcp import inputs
 

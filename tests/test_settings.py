@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from zimage_mcp.errors import SettingsError
+from zimage_mcp.contract import SettingsError
 from zimage_mcp.settings import Settings
 
 

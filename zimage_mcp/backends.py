@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zimage_mcp.errors import BackendLoadError, NotInstalledError
+from zimage_mcp.contract import BackendLoadError, NotInstalledError
 from zimage_mcp.hub_cache import find_snapshot
-from zimage_mcp.types import Backend, VariantSpec
+from zimage_mcp.contract import Backend, VariantSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The variant catalogue: the shipped ``registry.toml`` with the user's registry file merged over it.
 
-Every value is checked against the torch-free dataclasses in ``zimage_mcp.types``; the sub-table keys
+Every value is checked against the torch-free dataclasses in ``zimage_mcp.contract``; the sub-table keys
 (``defaults``, ``limits``, ``capabilities``, ``weights``) are exactly those dataclasses' field names.
 Each file is checked on its own (so an error names the file that holds the bad value), then the
 variant tables are deep-merged and checked for completeness. A bad variant table refuses that
@@ -20,9 +20,9 @@ from typing import Any
 
 import platformdirs
 
-from zimage_mcp.errors import RegistryError
+from zimage_mcp.contract import RegistryError
 from zimage_mcp.settings import APP_NAME
-from zimage_mcp.types import Capabilities, Defaults, Limits, VariantSpec, WeightsLocation
+from zimage_mcp.contract import Capabilities, Defaults, Limits, VariantSpec, WeightsLocation
 
 BUILTIN_FILE = Path(__file__).with_name("registry.toml")
 VARIANT_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")

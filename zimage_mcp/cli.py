@@ -135,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from zimage_mcp.errors import ZImageMCPError
+    from zimage_mcp.contract import ZImageMCPError
     from zimage_mcp.jobs import JobManager, make_work
     from zimage_mcp.metrics import Metrics
     from zimage_mcp.registry import Registry

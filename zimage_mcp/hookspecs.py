@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from zimage_mcp.catalog import Catalog
-    from zimage_mcp.types import BackendFactory, VariantSpec
+    from zimage_mcp.contract import BackendFactory, VariantSpec
 
 hookspec = pluggy.HookspecMarker("zimage_mcp")
 hookimpl = pluggy.HookimplMarker("zimage_mcp")
@@ -60,12 +60,12 @@ def zimage_register_variants(register: RegisterVariant, catalog: Catalog) -> Non
     :param register:
         Call ``register(spec, factory, aliases=())`` once per variant.
 
-        - ``spec`` is a :class:`zimage_mcp.types.VariantSpec`. Its ``id`` is lowercase kebab
+        - ``spec`` is a :class:`zimage_mcp.contract.VariantSpec`. Its ``id`` is lowercase kebab
           (``z-image-turbo``); ``kind`` is ``"turbo"``, ``"base"`` or ``"edit"`` (``"lora"`` is
           reserved for the LoRA variants the registry derives itself).
         - ``factory(spec, ctx) -> Backend`` builds the backend. It is called lazily, the first time
           the variant is used, from a worker thread; import the engine inside it, never at module level.
-          ``ctx`` is a :class:`zimage_mcp.types.BackendContext`.
+          ``ctx`` is a :class:`zimage_mcp.contract.BackendContext`.
         - ``aliases`` are extra names the variant resolves from (``"turbo"``).
 
         ``register`` raises ``RegistryError`` for a malformed spec. A duplicate id or alias is not an

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
-from zimage_mcp.errors import InvalidRequestError
+from zimage_mcp.contract import InvalidRequestError
 from zimage_mcp.store import ID_PATTERN, ImageStore
 
 MAX_PIXELS = 64 * 1024 * 1024

@@ -25,7 +25,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from zimage_mcp.errors import GenerationCancelled
+from zimage_mcp.contract import GenerationCancelled
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 Reporter = Callable[[float, float, str], None]

@@ -21,13 +21,17 @@ from typing import Any
 import pluggy
 
 from zimage_mcp import __version__, hookspecs
-from zimage_mcp.errors import RegistryError
+from zimage_mcp.contract import RegistryError
 from zimage_mcp.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ENTRYPOINT_GROUP = "zimage_mcp"
-DEFAULT_PLUGINS: tuple[str, ...] = ("zimage_turbo", "zimage_base", "zimage_edit", "zimage_lora_dir")
+# Built-in plugin name -> module (the same pairs as the package's entry points).
+DEFAULT_PLUGINS: dict[str, str] = {
+    "zimage_engine": "zimage_builtins.engine_variants",
+    "zimage_lora_dir": "zimage_builtins.lora_dir",
+}
 
 
 @dataclass
@@ -69,9 +73,9 @@ def load_plugins(
     for name in block:
         pm.set_blocked(name)
         pm.blocked.add(_normalize(name))
-    for module in DEFAULT_PLUGINS:
-        if _selected(pm, module, "zimage-mcp", __version__, wanted):
-            _register(pm, module, lambda module=module: importlib.import_module(module))
+    for name, module in DEFAULT_PLUGINS.items():
+        if _selected(pm, name, "zimage-mcp", __version__, wanted):
+            _register(pm, name, lambda module=module: importlib.import_module(module))
     if entrypoints is None:
         entrypoints = not getattr(sys, "_called_from_test", False)
     if entrypoints:

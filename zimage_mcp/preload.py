@@ -18,7 +18,7 @@ import anyio
 
 from zimage_mcp.jobs import FifoLock
 from zimage_mcp.registry import Registry
-from zimage_mcp.types import WarmableBackend
+from zimage_mcp.contract import WarmableBackend
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

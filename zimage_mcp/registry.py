@@ -21,11 +21,11 @@ import pluggy
 from zimage_mcp import hookspecs
 from zimage_mcp.backends import PICKLE_SUFFIXES, BackendCache, InstallStatus, find_weights, weights_bytes
 from zimage_mcp.catalog import ALIAS, KINDS, VARIANT_ID, Catalog, load_catalog, user_registry_file
-from zimage_mcp.errors import NotInstalledError, RegistryError, UnknownLoraError, UnknownVariantError
+from zimage_mcp.contract import NotInstalledError, RegistryError, UnknownLoraError, UnknownVariantError
 from zimage_mcp.hub_cache import hub_cache_dir
 from zimage_mcp.plugins import check_pending, plugin_manager_from_settings, record_failure
 from zimage_mcp.settings import Settings, default_compile_cache_dir
-from zimage_mcp.types import Backend, BackendContext, BackendFactory, LoraSpec, VariantSpec
+from zimage_mcp.contract import Backend, BackendContext, BackendFactory, LoraSpec, VariantSpec
 
 __all__ = ["Duplicate", "InstallStatus", "Registry", "VariantEntry"]
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from zimage_mcp.errors import InvalidRequestError, UnknownLoraError, UnknownVariantError
+from zimage_mcp.contract import InvalidRequestError, UnknownLoraError, UnknownVariantError
 from zimage_mcp.inputs import load_input, load_mask
-from zimage_mcp.types import ControlHint, EditMode, GenerationRequest, Limits, LoraRef, VariantSpec
+from zimage_mcp.contract import ControlHint, EditMode, GenerationRequest, Limits, LoraRef, VariantSpec
 
 if TYPE_CHECKING:
     from pathlib import Path

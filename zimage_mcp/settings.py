@@ -16,7 +16,7 @@ from typing import Any
 
 import platformdirs
 
-from zimage_mcp.errors import SettingsError
+from zimage_mcp.contract import SettingsError
 
 PREFIX = "ZIMAGE_MCP_"
 APP_NAME = "zimage-mcp"

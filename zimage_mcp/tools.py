@@ -21,7 +21,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
-from zimage_mcp.errors import InvalidRequestError, UnknownLoraError, UnknownVariantError
+from zimage_mcp.contract import InvalidRequestError, UnknownLoraError, UnknownVariantError, ZImageMCPError
 from zimage_mcp.jobs import Job, Outcome, QueueFullError, describe_failure, make_work
 from zimage_mcp.preview import build_content
 from zimage_mcp.requests import MAX_PROMPT_CHARS, Prepared, prepare_edit, prepare_generate
@@ -262,7 +262,7 @@ class ImageTools:
             if not job.failure_recorded:
                 job.failure_recorded = True
                 self.state.metrics.record_failure(tool, job.model, type(exc).__name__)
-            if not isinstance(exc, Exception) or type(exc).__module__ != "zimage_mcp.errors":
+            if not isinstance(exc, ZImageMCPError):
                 log.error("job %s failed", job.id, exc_info=exc)
             raise ToolError(describe_failure(exc, job.timed_out, self.state.settings.job_timeout_seconds))
         if job.state != "done":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from zimage_mcp.errors import (
+from zimage_mcp.contract import (
     BackendLoadError,
     GenerationCancelled,
     InvalidRequestError,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zimage_mcp import hookimpl
-from zimage_mcp.errors import RegistryError
+from zimage_mcp.contract import RegistryError
 
 if TYPE_CHECKING:
     from zimage_mcp.catalog import Catalog

@@ -32,14 +32,14 @@ from zimage_mcp.engine.lora_apply import LoraManager
 from zimage_mcp.engine.pipeline import GenerationOutput, ZImagePipeline
 from zimage_mcp.engine.speed import optimize
 from zimage_mcp.engine.warm_up import warm_up
-from zimage_mcp.errors import (
+from zimage_mcp.contract import (
     BackendLoadError,
     GenerationCancelled,
     InvalidRequestError,
     OutOfMemoryError,
     UnsupportedEditError,
 )
-from zimage_mcp.types import (
+from zimage_mcp.contract import (
     BackendContext,
     GenerationRequest,
     GenerationResult,

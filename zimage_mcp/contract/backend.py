@@ -1,0 +1,61 @@
+"""The backend protocol: what a plugin's factory builds and the server calls, and what it is built with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from zimage_mcp.contract.request import GenerationRequest, GenerationResult
+from zimage_mcp.contract.variant import LoraSpec, VariantSpec
+
+Phase = Literal["queued", "loading", "encoding", "denoising", "decoding", "saving"]
+
+ProgressCallback = Callable[[Phase, int, int, str], None]
+"""``progress(phase, done, total, message)``: called from the worker thread."""
+
+StopCheck = Callable[[], bool]
+"""Returns True when the caller has cancelled; backends check it between denoising steps."""
+
+
+class Backend(Protocol):
+    """A loaded variant. Built lazily by a plugin factory and cached by the registry."""
+
+    def generate(self, request: GenerationRequest, progress: ProgressCallback, should_stop: StopCheck) -> GenerationResult:
+        """Run one request. Raises ``GenerationCancelled`` if ``should_stop`` turned true."""
+        ...
+
+    def unload(self) -> None:
+        """Free every device buffer this backend owns (shared components are reference counted)."""
+        ...
+
+    def vram_bytes(self) -> int:
+        """Bytes of device memory the backend holds once loaded (an estimate before loading)."""
+        ...
+
+
+@runtime_checkable
+class WarmableBackend(Protocol):
+    """A backend that can compile ahead of the first request (``ZIMAGE_MCP_PRELOAD``); optional."""
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]]) -> Iterator[str]:
+        """Run its default size and ``sizes`` once, yielding a label after each unit of work."""
+        ...
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What a factory gets besides the spec: where things are and how to place them."""
+
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "bfloat16"
+    optimize: str = "auto"  # "auto" | "compile" | "fuse" | "off"
+    offload_text_encoder: bool = False
+    fp8: bool = False  # fp8 GEMM weights in the DiT (CUDA, compute capability >= 8.9)
+    step_cache: float = 0.0  # first-block cache threshold; 0 = off
+    compile_cache_dir: str | None = None  # where torch.compile keeps its artefacts between runs
+    hf_home: str | None = None
+    lora_specs: tuple[LoraSpec, ...] = ()
+
+
+BackendFactory = Callable[[VariantSpec, BackendContext], Backend]

@@ -1,0 +1,66 @@
+"""One generation as it crosses from the server to a backend, and what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from zimage_mcp.contract.variant import EditMode
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One adapter chosen for one request: the resolved file and the scale to apply."""
+
+    name: str
+    file: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class ControlHint:
+    """A ControlNet hint: a ready-made hint image (or one to preprocess) and its weight."""
+
+    type: str
+    image: Image
+    scale: float = 0.75
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One fully resolved request. Every optional field has been filled from the variant defaults."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    count: int = 1
+    shift: float | None = None
+    cfg_truncation: float = 1.0
+    cfg_normalization: float = 0.0
+    loras: tuple[LoraRef, ...] = ()
+    # Edit inputs (None for text-to-image). Images are already decoded, validated and in RGB.
+    mode: EditMode | None = None
+    image: Image | None = None
+    mask: Image | None = None  # mode "L"; white = repaint
+    strength: float = 1.0
+    control: ControlHint | None = None
+    reference_images: tuple[Image, ...] = ()
+
+
+@dataclass
+class GenerationResult:
+    """What a backend hands back: encoded images, the seeds used, and timings in seconds."""
+
+    images: list[bytes]  # PNG-encoded, full resolution
+    seeds: list[int]
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. "input resized from 1000x750 to 1008x752"
