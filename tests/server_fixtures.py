@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from zimage_mcp.registry import Registry
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SIZE = 256
@@ -31,7 +31,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from zimage_mcp.engine.tiny import make_tiny
+    from zimage_mcp.engine.presets.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny-zimage"))
 
@@ -97,7 +97,6 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
         ZIMAGE_MCP_INPUT_DIRS=os.pathsep.join(str(p) for p in settings.input_dirs),
         ZIMAGE_MCP_LORA_DIR=str(settings.lora_dir),
         ZIMAGE_MCP_DEVICE="cpu",
-        ZIMAGE_MCP_DTYPE="float32",
         PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "plugins"), env.get("PYTHONPATH", "")]),
         **extra,
     )

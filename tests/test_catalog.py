@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from zimage_mcp.catalog import BUILTIN_FILE, load_catalog
+from zimage_mcp.registry.catalog import BUILTIN_FILE, load_catalog
 from zimage_mcp.contract import RegistryError
 
 
@@ -66,7 +66,8 @@ def test_user_file_deep_merges_per_variant_table(tmp_path: Path) -> None:
     assert turbo.spec.weights.path == str(tmp_path / "models" / "turbo")
     assert turbo.spec.weights.repo_id == "Tongyi-MAI/Z-Image-Turbo"
     assert catalog.lora_dir == tmp_path / "my-loras" and catalog.lora_dir_configured
-    assert [v.spec.id for v in catalog.variants_for("zimage_engine")] == ["z-image-turbo", "my-finetune"]
+    engine_ids = ["z-image-turbo", "z-image-base", "z-image-edit", "my-finetune"]
+    assert [v.spec.id for v in catalog.variants_for("zimage_engine")] == engine_ids
     assert by_id(catalog)["my-finetune"].spec.defaults.guidance == 1.0
 
 
@@ -90,9 +91,9 @@ def test_settings_lora_dir_wins(tmp_path: Path) -> None:
         ("[variants.z-image-turbo.capabilities]\ncontrol = 1",
          "[variants.z-image-turbo] capabilities.control: must be true or false, got 1"),
         ("[variants.z-image-turbo.defaults]\nsteps = 101",
-         "[variants.z-image-turbo] defaults.steps: 101 is outside limits.min_steps..limits.max_steps (1..100)"),
+         "[variants.z-image-turbo] defaults.steps: 101 is out of range; use 1-100"),
         ("[variants.z-image-turbo.defaults]\nwidth = 1000",
-         "[variants.z-image-turbo] defaults.width: 1000 is not a multiple of limits.size_multiple (16)"),
+         "[variants.z-image-turbo] defaults.width: 1000 is not allowed for this variant; use multiples of 16 from 256 to 2048"),
         ("[variants.z-image-turbo.limits]\nmin_side = 4096",
          "[variants.z-image-turbo] limits.min_side: 4096 is greater than limits.max_side (2048)"),
         ('[variants.z-image-turbo]\nkind = "video"', '[variants.z-image-turbo] kind: must be one of turbo, base, edit, got "video"'),
@@ -117,7 +118,7 @@ def test_bad_variant_table_refuses_only_that_variant(tmp_path: Path, toml: str, 
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("[server]\nport = 1", "[server]: unknown table (allowed: variants, loras)"),
+        ("[server]\nport = 1", "[server]: unknown table (allowed: variants, loras, runtime)"),
         ("[loras]\nfolder = 'x'", "[loras] folder: unknown key (allowed: dir)"),
         ("[loras]\ndir = 5", "[loras] dir: must be a string, got 5"),
         ("variants = 5", "variants: must be a table"),
@@ -129,6 +130,33 @@ def test_file_level_problems_keep_the_builtin_variants(tmp_path: Path, toml: str
     catalog = load_catalog(user)
     assert [p.startswith(f"{user}: {message}") for p in catalog.problems] == [True]
     assert len(catalog.variants) == 3
+
+
+def test_former_per_variant_plugin_names_mean_the_engine_plugin(tmp_path: Path) -> None:
+    user = write(
+        tmp_path / "registry.toml",
+        """
+        [variants.z-image-turbo]
+        plugin = "zimage_turbo"
+        [variants.old-finetune]
+        plugin = "zimage_base"
+        title = "Old fine-tune"
+        kind = "base"
+        defaults = { steps = 30, guidance = 4, shift = 6 }
+        [runtime]
+        max_queue = 4
+        """,
+    )
+    catalog = load_catalog(user)
+    assert catalog.problems == ()  # [runtime] belongs to settings.py, not the catalogue
+    assert {v.plugin for v in catalog.variants} == {"zimage_engine"}
+    assert "old-finetune" in {v.spec.id for v in catalog.variants_for("zimage_engine")}
+
+
+def test_published_repos_name_ids_and_aliases() -> None:
+    repos = load_catalog().published_repos()
+    assert repos["turbo"] == repos["z-image-turbo"] == "Tongyi-MAI/Z-Image-Turbo"
+    assert repos["base"] == "Tongyi-MAI/Z-Image" and "edit" not in repos  # Edit's weights are not published
 
 
 def test_explicit_missing_file_raises_and_implicit_is_skipped(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.server_fixtures import input_dir, registry_file, settings, tiny_model_dir  # noqa: F401
 from zimage_mcp.cli import main
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry.settings import Settings
 
 
 @pytest.fixture
@@ -19,7 +19,6 @@ def env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Settings:
         "ZIMAGE_MCP_OUTPUT_DIR": str(settings.output_dir),
         "ZIMAGE_MCP_LORA_DIR": str(settings.lora_dir),
         "ZIMAGE_MCP_DEVICE": "cpu",
-        "ZIMAGE_MCP_DTYPE": "float32",
     }.items():
         monkeypatch.setenv(key, value)
     return settings

@@ -20,8 +20,8 @@ from zimage_mcp.server import build_server
 
 @pytest.fixture(scope="module")
 def edit_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from zimage_mcp.engine.tiny_controlnet import make_tiny_controlnet
-    from zimage_mcp.engine.tiny_omni import make_tiny_omni
+    from zimage_mcp.engine.presets.tiny_controlnet import make_tiny_controlnet
+    from zimage_mcp.engine.presets.tiny_omni import make_tiny_omni
 
     root = tmp_path_factory.mktemp("edit-models")
     return make_tiny_controlnet(root / "controlnet", release="2.1"), make_tiny_omni(root / "omni")

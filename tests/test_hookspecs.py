@@ -9,8 +9,8 @@ import pluggy
 import pytest
 
 import zimage_mcp
-from zimage_mcp import hookspecs
-from zimage_mcp.plugins import PluginManager
+from zimage_mcp.registry import hookspecs
+from zimage_mcp.registry.plugin_manager import PluginManager
 
 HOOKS = ("zimage_register_variants", "zimage_register_loras")
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,10 +59,10 @@ def test_an_unknown_parameter_is_rejected() -> None:
 def test_registry_side_never_imports_torch() -> None:
     code = (
         "import sys\n"
-        "import zimage_mcp.registry, zimage_mcp.plugins, zimage_mcp.hookspecs, zimage_mcp.catalog\n"
-        "import zimage_mcp.backends, zimage_mcp.settings\n"
+        "import zimage_mcp.registry.plugin_manager, zimage_mcp.registry.hookspecs, zimage_mcp.registry.catalog\n"
+        "import zimage_mcp.registry.backend_cache, zimage_mcp.registry.install_status, zimage_mcp.registry.settings\n"
         "from zimage_mcp.registry import Registry\n"
-        "from zimage_mcp.settings import Settings\n"
+        "from zimage_mcp.registry.settings import Settings\n"
         "r = Registry.from_settings(Settings.from_env({}))\n"
         "assert [e.spec.id for e in r.variants()][:3] == ['z-image-turbo', 'z-image-base', 'z-image-edit'], r.variants()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

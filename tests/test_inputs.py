@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from zimage_mcp.contract import InvalidRequestError
-from zimage_mcp.inputs import MAX_PIXELS, load_input, load_mask, open_image, resolve_path
+from zimage_mcp.server.input_images import MAX_PIXELS, load_input, load_mask, open_image, resolve_path
 from zimage_mcp.store import ImageStore
 
 

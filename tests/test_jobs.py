@@ -10,7 +10,8 @@ import pytest
 
 from tests.server_fixtures import anyio_backend  # noqa: F401
 from zimage_mcp.contract import GenerationCancelled
-from zimage_mcp.jobs import FifoLock, JobManager, QueueFullError, describe_failure
+from zimage_mcp.server.generation import describe_failure
+from zimage_mcp.server.jobs import FifoLock, JobManager, QueueFullError
 
 
 def _steps_work(steps: int, delay: float = 0.0):  # type: ignore[no-untyped-def]

@@ -33,7 +33,7 @@ from tests.server_fixtures import (  # noqa: F401
     stop,
     tiny_model_dir,
 )
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry.settings import Settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 CLIENTS, PER_CLIENT = 8, 10
@@ -44,7 +44,10 @@ PLAN = ["valid", "valid", "bad_model", "valid", "cancel", "valid", "bad_type", "
 @pytest.fixture
 def daemon(settings: Settings) -> Iterator[tuple[str, Any]]:
     port = free_port()
-    proc = start_http_server(settings, port, ZIMAGE_MCP_MAX_QUEUE="64")
+    assert settings.registry_file is not None
+    with settings.registry_file.open("a") as f:
+        f.write("\n[runtime]\nmax_queue = 64\n")
+    proc = start_http_server(settings, port)
     try:
         yield f"http://127.0.0.1:{port}", proc
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.server_fixtures import REPO, input_dir, registry_file, server_env, settings, tiny_model_dir  # noqa: F401
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from zimage_mcp.registry import Registry
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry.settings import Settings
 from zimage_mcp.contract import LoraSpec
 
 

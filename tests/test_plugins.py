@@ -8,9 +8,9 @@ import pytest
 
 from zimage_mcp import hookimpl
 from zimage_mcp.contract import RegistryError
-from zimage_mcp.plugins import DEFAULT_PLUGINS, check_pending, describe_plugins, load_plugins
+from zimage_mcp.registry.plugin_manager import DEFAULT_PLUGINS, check_pending, describe_plugins, load_plugins
 from zimage_mcp.registry import Registry
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry.settings import Settings
 from zimage_mcp.contract import LoraSpec
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "zimage-lora-example"
@@ -128,7 +128,8 @@ def test_tests_never_autoload_entry_points(fake_dist: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "plugins", "variant_ids"),
     [
-        ("zimage_turbo,fake_plugin", ["zimage_engine", "fake_plugin"], ["z-image-turbo", "lora:fake-lora"]),
+        ("zimage_engine,fake_plugin", ["zimage_engine", "fake_plugin"],
+         ["z-image-turbo", "z-image-base", "z-image-edit", "lora:fake-lora"]),
         ("fake-zimage-plugin", ["fake_plugin", "broken_plugin"], []),  # a distribution name loads its plugins
         ("", [], []),
     ],
@@ -144,14 +145,15 @@ def test_load_plugins_variable_selects(fake_dist: Path, value: str, plugins: lis
 
 
 def test_blocking_by_variable_and_by_distribution(fake_dist: Path) -> None:
-    settings = Settings.from_env({"ZIMAGE_MCP_BLOCK_PLUGINS": "zimage_edit, fake-zimage-plugin"})
+    settings = Settings.from_env({"ZIMAGE_MCP_BLOCK_PLUGINS": "zimage_engine, fake-zimage-plugin"})
     pm = load_plugins(block=settings.block_plugins, entrypoints=True)
     table = rows(pm)
-    assert table["zimage_edit"]["status"] == "blocked" and table["zimage_edit"]["hooks"] == []
+    assert table["zimage_engine"]["status"] == "blocked" and table["zimage_engine"]["hooks"] == []
     assert table["fake_plugin"]["status"] == table["broken_plugin"]["status"] == "blocked"
+    assert table["zimage_lora_dir"]["status"] == "ok"
     registry = Registry.from_settings(settings, pm)
-    assert ids(registry) == ["z-image-turbo", "z-image-base"]
-    assert registry.problems() == []  # a blocked plugin's catalogue variant is not a problem
+    assert ids(registry) == []
+    assert registry.problems() == []  # a blocked plugin's catalogue variants are not a problem
 
 
 def test_example_package_registers_blocks_and_describes(monkeypatch: pytest.MonkeyPatch) -> None:

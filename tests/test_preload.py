@@ -1,4 +1,4 @@
-"""ZIMAGE_MCP_PRELOAD: variants load (and compile) at server start in the background, through the real
+"""[runtime] preload: variants load (and compile) at server start in the background, through the real
 registry, plugins and engine; failures are reported, never fatal; requests are served meanwhile."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from tests.server_fixtures import (  # noqa: F401
     registry_file,
     tiny_model_dir,
 )
-from zimage_mcp.jobs import FifoLock
-from zimage_mcp.preload import parse_sizes, preload_variants
+from zimage_mcp.server.jobs import FifoLock
+from zimage_mcp.server.preload import parse_sizes, preload_variants
 from zimage_mcp.registry import Registry
 from zimage_mcp.server import ZImageServer, build_server
 
@@ -57,7 +57,7 @@ async def test_a_request_at_start_is_served_while_preloading(tmp_path: Path, reg
 
 async def test_bad_preloads_are_reported_and_the_server_serves(tmp_path: Path, registry_file: Path, input_dir: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="zimage_mcp.preload")
+    caplog.set_level(logging.INFO, logger="zimage_mcp.server.preload")
     settings = make_settings(tmp_path, registry_file, input_dir, preload=("no-such-model", "z-image-turbo"),
                              warm_sizes=("256x250",))
     server = build_server(settings)

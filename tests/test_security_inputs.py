@@ -272,7 +272,7 @@ def test_pillow_pixel_limit_is_deliberate(env: dict[str, Any]) -> None:
 def test_pickles_are_never_loaded(env: dict[str, Any], tmp_path: Path, tiny_model_dir: Path) -> None:
     """LoRAs and checkpoints are safetensors only: a pickle that would write a marker is refused."""
     from zimage_mcp.engine.errors import WeightsError
-    from zimage_mcp.engine.lora import read_safetensors
+    from zimage_mcp.engine.weights.files import read_safetensors
     from zimage_mcp.registry import Registry
 
     marker = tmp_path / "PWNED"

@@ -20,7 +20,7 @@ from tests.server_fixtures import (  # noqa: F401
     tiny_model_dir,
 )
 from zimage_mcp.server import build_server
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry.settings import Settings
 
 pytestmark = pytest.mark.anyio
 MODES = ["auto", "legacy"]

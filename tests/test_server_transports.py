@@ -19,7 +19,7 @@ from tests.server_fixtures import (  # noqa: F401
     settings,
     tiny_model_dir,
 )
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry.settings import Settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

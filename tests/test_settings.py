@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from zimage_mcp.contract import SettingsError
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry.settings import Settings
 
 
 def test_defaults_never_use_the_working_directory(tmp_path: Path) -> None:
@@ -18,37 +18,103 @@ def test_defaults_never_use_the_working_directory(tmp_path: Path) -> None:
     assert s.fp8 is False and s.step_cache == 0.0 and s.compile_cache_dir is None  # lossy modes: opt-in
 
 
-def test_fp8_and_compile_cache_are_read() -> None:
-    s = Settings.from_env({"ZIMAGE_MCP_FP8": "1", "ZIMAGE_MCP_COMPILE_CACHE": "~/tc", "ZIMAGE_MCP_STEP_CACHE": "0.1"})
-    assert s.fp8 is True and s.compile_cache_dir == Path("~/tc").expanduser() and s.step_cache == 0.1
-    with pytest.raises(SettingsError, match="ZIMAGE_MCP_STEP_CACHE"):
-        Settings.from_env({"ZIMAGE_MCP_STEP_CACHE": "-1"})
+def runtime_file(tmp_path: Path, table: str) -> Path:
+    path = tmp_path / "registry.toml"
+    path.write_text("[runtime]\n" + table)
+    return path
 
 
-def test_preload_and_warm_sizes_are_read() -> None:
-    s = Settings.from_env({"ZIMAGE_MCP_PRELOAD": "turbo, base", "ZIMAGE_MCP_WARM_SIZES": "1280x720, 720X1280"})
+def test_knobs_are_read_from_the_runtime_table(tmp_path: Path) -> None:
+    user = runtime_file(
+        tmp_path,
+        """
+        fp8 = true
+        compile_cache = "tc"
+        step_cache = 0.1
+        preload = ["turbo", "base"]
+        warm_sizes = ["1280x720", "720X1280"]
+        vram_budget_gb = 20.5
+        max_queue = 4
+        preview_max_bytes = 1000
+        dtype = "float32"
+        offload_text_encoder = true
+        """,
+    )
+    s = Settings.from_env({"ZIMAGE_MCP_REGISTRY": str(user)})
+    assert s.fp8 is True and s.compile_cache_dir == tmp_path / "tc" and s.step_cache == 0.1  # relative to the file
     assert s.preload == ("turbo", "base") and s.warm_sizes == ("1280x720", "720x1280")
+    assert (s.vram_budget_gb, s.max_queue, s.preview_max_bytes) == (20.5, 4, 1000)
+    assert s.dtype == "float32" and s.offload_text_encoder is True
     assert Settings.from_env({}).preload == () and Settings.from_env({}).warm_sizes == ()
-    with pytest.raises(SettingsError, match="ZIMAGE_MCP_WARM_SIZES: must be comma-separated WIDTHxHEIGHT"):
-        Settings.from_env({"ZIMAGE_MCP_WARM_SIZES": "1280*720"})
+
+
+def test_the_user_config_file_is_read_without_a_registry_variable() -> None:
+    user = Path(os.environ["XDG_CONFIG_HOME"]) / "zimage-mcp" / "registry.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("[runtime]\nmax_queue = 3\n")
+    assert Settings.from_env({}).max_queue == 3
+    assert Settings.from_env({}, max_queue=5).max_queue == 5  # a CLI value wins
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("max_queu = 4", "[runtime] max_queu: unknown key (allowed: optimize, dtype, offload_text_encoder, fp8,"),
+        ("max_queue = 0", "[runtime] max_queue: must be an integer >= 1, got '0'"),
+        ('max_queue = "4"', '[runtime] max_queue: must be an integer, got "4"'),
+        ("step_cache = -1", "[runtime] step_cache: must be a number >= 0, got '-1'"),
+        ("fp8 = 1", "[runtime] fp8: must be true or false, got 1"),
+        ('optimize = "fast"', "[runtime] optimize: must be one of auto, compile, fuse, off, got 'fast'"),
+        ('warm_sizes = ["1280*720"]', "[runtime] warm_sizes: must be WIDTHxHEIGHT sizes such as 1024x1024"),
+        ('preload = "turbo"', '[runtime] preload: must be a list of strings, got "turbo"'),
+        ("vram_budget_gb = 0", "[runtime] vram_budget_gb: must be a number > 0"),
+        ("runtime = 1", "[runtime] runtime: unknown key"),
+    ],
+)
+def test_bad_runtime_values_name_file_table_and_key(tmp_path: Path, table: str, message: str) -> None:
+    user = runtime_file(tmp_path, table + "\n")
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"ZIMAGE_MCP_REGISTRY": str(user)})
+    assert str(info.value).startswith(f"{user}: {message}"), str(info.value)
+
+
+def test_a_runtime_that_is_not_a_table_is_named(tmp_path: Path) -> None:
+    user = tmp_path / "registry.toml"
+    user.write_text("runtime = 5\n")
+    with pytest.raises(SettingsError, match=r"registry.toml: \[runtime\]: must be a table, got 5"):
+        Settings.from_env({"ZIMAGE_MCP_REGISTRY": str(user)})
+
+
+def test_an_unparsable_file_is_left_to_the_catalogue(tmp_path: Path) -> None:
+    user = tmp_path / "registry.toml"
+    user.write_text("[runtime\n")
+    assert Settings.from_env({"ZIMAGE_MCP_REGISTRY": str(user)}).max_queue == 32
+
+
+def test_former_knob_variables_warn_and_name_their_runtime_key(caplog: pytest.LogCaptureFixture) -> None:
+    s = Settings.from_env({"ZIMAGE_MCP_MAX_QUEUE": "4", "ZIMAGE_MCP_FP8": "1", "ZIMAGE_MCP_COMPILE_CACHE": "/tc"})
+    assert (s.max_queue, s.fp8, s.compile_cache_dir) == (32, False, None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3
+    assert any(w.startswith("ZIMAGE_MCP_MAX_QUEUE is no longer read: set max_queue in the [runtime] table of")
+               for w in warnings)
+    assert any("ZIMAGE_MCP_COMPILE_CACHE" in w and "set compile_cache in the [runtime] table" in w for w in warnings)
 
 
 def test_reads_prefixed_variables() -> None:
     env = {
         "ZIMAGE_MCP_REGISTRY": "~/reg.toml",
         "ZIMAGE_MCP_INPUT_DIRS": os.pathsep.join(["/a", "/b"]),
-        "ZIMAGE_MCP_VRAM_BUDGET_GB": "20.5",
         "ZIMAGE_MCP_DEVICE": "cuda:1",
         "ZIMAGE_MCP_LOG_LEVEL": "debug",
         "ZIMAGE_MCP_ALLOWED_ORIGINS": "http://a, http://b",
-        "ZIMAGE_MCP_PREVIEW_MAX_BYTES": "1000",
         "HF_HOME": "/hf",
         "HF_HUB_CACHE": "/hub",
     }
     s = Settings.from_env(env)
     assert s.registry_file == Path("~/reg.toml").expanduser()
     assert s.input_dirs == (Path("/a"), Path("/b"))
-    assert (s.vram_budget_gb, s.device, s.log_level, s.preview_max_bytes) == (20.5, "cuda:1", "DEBUG", 1000)
+    assert (s.device, s.log_level) == ("cuda:1", "DEBUG")
     assert s.allowed_origins == ("http://a", "http://b")
     assert (s.hf_home, s.hf_hub_cache) == ("/hf", "/hub")
 
@@ -61,11 +127,8 @@ def test_load_plugins_set_or_empty(value: str, expected: tuple[str, ...]) -> Non
 @pytest.mark.parametrize(
     ("var", "value", "message"),
     [
-        ("ZIMAGE_MCP_VRAM_BUDGET_GB", "lots", "ZIMAGE_MCP_VRAM_BUDGET_GB: must be a number > 0, got 'lots'"),
-        ("ZIMAGE_MCP_MAX_QUEUE", "0", "ZIMAGE_MCP_MAX_QUEUE: must be an integer >= 1, got '0'"),
-        ("ZIMAGE_MCP_IDLE_UNLOAD_SECONDS", "-1", "ZIMAGE_MCP_IDLE_UNLOAD_SECONDS: must be a number >= 0"),
         ("ZIMAGE_MCP_DEVICE", "gpu", "ZIMAGE_MCP_DEVICE: must be one of auto, cpu, cuda, mps or cuda:N"),
-        ("ZIMAGE_MCP_DTYPE", "int8", "ZIMAGE_MCP_DTYPE: must be one of bfloat16"),
+        ("ZIMAGE_MCP_LOG_LEVEL", "loud", "ZIMAGE_MCP_LOG_LEVEL: must be one of DEBUG, INFO"),
         ("ZIMAGE_MCP_OUTPUT_DIR", " ", "ZIMAGE_MCP_OUTPUT_DIR: must be a path"),
     ],
 )

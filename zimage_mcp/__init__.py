@@ -14,7 +14,7 @@ __all__ = ["__version__", "hookimpl"]
 
 def __getattr__(name: str) -> Any:
     if name == "hookimpl":
-        from zimage_mcp.hookspecs import hookimpl
+        from zimage_mcp.registry.hookspecs import hookimpl
 
         return hookimpl
     raise AttributeError(f"module 'zimage_mcp' has no attribute {name!r}")

@@ -19,7 +19,6 @@ from typing import Any
 
 from zimage_mcp import __version__
 
-PULL_REPOS = {"turbo": "Tongyi-MAI/Z-Image-Turbo", "base": "Tongyi-MAI/Z-Image"}
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [req %(request_id)s] %(message)s"
 
 
@@ -45,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--out", help="also copy the PNG here")
     pull = sub.add_parser("pull", help="download weights through huggingface_hub")
-    pull.add_argument("variant", choices=sorted(PULL_REPOS))
+    pull.add_argument("variant", help="a variant id or alias whose weights are published (turbo, base, ...)")
     sub.add_parser("list", help="variants with their installed status")
     sub.add_parser("plugins", help="loaded plugins and their hooks")
     tiny = sub.add_parser("make-tiny", help="write a tiny random checkpoint for tests")
@@ -58,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from zimage_mcp.settings import Settings
+    from zimage_mcp.registry.settings import Settings
 
     return Settings.from_env(
         registry_file=args.registry, output_dir=args.out_dir, device=args.device, log_level=args.log_level
@@ -111,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_file)
     if args.attach:
-        from zimage_mcp.attach import build_attach_server
+        from zimage_mcp.server.attach import build_attach_server
 
         assert wire is not None
         _run_stdio(build_attach_server(args.attach, settings.token), wire)
@@ -119,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from zimage_mcp.server import build_server
 
     if args.transport == "http":
-        from zimage_mcp.http_app import LOCAL_HOSTS, serve_http
+        from zimage_mcp.server.http_app import LOCAL_HOSTS, serve_http
 
         if args.host.strip("[]") not in LOCAL_HOSTS and not settings.token:
             print(f"refusing to listen on {args.host} without a token: set ZIMAGE_MCP_TOKEN (clients then send "
@@ -136,10 +135,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from zimage_mcp.contract import ZImageMCPError
-    from zimage_mcp.jobs import JobManager, make_work
-    from zimage_mcp.metrics import Metrics
     from zimage_mcp.registry import Registry
-    from zimage_mcp.requests import prepare_generate
+    from zimage_mcp.server.generation import make_work
+    from zimage_mcp.server.jobs import JobManager
+    from zimage_mcp.server.metrics import Metrics
+    from zimage_mcp.server.preparation import prepare_generate
     from zimage_mcp.store import ImageStore
 
     settings = _settings(args)
@@ -147,8 +147,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     registry = Registry.from_settings(settings)
     try:
         prepared = prepare_generate(
-            registry, model=args.model, loras=[], prompt=args.prompt, negative_prompt=None, width=args.width,
-            height=args.height, steps=args.steps, guidance=None, seed=args.seed, count=1,
+            registry,
+            model=args.model,
+            loras=[],
+            prompt=args.prompt,
+            negative_prompt=None,
+            width=args.width,
+            height=args.height,
+            steps=args.steps,
+            guidance=None,
+            seed=args.seed,
+            count=1,
         )
         jobs = JobManager(1, settings.job_timeout_seconds)
         job = jobs.create(prepared.variant_id, prepared.request.steps)
@@ -176,12 +185,19 @@ def _progress_bar(value: float, total: float, message: str) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from zimage_mcp.registry.catalog import catalog_from_settings
+
+    repos = catalog_from_settings(_settings(args)).published_repos()  # variant id and aliases -> repo
+    repo = repos.get(args.variant.strip().lower())
+    if repo is None:
+        print(f"pull: no published weights for {args.variant!r}; choose from: {', '.join(sorted(repos))}",
+              file=sys.stderr)
+        return 2
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         print("huggingface_hub is not installed: pip install 'zimage-mcp[hub]'", file=sys.stderr)
         return 2
-    repo = PULL_REPOS[args.variant]
     try:
         path = snapshot_download(repo)
     except Exception as exc:  # offline, gated, disk full: say what happened in one line
@@ -194,7 +210,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from zimage_mcp.registry import Registry
-    from zimage_mcp.tool_models import describe_models
+    from zimage_mcp.server.tool_models import describe_models
 
     settings = _settings(args)
     info = describe_models(Registry.from_settings(settings), str(settings.output_dir))
@@ -210,8 +226,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from zimage_mcp.plugins import describe_plugins
     from zimage_mcp.registry import Registry
+    from zimage_mcp.registry.plugin_manager import describe_plugins
 
     registry = Registry.from_settings(_settings(args))
     print(json.dumps(describe_plugins(registry.plugin_manager), indent=2, default=str))
@@ -219,7 +235,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from zimage_mcp.engine.tiny import make_tiny
+    from zimage_mcp.engine.presets.tiny import make_tiny
 
     print(make_tiny(Path(args.dir)))
     return 0
@@ -227,7 +243,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 def cmd_lora(args: argparse.Namespace) -> int:
     try:
-        from zimage_mcp.engine.lora_inspect import inspect_lora
+        from zimage_mcp.engine.weights.lora_inspect import inspect_lora
     except ImportError:
         print("lora inspect is not available in this build (zimage_mcp.engine.lora_inspect missing)", file=sys.stderr)
         return 2
@@ -251,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "serve"
     if args.command is None:
         args.transport, args.host, args.port, args.attach = "stdio", "127.0.0.1", 8765, None
+    from zimage_mcp.contract import SettingsError
+
     try:
         return COMMANDS[command](args)
+    except SettingsError as exc:  # a bad variable or [runtime] value: one line naming it, no traceback
+        print(f"zimage-mcp: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

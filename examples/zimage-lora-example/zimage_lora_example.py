@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from zimage_mcp import hookimpl
 
 if TYPE_CHECKING:
-    from zimage_mcp.hookspecs import RegisterLora
+    from zimage_mcp.registry.hookspecs import RegisterLora
 
 LORA_FILE = Path(__file__).resolve().parent / "loras" / "example-style.safetensors"
 

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from zimage_mcp import hookimpl
 from zimage_mcp.contract import RegistryError
+from zimage_mcp.contract.rules import WEIGHTS_SUFFIX, is_pickle
 
 if TYPE_CHECKING:
-    from zimage_mcp.catalog import Catalog
-    from zimage_mcp.hookspecs import RefuseLora, RegisterLora
+    from zimage_mcp.registry.catalog import Catalog
+    from zimage_mcp.registry.hookspecs import RefuseLora, RegisterLora
 
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".bin", ".pth"}
 SIDECAR_KEYS = {
     "base": "a variant id",
     "scale": "a number",
@@ -42,12 +42,11 @@ def zimage_register_loras(register: RegisterLora, refuse: RefuseLora, catalog: C
             refuse(str(folder), "LoRA folder does not exist")
         return
     for path in sorted(folder.iterdir()):
-        suffix = path.suffix.lower()
         if path.name.startswith(".") or not path.is_file():
             continue
-        if suffix in PICKLE_SUFFIXES:
+        if is_pickle(path):
             refuse(path.name, "pickle formats are never loaded")
-        elif suffix == ".safetensors":
+        elif path.suffix.lower() == WEIGHTS_SUFFIX:
             try:
                 options = read_sidecar(path)
             except RegistryError as exc:

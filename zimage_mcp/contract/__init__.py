@@ -24,7 +24,6 @@ from zimage_mcp.contract.errors import (
     UnknownLoraError,
     UnknownVariantError,
     UnsupportedEditError,
-    WeightsError,
     ZImageMCPError,
 )
 from zimage_mcp.contract.request import ControlHint, GenerationRequest, GenerationResult, LoraRef
@@ -44,5 +43,5 @@ __all__ = [
     "EditMode", "GenerationCancelled", "GenerationRequest", "GenerationResult", "InvalidRequestError", "Limits",
     "LoraRef", "LoraSpec", "NotInstalledError", "OutOfMemoryError", "Phase", "ProgressCallback", "RegistryError",
     "SettingsError", "StopCheck", "UnknownLoraError", "UnknownVariantError", "UnsupportedEditError", "VariantKind",
-    "VariantSpec", "WarmableBackend", "WeightsError", "WeightsLocation", "ZImageMCPError",
+    "VariantSpec", "WarmableBackend", "WeightsLocation", "ZImageMCPError",
 ]

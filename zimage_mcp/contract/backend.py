@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from zimage_mcp.contract.request import GenerationRequest, GenerationResult
-from zimage_mcp.contract.variant import LoraSpec, VariantSpec
+from zimage_mcp.contract.variant import VariantSpec
 
 Phase = Literal["queued", "loading", "encoding", "denoising", "decoding", "saving"]
 
@@ -21,7 +21,9 @@ StopCheck = Callable[[], bool]
 class Backend(Protocol):
     """A loaded variant. Built lazily by a plugin factory and cached by the registry."""
 
-    def generate(self, request: GenerationRequest, progress: ProgressCallback, should_stop: StopCheck) -> GenerationResult:
+    def generate(
+        self, request: GenerationRequest, progress: ProgressCallback, should_stop: StopCheck
+    ) -> GenerationResult:
         """Run one request. Raises ``GenerationCancelled`` if ``should_stop`` turned true."""
         ...
 
@@ -36,7 +38,7 @@ class Backend(Protocol):
 
 @runtime_checkable
 class WarmableBackend(Protocol):
-    """A backend that can compile ahead of the first request (``ZIMAGE_MCP_PRELOAD``); optional."""
+    """A backend that can compile ahead of the first request (``[runtime] preload``); optional."""
 
     def warm_up(self, sizes: Sequence[tuple[int, int]]) -> Iterator[str]:
         """Run its default size and ``sizes`` once, yielding a label after each unit of work."""
@@ -55,7 +57,6 @@ class BackendContext:
     step_cache: float = 0.0  # first-block cache threshold; 0 = off
     compile_cache_dir: str | None = None  # where torch.compile keeps its artefacts between runs
     hf_home: str | None = None
-    lora_specs: tuple[LoraSpec, ...] = ()
 
 
 BackendFactory = Callable[[VariantSpec, BackendContext], Backend]

@@ -33,10 +33,6 @@ class RegistryError(ZImageMCPError):
     """A malformed registry file, sidecar or plugin registration; the message names file, table and key."""
 
 
-class WeightsError(ZImageMCPError):
-    """Weights missing, corrupt, in an unsupported format, or with unexpected keys; names the file."""
-
-
 class NotInstalledError(ZImageMCPError):
     """A variant's weights are not on this machine; the message says how to install them."""
 

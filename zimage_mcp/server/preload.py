@@ -1,4 +1,4 @@
-"""Load and compile chosen variants at server start (``ZIMAGE_MCP_PRELOAD``), in the background.
+"""Load and compile chosen variants at server start (``[runtime] preload``), in the background.
 
 Without it the first request pays for reading the weights and for every compilation (tens of seconds on
 a cold compile cache). Each unit of work here (the load, then each warm-up shape) takes the GPU lock on
@@ -16,9 +16,9 @@ from typing import TypeVar
 
 import anyio
 
-from zimage_mcp.jobs import FifoLock
-from zimage_mcp.registry import Registry
 from zimage_mcp.contract import WarmableBackend
+from zimage_mcp.registry import Registry
+from zimage_mcp.server.jobs import FifoLock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 from PIL import Image, UnidentifiedImageError
 
 from zimage_mcp.contract import InvalidRequestError
+from zimage_mcp.contract.rules import MASK_ASPECT_TOLERANCE, same_aspect
 from zimage_mcp.store import ID_PATTERN, ImageStore
 
 MAX_PIXELS = 64 * 1024 * 1024
@@ -107,14 +108,15 @@ def load_input(ref: str, field: str, store: ImageStore, input_dirs: tuple[Path, 
 
 
 def load_mask(ref: str, store: ImageStore, input_dirs: tuple[Path, ...], size: tuple[int, int]) -> Image.Image:
-    """A mask as mode "L" (white = repaint) at ``size``; same size, or same aspect ratio within 1%."""
+    """A mask as mode "L" (white = repaint) at ``size``; same size, or same aspect ratio (``same_aspect``)."""
     mask = load_input(ref, "mask", store, input_dirs).image.convert("L")
     if mask.size == size:
         return mask
-    mw, mh = mask.size
-    w, h = size
-    if abs(mw / mh - w / h) > 0.01 * (w / h):
+    if not same_aspect(size, mask.size):
+        (mw, mh), (w, h) = mask.size, size
+        tolerance = f"{MASK_ASPECT_TOLERANCE:.0%}"
         raise InvalidRequestError(
-            "mask", f"mask is {mw}x{mh} but the image is {w}x{h}; it must have the same size or aspect ratio"
+            "mask", f"mask is {mw}x{mh} but the image is {w}x{h}; it must have the same size or aspect ratio "
+            f"(within {tolerance})"
         )
     return mask.resize(size, Image.Resampling.NEAREST)

@@ -1,7 +1,10 @@
 """Turn tool arguments into a validated ``GenerationRequest`` for one variant.
 
 Every check happens here, before any GPU work, and raises ``InvalidRequestError(field, message)``
-naming the field and the allowed values. The server turns those into ``ToolError``s.
+naming the field and the allowed values. The server turns those into ``ToolError``s. The bounds
+themselves are the shared rules of ``zimage_mcp.contract.rules`` (the catalogue checks defaults with
+them too). Each tool argument is passed on by name: ``prepare_generate``/``prepare_edit`` ->
+``build_request`` -> the ``GenerationRequest`` field of the same name.
 """
 
 from __future__ import annotations
@@ -13,18 +16,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from zimage_mcp.contract import InvalidRequestError, UnknownLoraError, UnknownVariantError
-from zimage_mcp.inputs import load_input, load_mask
-from zimage_mcp.contract import ControlHint, EditMode, GenerationRequest, Limits, LoraRef, VariantSpec
+from zimage_mcp.contract import (
+    ControlHint,
+    EditMode,
+    GenerationRequest,
+    InvalidRequestError,
+    LoraRef,
+    UnknownLoraError,
+    UnknownVariantError,
+    VariantSpec,
+)
+from zimage_mcp.contract.rules import count_problem, fit_size, guidance_problem, size_problem, steps_problem
+from zimage_mcp.server.input_images import load_input, load_mask
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from PIL.Image import Image
 
-    from zimage_mcp.registry import Registry
+    from zimage_mcp.registry import Registry, VariantEntry
+    from zimage_mcp.server.tool_models import ControlInput, LoraChoice
     from zimage_mcp.store import ImageStore
-    from zimage_mcp.tool_models import ControlInput, LoraChoice
 
 MAX_LORAS = 4
 MAX_SEED = 2**32 - 1
@@ -74,25 +86,6 @@ def route_edit_mode(
     return mode
 
 
-def snap_size(value: int, limits: Limits) -> int:
-    step = limits.size_multiple
-    return max(limits.min_side, min(limits.max_side, (value // step) * step))
-
-
-def default_edit_size(image: Image, limits: Limits) -> tuple[int, int]:
-    """The input image's size, scaled into the limits and snapped to the size multiple."""
-    w, h = image.size
-    scale = min(1.0, limits.max_side / max(w, h))
-    scale = max(scale, limits.min_side / min(w, h)) if min(w, h) * scale < limits.min_side else scale
-    return snap_size(round(w * scale), limits), snap_size(round(h * scale), limits)
-
-
-def check_size(name: str, value: int, limits: Limits) -> None:
-    allowed = f"multiples of {limits.size_multiple} from {limits.min_side} to {limits.max_side}"
-    if value % limits.size_multiple or not limits.min_side <= value <= limits.max_side:
-        raise InvalidRequestError(name, f"{value} is not allowed for this variant; use {allowed}")
-
-
 def resolve_loras(
     registry: Registry, variant_id: str, choices: Sequence[LoraChoice], base_lora: LoraRef | None
 ) -> tuple[LoraRef, ...]:
@@ -139,22 +132,20 @@ def build_request(
         modes = ", ".join(spec.capabilities.edit_modes())
         raise InvalidRequestError("model", f"variant '{spec.id}' only edits images ({modes}); use edit_image")
     if edit is not None and edit.image is not None and width is None and height is None:
-        width, height = default_edit_size(edit.image, limits)
+        width, height = fit_size(*edit.image.size, limits)  # the output keeps the input's size
     width = defaults.width if width is None else width
     height = defaults.height if height is None else height
-    check_size("width", width, limits)
-    check_size("height", height, limits)
     steps = defaults.steps if steps is None else steps
-    if not limits.min_steps <= steps <= limits.max_steps:
-        raise InvalidRequestError("steps", f"{steps} is out of range; use {limits.min_steps}-{limits.max_steps}")
     guidance = defaults.guidance if guidance is None else guidance
-    if not (math.isfinite(guidance) and limits.min_guidance <= guidance <= limits.max_guidance):
-        raise InvalidRequestError(
-            "guidance", f"{guidance} is out of range; use {limits.min_guidance}-{limits.max_guidance}"
-        )
-    max_count = min(4, limits.max_count)
-    if not 1 <= count <= max_count:
-        raise InvalidRequestError("count", f"{count} is out of range; use 1-{max_count}")
+    for name, problem in (
+        ("width", size_problem(width, limits)),
+        ("height", size_problem(height, limits)),
+        ("steps", steps_problem(steps, limits)),
+        ("guidance", guidance_problem(guidance, limits)),
+        ("count", count_problem(count, limits)),
+    ):
+        if problem:
+            raise InvalidRequestError(name, problem)
     if seed is None:
         seed = secrets.randbelow(MAX_SEED)
     elif not 0 <= seed <= MAX_SEED:
@@ -208,7 +199,7 @@ class Prepared:
 
 def _entry_and_loras(
     registry: Registry, model: str | None, choices: Sequence[LoraChoice]
-) -> tuple[Any, str, tuple[LoraRef, ...]]:
+) -> tuple[VariantEntry, str, tuple[LoraRef, ...]]:
     try:
         entry = registry.resolve(model)
     except UnknownVariantError as exc:
@@ -237,9 +228,34 @@ def _params(prepared_request: GenerationRequest, variant_id: str, choices: Seque
     }
 
 
-def prepare_generate(registry: Registry, *, model: str | None, loras: Sequence[LoraChoice], **args: Any) -> Prepared:
+def prepare_generate(
+    registry: Registry,
+    *,
+    model: str | None,
+    loras: Sequence[LoraChoice],
+    prompt: str,
+    negative_prompt: str | None,
+    width: int | None,
+    height: int | None,
+    steps: int | None,
+    guidance: float | None,
+    seed: int | None,
+    count: int,
+) -> Prepared:
+    """The arguments of ``generate_image`` as a checked request for the variant ``model`` names."""
     entry, backend_id, refs = _entry_and_loras(registry, model, loras)
-    request = build_request(entry.spec, loras=refs, **args)
+    request = build_request(
+        entry.spec,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        count=count,
+        loras=refs,
+    )
     return Prepared(entry.spec.id, backend_id, request, _params(request, entry.spec.id, loras))
 
 
@@ -263,13 +279,17 @@ def prepare_edit(
     *,
     image: str,
     model: str | None,
+    prompt: str,
     strength: float | None,
     mask: str | None,
     control: ControlInput | None,
     reference_images: Sequence[str] | None,
+    steps: int | None,
+    guidance: float | None,
+    seed: int | None,
     loras: Sequence[LoraChoice],
-    **args: Any,
 ) -> Prepared:
+    """The arguments of ``edit_image``: inputs loaded, the edit mode routed, one image at the input's size."""
     wanted: EditMode = "reference" if reference_images else "control" if control else "inpaint" if mask else "img2img"
     entry, backend_id, refs = _entry_and_loras(registry, pick_edit_variant(registry, model, wanted), loras)
     mode = route_edit_mode(
@@ -292,7 +312,19 @@ def prepare_edit(
         control=hint,
         reference_images=references,
     )
-    request = build_request(entry.spec, loras=refs, edit=edit, **args)
+    request = build_request(
+        entry.spec,
+        prompt=prompt,
+        negative_prompt=None,
+        width=None,
+        height=None,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        count=1,
+        loras=refs,
+        edit=edit,
+    )
     params = _params(request, entry.spec.id, loras)
     params.update(
         mode=mode,

@@ -1,6 +1,6 @@
 """The worker-thread side of one generation: load lazily, generate, save atomically; and error texts.
 
-Split out of ``zimage_mcp.jobs`` (which re-exports these names).
+``jobs.py`` runs the ``Work`` function built here on a worker thread; it knows nothing of what it does.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from zimage_mcp.contract import (
     OutOfMemoryError,
     UnsupportedEditError,
 )
-from zimage_mcp.tool_models import ImageInfo, ImageResult
+from zimage_mcp.server.tool_models import ImageInfo, ImageResult
 
 if TYPE_CHECKING:
-    from zimage_mcp.jobs import Work
-    from zimage_mcp.metrics import Metrics
     from zimage_mcp.registry import Registry
-    from zimage_mcp.requests import Prepared
+    from zimage_mcp.server.jobs import Work
+    from zimage_mcp.server.metrics import Metrics
+    from zimage_mcp.server.preparation import Prepared
     from zimage_mcp.store import ImageStore, StoredImage
 
 
@@ -70,7 +70,7 @@ def make_work(registry: Registry, store: ImageStore, metrics: Metrics, prepared:
         image_result = ImageResult(status="done", job_id="", images=infos, seeds=list(result.seeds),
                                    timings=timings, elapsed_seconds=round(elapsed, 3), notes=list(result.notes),
                                    output_format=fmt, **params)
-        paths = ", ".join(f"{s.path} (id {s.id}, seed {info.seed})" for (s, _), info in zip(saved, infos))
+        paths = ", ".join(f"{s.path} (id {s.id}, seed {info.seed})" for (s, _), info in zip(saved, infos, strict=True))
         summary = (f"Saved {len(saved)} image(s) in {elapsed:.1f} s with {prepared.variant_id}, "
                    f"{result.width}x{result.height}, {prepared.request.steps} steps: {paths}")
         return Outcome(image_result, saved, summary)

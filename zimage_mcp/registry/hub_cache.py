@@ -1,6 +1,6 @@
 """The local Hugging Face hub cache, read without huggingface_hub and without any network.
 
-Stdlib only: the torch-free registry and the engine both use it (neither may import the other).
+Stdlib only: the registry finds installed weights with it, and hands the engine a folder.
 """
 
 from __future__ import annotations

@@ -18,14 +18,25 @@ from typing import Any
 
 import pluggy
 
-from zimage_mcp import hookspecs
-from zimage_mcp.backends import PICKLE_SUFFIXES, BackendCache, InstallStatus, find_weights, weights_bytes
-from zimage_mcp.catalog import ALIAS, KINDS, VARIANT_ID, Catalog, load_catalog, user_registry_file
-from zimage_mcp.contract import NotInstalledError, RegistryError, UnknownLoraError, UnknownVariantError
-from zimage_mcp.hub_cache import hub_cache_dir
-from zimage_mcp.plugins import check_pending, plugin_manager_from_settings, record_failure
-from zimage_mcp.settings import Settings, default_compile_cache_dir
-from zimage_mcp.contract import Backend, BackendContext, BackendFactory, LoraSpec, VariantSpec
+from zimage_mcp.contract import (
+    Backend,
+    BackendContext,
+    BackendFactory,
+    LoraSpec,
+    NotInstalledError,
+    RegistryError,
+    UnknownLoraError,
+    UnknownVariantError,
+    VariantSpec,
+)
+from zimage_mcp.contract.rules import weights_file_problem
+from zimage_mcp.registry import hookspecs
+from zimage_mcp.registry.backend_cache import BackendCache
+from zimage_mcp.registry.catalog import ALIAS, KINDS, VARIANT_ID, Catalog, catalog_from_settings
+from zimage_mcp.registry.hub_cache import hub_cache_dir
+from zimage_mcp.registry.install_status import InstallStatus, find_weights, weights_bytes
+from zimage_mcp.registry.plugin_manager import check_pending, plugin_manager_from_settings, record_failure
+from zimage_mcp.registry.settings import Settings, default_compile_cache_dir
 
 __all__ = ["Duplicate", "InstallStatus", "Registry", "VariantEntry"]
 
@@ -92,12 +103,7 @@ class Registry:
         """Load plugins (unless ``pm`` is given), read the catalogue and run the registration hooks."""
         if pm is None:
             pm = plugin_manager_from_settings(settings)
-        catalog = load_catalog(
-            settings.registry_file or user_registry_file(),
-            required=settings.registry_file is not None,
-            lora_dir=settings.lora_dir,
-        )
-        return cls(settings, catalog, pm)
+        return cls(settings, catalog_from_settings(settings), pm)
 
     # -- what is registered -------------------------------------------------------------------
 
@@ -204,7 +210,6 @@ class Registry:
             step_cache=self.settings.step_cache,
             compile_cache_dir=str(self.settings.compile_cache_dir or default_compile_cache_dir()),
             hf_home=self.settings.hf_home,
-            lora_specs=tuple(self._loras.values()),
         )
 
     # -- registration -------------------------------------------------------------------------
@@ -275,10 +280,9 @@ class Registry:
 
     def _add_lora(self, plugin: str, lora: LoraSpec) -> None:
         where = f"LoRA {lora.name!r} (plugin {plugin!r})"
-        suffix = os.path.splitext(lora.file)[1].lower()
-        if suffix != ".safetensors":
-            reason = "pickle formats are never loaded" if suffix in PICKLE_SUFFIXES else "not a .safetensors file"
-            self._problems.append(f"{where} refused: {lora.file}: {reason}")
+        refused = weights_file_problem(lora.file)
+        if refused:
+            self._problems.append(f"{where} refused: {lora.file}: {refused}")
         elif lora.name in self._loras:
             self._duplicate("lora", lora.name, self._lora_plugin[lora.name], plugin)
         elif lora.base is not None and self._base_id(lora.base) is None:

@@ -12,8 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -24,18 +23,15 @@ from mcp.types import CallToolResult, InputRequiredResult
 from pydantic import ValidationError
 
 from zimage_mcp import __version__
-from zimage_mcp.jobs import JobManager
-from zimage_mcp.metrics import Metrics
+from zimage_mcp.registry import Registry, Settings
+from zimage_mcp.server.app_state import AppState
+from zimage_mcp.server.jobs import JobManager
+from zimage_mcp.server.preload import preload_variants
+from zimage_mcp.server.tool_models import describe_models
+from zimage_mcp.server.tools import ImageTools, register_tools, request_id_var
 from zimage_mcp.store import ImageStore
-from zimage_mcp.tool_models import describe_models
-from zimage_mcp.tools import ImageTools, register_tools, request_id_var
-
-if TYPE_CHECKING:
-    from zimage_mcp.registry import Registry
-    from zimage_mcp.settings import Settings
 
 log = logging.getLogger(__name__)
-__all__ = ["AppState", "ImageTools", "RequestIdFilter", "ZImageServer", "build_server", "request_id_var"]
 TOOL_NAMES = frozenset({"generate_image", "edit_image", "list_models", "get_job", "cancel_job"})
 IMAGE_URI = re.compile(r"^zimage://images/([0-9a-f]{12})$")
 MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"RIFF", "image/webp"))
@@ -52,18 +48,6 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         return True
-
-
-@dataclass
-class AppState:
-    """Everything the tools share. Built once per process (the HTTP lifespan runs once too)."""
-
-    settings: Settings
-    registry: Registry
-    store: ImageStore
-    jobs: JobManager
-    metrics: Metrics = field(default_factory=Metrics)
-    preload: dict[str, str] | None = None  # variant -> "ready" or its error, once ZIMAGE_MCP_PRELOAD is done
 
 
 class ZImageServer(MCPServer):
@@ -149,8 +133,6 @@ def _register_resources(mcp: ZImageServer, state: AppState) -> None:
 def build_server(settings: Settings, registry: Registry | None = None) -> ZImageServer:
     """A ready server. ``registry`` defaults to ``Registry.from_settings(settings)`` (cheap: no weights)."""
     if registry is None:
-        from zimage_mcp.registry import Registry
-
         registry = Registry.from_settings(settings)
     store = ImageStore(settings.output_dir)
     store.recover()  # after a crash: drop stale temp files, rebuild the index if it misses sidecars
@@ -207,8 +189,6 @@ async def _idle_unloader(state: AppState) -> None:
 
 
 async def _preload(state: AppState, stopping: threading.Event) -> None:
-    from zimage_mcp.preload import preload_variants
-
     state.preload = await preload_variants(state.registry, state.jobs.lock, state.settings.preload,
                                            state.settings.warm_sizes, stopping)
 

@@ -265,7 +265,8 @@ class JobManager:
             job.abandoned = True
             self._active -= 1
         self.lock.cancel(job.slot)
-        job.state, job.error, job.finished_at = "cancelled", GenerationCancelled("cancelled before it started"), time.time()
+        job.state, job.finished_at = "cancelled", time.time()
+        job.error = GenerationCancelled("cancelled before it started")
         job.finished.set()
 
     def start_background(self, job: Job, work: Work) -> None:
@@ -285,7 +286,3 @@ class JobManager:
             job.stop.set()
         return job
 
-
-from zimage_mcp.work import Outcome, describe_failure, make_work  # noqa: E402  (re-exported)
-
-__all__ = ["FifoLock", "Job", "JobManager", "Outcome", "QueueFullError", "describe_failure", "make_work"]

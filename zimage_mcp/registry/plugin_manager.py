@@ -20,9 +20,10 @@ from typing import Any
 
 import pluggy
 
-from zimage_mcp import __version__, hookspecs
+from zimage_mcp import __version__
 from zimage_mcp.contract import RegistryError
-from zimage_mcp.settings import Settings
+from zimage_mcp.registry import hookspecs
+from zimage_mcp.registry.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def check_pending(pm: pluggy.PluginManager) -> None:
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
         raise RegistryError(
-            f"plugin {name!r}: {exc} (hook names start with 'zimage_'; see zimage_mcp.hookspecs). "
+            f"plugin {name!r}: {exc} (hook names start with 'zimage_'; see zimage_mcp.registry.hookspecs). "
             f"Block it with ZIMAGE_MCP_BLOCK_PLUGINS={name}"
         ) from exc
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from zimage_mcp.metrics import Metrics
+from zimage_mcp.server.metrics import Metrics
 
 Message = MutableMapping[str, Any]
 MAX_BODY_BYTES = 4 * 1024 * 1024

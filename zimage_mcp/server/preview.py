@@ -1,9 +1,9 @@
 """Downscaled previews that keep a whole tool result under the host's size cap.
 
-Also composes the content blocks of an image result. A preview is WebP (JPEG when WebP is unavailable). Base64 inflates bytes by 4/3, so the byte budget
-handed in is for *encoded* data and this module divides it accordingly. ``thumbnail`` starts at 512 px
-on the long side; ``full`` starts at full resolution. Either way quality and then size are lowered
-until the preview fits, so ``full`` never breaks the budget either.
+Also composes the content blocks of an image result. A preview is WebP (JPEG when WebP is unavailable). Base64
+inflates bytes by 4/3, so the byte budget handed in is for *encoded* data and this module divides it
+accordingly. ``thumbnail`` starts at 512 px on the long side; ``full`` starts at full resolution. Either way
+quality and then size are lowered until the preview fits, so ``full`` never breaks the budget either.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from zimage_mcp.catalog import Catalog
     from zimage_mcp.contract import BackendFactory, VariantSpec
+    from zimage_mcp.registry.catalog import Catalog
 
 hookspec = pluggy.HookspecMarker("zimage_mcp")
 hookimpl = pluggy.HookimplMarker("zimage_mcp")

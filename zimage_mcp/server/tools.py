@@ -1,7 +1,7 @@
 """The MCP tool functions; their docstrings are the tool descriptions the calling model reads.
 
 Every argument is checked before any GPU work (pydantic bounds in the schema, then
-``zimage_mcp.requests``); every refusal is a ``ToolError`` whose text names the field and what is
+``zimage_mcp.server.preparation``); every refusal is a ``ToolError`` whose text names the field and what is
 allowed. Never imports torch.
 """
 
@@ -12,7 +12,8 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
@@ -22,10 +23,11 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from zimage_mcp.contract import InvalidRequestError, UnknownLoraError, UnknownVariantError, ZImageMCPError
-from zimage_mcp.jobs import Job, Outcome, QueueFullError, describe_failure, make_work
-from zimage_mcp.preview import build_content
-from zimage_mcp.requests import MAX_PROMPT_CHARS, Prepared, prepare_edit, prepare_generate
-from zimage_mcp.tool_models import (
+from zimage_mcp.server.generation import Outcome, describe_failure, make_work
+from zimage_mcp.server.jobs import Job, QueueFullError
+from zimage_mcp.server.preparation import MAX_PROMPT_CHARS, Prepared, prepare_edit, prepare_generate
+from zimage_mcp.server.preview import build_content
+from zimage_mcp.server.tool_models import (
     ControlInput,
     Count,
     Format,
@@ -49,7 +51,7 @@ from zimage_mcp.tool_models import (
 if TYPE_CHECKING:
     from mcp.server import MCPServer
 
-    from zimage_mcp.server import AppState
+    from zimage_mcp.server.app_state import AppState
 
 log = logging.getLogger(__name__)
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("zimage_request_id", default="-")
@@ -95,12 +97,20 @@ class ImageTools:
         newline and tab) are removed before use; a prompt that is empty after that is refused.
         """
         self._bind(ctx)
-        prepared = self._prepare(
-            "generate_image", model, lambda: prepare_generate(
-                self.state.registry, model=model, loras=loras, prompt=prompt, negative_prompt=negative_prompt,
-                width=width, height=height, steps=steps, guidance=guidance, seed=seed, count=count,
-            ),
-        )
+        with self._refusals("generate_image", model):
+            prepared = prepare_generate(
+                self.state.registry,
+                model=model,
+                loras=loras,
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                width=width,
+                height=height,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                count=count,
+            )
         return await self._run(ctx, "generate_image", prepared, output_format, preview, wait)
 
     async def edit_image(
@@ -146,13 +156,23 @@ class ImageTools:
             self.state.metrics.record_failure("edit_image", model or "default", "invalid")
             raise ToolError("prompt: required (1-4000 characters; or give it as instruction)")
         st = self.state
-        prepared = self._prepare(
-            "edit_image", model, lambda: prepare_edit(
-                st.registry, st.store, st.settings.input_dirs, image=image, model=model, strength=strength, mask=mask,
-                control=control, reference_images=reference_images, loras=loras, prompt=text, negative_prompt=None,
-                width=None, height=None, steps=steps, guidance=guidance, seed=seed, count=1,
-            ),
-        )
+        with self._refusals("edit_image", model):
+            prepared = prepare_edit(
+                st.registry,
+                st.store,
+                st.settings.input_dirs,
+                image=image,
+                model=model,
+                prompt=text,
+                strength=strength,
+                mask=mask,
+                control=control,
+                reference_images=reference_images,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                loras=loras,
+            )
         return await self._run(ctx, "edit_image", prepared, output_format, preview, wait)
 
     async def list_models(self, ctx: Context) -> Annotated[CallToolResult, ModelsInfo]:
@@ -220,9 +240,11 @@ class ImageTools:
                             "jobs live in memory until the server restarts)")
         return job
 
-    def _prepare(self, tool: str, model: str | None, build: Callable[[], Prepared]) -> Prepared:
+    @contextmanager
+    def _refusals(self, tool: str, model: str | None) -> Iterator[None]:
+        """Turn a refused argument into a ``ToolError`` naming the field (and count it)."""
         try:
-            return build()
+            yield
         except (InvalidRequestError, UnknownVariantError, UnknownLoraError) as exc:
             self.state.metrics.record_failure(tool, model or "default", "invalid")
             raise ToolError(str(exc)) from None

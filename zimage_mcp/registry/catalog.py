@@ -13,18 +13,17 @@ import dataclasses
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
-from zimage_mcp.contract import RegistryError
-from zimage_mcp.settings import APP_NAME
-from zimage_mcp.contract import Capabilities, Defaults, Limits, VariantSpec, WeightsLocation
+from zimage_mcp.contract import Capabilities, Defaults, Limits, RegistryError, VariantSpec, WeightsLocation
+from zimage_mcp.contract.rules import guidance_problem, size_problem, steps_problem
+from zimage_mcp.registry.settings import APP_NAME, RUNTIME_TABLE, Settings, read_toml, user_registry_file
 
-BUILTIN_FILE = Path(__file__).with_name("registry.toml")
+BUILTIN_FILE = Path(__file__).parents[1] / "registry.toml"
 VARIANT_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 ALIAS = re.compile(r"[a-z0-9][a-z0-9._-]*")
 KINDS = ("turbo", "base", "edit")
@@ -41,6 +40,10 @@ _AT_LEAST_ONE = {
     "limits.size_multiple", "limits.min_steps", "limits.max_steps", "limits.max_count",
 }  # fmt: skip
 _REQUIRED = ("plugin", "title", "kind", "defaults.steps", "defaults.guidance", "defaults.shift")
+_TABLES = ("variants", "loras", RUNTIME_TABLE)  # [runtime] is read and checked by settings.py
+# Before one engine plugin registered every built-in variant, each had its own; old user files still work.
+ENGINE_PLUGIN = "zimage_engine"
+FORMER_ENGINE_PLUGINS = ("zimage_turbo", "zimage_base", "zimage_edit")
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,14 @@ class Catalog:
         """The catalogue variants whose ``plugin`` key names ``plugin``, in file order."""
         return [v for v in self.variants if v.plugin == plugin]
 
-
-def user_registry_file() -> Path:
-    """The user's registry file, merged over the shipped one when it exists."""
-    return Path(platformdirs.user_config_dir(APP_NAME)) / "registry.toml"
+    def published_repos(self) -> dict[str, str]:
+        """Variant id and each alias -> Hugging Face repo, for the variants whose weights are published."""
+        repos: dict[str, str] = {}
+        for item in self.variants:
+            weights = item.spec.weights
+            if weights.repo_id and weights.published:
+                repos.update(dict.fromkeys((item.spec.id, *item.aliases), weights.repo_id))
+        return repos
 
 
 def default_lora_dir() -> Path:
@@ -78,15 +85,13 @@ def default_lora_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME)) / "loras"
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse one TOML file; raises ``RegistryError`` naming the file."""
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except OSError as exc:
-        raise RegistryError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RegistryError(f"{path}: not valid TOML: {exc}") from None
+def catalog_from_settings(settings: Settings) -> Catalog:
+    """The catalogue with the configured user file (``--registry`` must exist; the default may not)."""
+    return load_catalog(
+        settings.registry_file or user_registry_file(),
+        required=settings.registry_file is not None,
+        lora_dir=settings.lora_dir,
+    )
 
 
 def load_catalog(
@@ -119,8 +124,8 @@ def load_catalog(
     toml_lora_dir: Path | None = None
     for label, data, folder in layers:
         for key in data:
-            if key not in ("variants", "loras"):
-                problems.append(f"{label}: [{key}]: unknown table (allowed: variants, loras)")
+            if key not in _TABLES:
+                problems.append(f"{label}: [{key}]: unknown table (allowed: {', '.join(_TABLES)})")
         toml_lora_dir = _lora_dir(label, data.get("loras", {}), folder, problems) or toml_lora_dir
         variants = data.get("variants", {})
         if not isinstance(variants, dict):
@@ -236,20 +241,14 @@ def _build(vid: str, t: dict[str, Any], label: str) -> CatalogVariant:
     for lo, hi in (("min_side", "max_side"), ("min_steps", "max_steps"), ("min_guidance", "max_guidance")):
         if getattr(lim, lo) > getattr(lim, hi):
             raise fail(f"limits.{lo}", f"{getattr(lim, lo)} is greater than limits.{hi} ({getattr(lim, hi)})")
-    ranges = {
-        "steps": (lim.min_steps, lim.max_steps, "limits.min_steps..limits.max_steps"),
-        "guidance": (lim.min_guidance, lim.max_guidance, "limits.min_guidance..limits.max_guidance"),
-        "width": (lim.min_side, lim.max_side, "limits.min_side..limits.max_side"),
-        "height": (lim.min_side, lim.max_side, "limits.min_side..limits.max_side"),
-    }
-    for key, (low, high, names) in ranges.items():
-        value = getattr(d, key)
-        if not low <= value <= high:
-            raise fail(f"defaults.{key}", f"{value} is outside {names} ({low}..{high})")
-    for key in ("width", "height"):
-        if getattr(d, key) % lim.size_multiple:
-            multiple = lim.size_multiple
-            raise fail(f"defaults.{key}", f"{getattr(d, key)} is not a multiple of limits.size_multiple ({multiple})")
+    for key, problem in (
+        ("steps", steps_problem(d.steps, lim)),
+        ("guidance", guidance_problem(d.guidance, lim)),
+        ("width", size_problem(d.width, lim)),
+        ("height", size_problem(d.height, lim)),
+    ):
+        if problem:
+            raise fail(f"defaults.{key}", problem)
     spec = VariantSpec(
         id=vid,
         title=t["title"],
@@ -261,7 +260,8 @@ def _build(vid: str, t: dict[str, Any], label: str) -> CatalogVariant:
         description=t.get("description", ""),
         shares=tuple(t.get("shares", ())),
     )
-    return CatalogVariant(plugin=t["plugin"], aliases=tuple(t.get("aliases", ())), spec=spec, source=label)
+    plugin = ENGINE_PLUGIN if t["plugin"] in FORMER_ENGINE_PLUGINS else t["plugin"]
+    return CatalogVariant(plugin=plugin, aliases=tuple(t.get("aliases", ())), spec=spec, source=label)
 
 
 def _instantiate(cls: type, table: dict[str, Any]) -> Any:

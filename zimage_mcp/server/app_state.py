@@ -1,0 +1,22 @@
+"""What the tools share: settings, registry, store, the job queue and the metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zimage_mcp.registry import Registry, Settings
+from zimage_mcp.server.jobs import JobManager
+from zimage_mcp.server.metrics import Metrics
+from zimage_mcp.store import ImageStore
+
+
+@dataclass
+class AppState:
+    """Everything the tools share. Built once per process (the HTTP lifespan runs once too)."""
+
+    settings: Settings
+    registry: Registry
+    store: ImageStore
+    jobs: JobManager
+    metrics: Metrics = field(default_factory=Metrics)
+    preload: dict[str, str] | None = None  # variant -> "ready" or its error, once [runtime] preload is done
