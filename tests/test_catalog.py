@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from zimage_mcp.registry.catalog import BUILTIN_FILE, load_catalog
 from zimage_mcp.contract import RegistryError
+from zimage_mcp.registry.catalog import BUILTIN_FILE, load_catalog
 
 
 def write(path: Path, text: str) -> Path:
@@ -93,7 +93,7 @@ def test_settings_lora_dir_wins(tmp_path: Path) -> None:
         ("[variants.z-image-turbo.defaults]\nsteps = 101",
          "[variants.z-image-turbo] defaults.steps: 101 is out of range; use 1-100"),
         ("[variants.z-image-turbo.defaults]\nwidth = 1000",
-         "[variants.z-image-turbo] defaults.width: 1000 is not allowed for this variant; use multiples of 16 from 256 to 2048"),
+         "[variants.z-image-turbo] defaults.width: 1000 is not allowed for this variant; use multiples of 16 from 256"),
         ("[variants.z-image-turbo.limits]\nmin_side = 4096",
          "[variants.z-image-turbo] limits.min_side: 4096 is greater than limits.max_side (2048)"),
         ('[variants.z-image-turbo]\nkind = "video"', '[variants.z-image-turbo] kind: must be one of turbo, base, edit, got "video"'),

@@ -29,8 +29,8 @@ from tests.server_fixtures import (  # noqa: F401
     stop,
     tiny_model_dir,
 )
-from zimage_mcp.server import build_server
 from zimage_mcp.registry.settings import Settings
+from zimage_mcp.server import build_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 ARGS = {"prompt": "a ship", "width": 256, "height": 256, "steps": 2, "count": 2, "preview": "none"}

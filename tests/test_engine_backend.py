@@ -10,9 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from tests.server_fixtures import make_settings, tiny_model_dir  # noqa: F401
-from zimage_mcp.contract import InvalidRequestError
+from zimage_mcp.contract import GenerationRequest, InvalidRequestError, LoraRef
 from zimage_mcp.registry import Registry
-from zimage_mcp.contract import GenerationRequest, LoraRef
 
 
 @pytest.fixture
@@ -127,8 +126,7 @@ def test_fp8_without_fp8_tensor_cores_is_a_load_error_naming_the_setting(
 ) -> None:
     from zimage_builtins.engine_backend import build_backend
 
-    from zimage_mcp.contract import BackendLoadError
-    from zimage_mcp.contract import BackendContext
+    from zimage_mcp.contract import BackendContext, BackendLoadError
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     registry = Registry.from_settings(make_settings(tmp_path, _turbo_registry(tmp_path, tiny_model_dir), tmp_path))

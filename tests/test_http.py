@@ -20,8 +20,8 @@ from tests.server_fixtures import (  # noqa: F401
     stop,
     tiny_model_dir,
 )
-from zimage_mcp.server.attach import daemon_client
 from zimage_mcp.registry.settings import Settings
+from zimage_mcp.server.attach import daemon_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

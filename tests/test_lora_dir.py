@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from zimage_mcp.contract import LoraSpec
 from zimage_mcp.registry import Registry
 from zimage_mcp.registry.settings import Settings
-from zimage_mcp.contract import LoraSpec
 
 
 @pytest.fixture

@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 from zimage_mcp import hookimpl
-from zimage_mcp.contract import RegistryError
-from zimage_mcp.registry.plugin_manager import DEFAULT_PLUGINS, check_pending, describe_plugins, load_plugins
+from zimage_mcp.contract import LoraSpec, RegistryError
 from zimage_mcp.registry import Registry
+from zimage_mcp.registry.plugin_manager import DEFAULT_PLUGINS, check_pending, describe_plugins, load_plugins
 from zimage_mcp.registry.settings import Settings
-from zimage_mcp.contract import LoraSpec
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "zimage-lora-example"
 BUILTIN_IDS = ["z-image-turbo", "z-image-base", "z-image-edit"]

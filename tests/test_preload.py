@@ -18,10 +18,10 @@ from tests.server_fixtures import (  # noqa: F401
     registry_file,
     tiny_model_dir,
 )
-from zimage_mcp.server.jobs import FifoLock
-from zimage_mcp.server.preload import parse_sizes, preload_variants
 from zimage_mcp.registry import Registry
 from zimage_mcp.server import ZImageServer, build_server
+from zimage_mcp.server.jobs import FifoLock
+from zimage_mcp.server.preload import parse_sizes, preload_variants
 
 pytestmark = pytest.mark.anyio
 SMALL = {"width": 256, "height": 256, "steps": 2, "seed": 7}

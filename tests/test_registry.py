@@ -9,12 +9,22 @@ from typing import Any
 import pytest
 
 from zimage_mcp import hookimpl
-from zimage_mcp.registry.catalog import Catalog
-from zimage_mcp.contract import BackendLoadError, NotInstalledError, UnknownLoraError, UnknownVariantError
-from zimage_mcp.registry.plugin_manager import PluginManager, describe_plugins, load_plugins
+from zimage_mcp.contract import (
+    BackendContext,
+    BackendLoadError,
+    Capabilities,
+    Defaults,
+    Limits,
+    NotInstalledError,
+    UnknownLoraError,
+    UnknownVariantError,
+    VariantSpec,
+    WeightsLocation,
+)
 from zimage_mcp.registry import Registry
+from zimage_mcp.registry.catalog import Catalog
+from zimage_mcp.registry.plugin_manager import PluginManager, describe_plugins, load_plugins
 from zimage_mcp.registry.settings import Settings
-from zimage_mcp.contract import BackendContext, Capabilities, Defaults, Limits, VariantSpec, WeightsLocation
 
 GB = 1024**3
 

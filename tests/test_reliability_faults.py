@@ -22,10 +22,10 @@ from mcp import MCPError
 
 from tests.server_fixtures import SyncClient, module_settings, result_text, tiny_model_dir  # noqa: F401
 from zimage_mcp import hookimpl
-from zimage_mcp.registry.plugin_manager import plugin_manager_from_settings
 from zimage_mcp.registry import Registry
-from zimage_mcp.server import build_server
+from zimage_mcp.registry.plugin_manager import plugin_manager_from_settings
 from zimage_mcp.registry.settings import Settings
+from zimage_mcp.server import build_server
 
 ARGS = {"prompt": "a lamp", "width": 256, "height": 256, "steps": 2, "preview": "none"}
 

@@ -22,9 +22,9 @@ from tests.server_fixtures import (  # noqa: F401
 )
 from zimage_mcp import http_app
 from zimage_mcp.cli import _parser, main
+from zimage_mcp.registry.settings import Settings
 from zimage_mcp.server.http_app import GuardMiddleware
 from zimage_mcp.server.metrics import Metrics
-from zimage_mcp.registry.settings import Settings
 
 pytestmark = pytest.mark.slow
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

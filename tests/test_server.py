@@ -19,8 +19,8 @@ from tests.server_fixtures import (  # noqa: F401
     settings,
     tiny_model_dir,
 )
-from zimage_mcp.server import build_server
 from zimage_mcp.registry.settings import Settings
+from zimage_mcp.server import build_server
 
 pytestmark = pytest.mark.anyio
 MODES = ["auto", "legacy"]

@@ -14,12 +14,11 @@ from mcp import Client
 
 from tests.server_fixtures import anyio_backend, input_dir, registry_file, settings, tiny_model_dir  # noqa: F401
 from zimage_mcp import hookimpl
-from zimage_mcp.contract import OutOfMemoryError, UnsupportedEditError
-from zimage_mcp.registry.plugin_manager import plugin_manager_from_settings
+from zimage_mcp.contract import Capabilities, OutOfMemoryError, UnsupportedEditError, WeightsLocation
 from zimage_mcp.registry import Registry
-from zimage_mcp.server import build_server
+from zimage_mcp.registry.plugin_manager import plugin_manager_from_settings
 from zimage_mcp.registry.settings import Settings
-from zimage_mcp.contract import Capabilities, WeightsLocation
+from zimage_mcp.server import build_server
 
 pytestmark = pytest.mark.anyio
 

@@ -14,8 +14,7 @@ from zimage_mcp import hookimpl
 
 if TYPE_CHECKING:
     from zimage_mcp.contract import Backend, BackendContext, VariantSpec
-    from zimage_mcp.registry.catalog import Catalog
-    from zimage_mcp.registry.hookspecs import RegisterVariant
+    from zimage_mcp.registry.hookspecs import Catalog, RegisterVariant
 
 PLUGIN = "zimage_engine"
 

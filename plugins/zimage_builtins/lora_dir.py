@@ -23,8 +23,7 @@ from zimage_mcp.contract import RegistryError
 from zimage_mcp.contract.rules import WEIGHTS_SUFFIX, is_pickle
 
 if TYPE_CHECKING:
-    from zimage_mcp.registry.catalog import Catalog
-    from zimage_mcp.registry.hookspecs import RefuseLora, RegisterLora
+    from zimage_mcp.registry.hookspecs import Catalog, RefuseLora, RegisterLora
 
 SIDECAR_KEYS = {
     "base": "a variant id",

@@ -15,12 +15,15 @@ from typing import TYPE_CHECKING, Protocol
 
 import pluggy
 
+from zimage_mcp.registry.catalog import Catalog, CatalogVariant
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from zimage_mcp.contract import BackendFactory, VariantSpec
-    from zimage_mcp.registry.catalog import Catalog
 
+# What the hooks receive, importable from here so a plugin needs no other registry module.
+__all__ = ["Catalog", "CatalogVariant", "RefuseLora", "RegisterLora", "RegisterVariant", "hookimpl", "hookspec"]
 hookspec = pluggy.HookspecMarker("zimage_mcp")
 hookimpl = pluggy.HookimplMarker("zimage_mcp")
 

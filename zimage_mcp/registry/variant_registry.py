@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,6 @@ from zimage_mcp.contract import (
     BackendFactory,
     LoraSpec,
     NotInstalledError,
-    RegistryError,
     UnknownLoraError,
     UnknownVariantError,
     VariantSpec,
@@ -32,10 +30,11 @@ from zimage_mcp.contract import (
 from zimage_mcp.contract.rules import weights_file_problem
 from zimage_mcp.registry import hookspecs
 from zimage_mcp.registry.backend_cache import BackendCache
-from zimage_mcp.registry.catalog import ALIAS, KINDS, VARIANT_ID, Catalog, catalog_from_settings
+from zimage_mcp.registry.catalog import Catalog, catalog_from_settings
 from zimage_mcp.registry.hub_cache import hub_cache_dir
 from zimage_mcp.registry.install_status import InstallStatus, find_weights, weights_bytes
 from zimage_mcp.registry.plugin_manager import check_pending, plugin_manager_from_settings, record_failure
+from zimage_mcp.registry.registration_checks import checked_lora, checked_variant
 from zimage_mcp.registry.settings import Settings, default_compile_cache_dir
 
 __all__ = ["Duplicate", "InstallStatus", "Registry", "VariantEntry"]
@@ -43,7 +42,6 @@ __all__ = ["Duplicate", "InstallStatus", "Registry", "VariantEntry"]
 log = logging.getLogger(__name__)
 
 LORA_PREFIX = "lora:"
-LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -234,7 +232,7 @@ class Registry:
     def _register_variants(self) -> None:
         def args(plugin: str, pending: list[Any]) -> dict[str, Any]:
             def register(spec: VariantSpec, factory: BackendFactory, aliases: Iterable[str] = ()) -> None:
-                pending.append(_checked_variant(spec, factory, aliases))
+                pending.append(checked_variant(spec, factory, aliases))
 
             return {"register": register, "catalog": self.catalog}
 
@@ -267,7 +265,7 @@ class Registry:
                 trigger_words: Iterable[str] = (),
                 description: str = "",
             ) -> None:
-                pending.append(_checked_lora(name, file, base, scale, trigger_words, description))
+                pending.append(checked_lora(name, file, base, scale, trigger_words, description))
 
             def refuse(name: str, reason: str) -> None:
                 self._problems.append(f"LoRA {name} (plugin {plugin!r}) refused: {reason}")
@@ -351,43 +349,6 @@ class Registry:
             alias = f" (alias {', '.join(entry.aliases)})" if entry.aliases else ""
             names.append(entry.spec.id + alias)
         return ", ".join(names) or "none"
-
-
-def _checked_variant(spec: Any, factory: Any, aliases: Any) -> tuple[VariantSpec, BackendFactory, tuple[str, ...]]:
-    """Validate one ``register(spec, factory, aliases)`` call; raises ``RegistryError``."""
-    if not isinstance(spec, VariantSpec):
-        raise RegistryError(f"register(): spec must be a VariantSpec, got {type(spec).__name__}")
-    if not VARIANT_ID.fullmatch(spec.id):
-        raise RegistryError(f"register(): variant id {spec.id!r} must be lowercase kebab-case (z-image-turbo)")
-    if spec.kind not in KINDS:
-        raise RegistryError(f"register(): {spec.id}: kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
-    if not callable(factory):
-        raise RegistryError(f"register(): {spec.id}: factory must be callable, got {type(factory).__name__}")
-    aliases = (aliases,) if isinstance(aliases, str) else tuple(aliases or ())
-    for alias in aliases:
-        if not isinstance(alias, str) or not ALIAS.fullmatch(alias):
-            raise RegistryError(f"register(): {spec.id}: alias {alias!r} must be lowercase letters, digits, . _ -")
-    return spec, factory, aliases
-
-
-def _checked_lora(
-    name: Any, file: Any, base: Any, scale: Any, trigger_words: Any, description: Any
-) -> LoraSpec:
-    """Validate one LoRA ``register(...)`` call; raises ``RegistryError``."""
-    if not isinstance(name, str) or not LORA_NAME.fullmatch(name):
-        raise RegistryError(f"register(): LoRA name {name!r} must be letters, digits, '.', '_', '-'")
-    if not isinstance(file, (str, os.PathLike)):
-        raise RegistryError(f"register(): LoRA {name}: file must be a path, got {type(file).__name__}")
-    if base is not None and not isinstance(base, str):
-        raise RegistryError(f"register(): LoRA {name}: base must be a variant id, got {base!r}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise RegistryError(f"register(): LoRA {name}: scale must be a number, got {scale!r}")
-    words = (trigger_words,) if isinstance(trigger_words, str) else tuple(trigger_words or ())
-    if not all(isinstance(w, str) for w in words):
-        raise RegistryError(f"register(): LoRA {name}: trigger_words must be strings, got {trigger_words!r}")
-    if not isinstance(description, str):
-        raise RegistryError(f"register(): LoRA {name}: description must be a string, got {description!r}")
-    return LoraSpec(name, os.fspath(file), base, float(scale), words, description)
 
 
 def _located(spec: VariantSpec, status: InstallStatus) -> VariantSpec:
