@@ -112,10 +112,12 @@ def row(c: Components, name: str, spec: tuple, runs: int) -> dict:
         xs = [xi.unsqueeze(1) for xi in x]
         r["ref_forward_ms"] = timed(lambda: ref.transformer(xs, t, feats * b, return_dict=False), dev, runs)
         r["ours_text_ms"] = timed(lambda: (ours.text_encoder.clear_cache(), ours.encode_prompts([PROMPT])), dev, runs)
-        r["ref_text_ms"] = timed(lambda: ref.encode_prompt(PROMPT, device=dev, do_classifier_free_guidance=False), dev, runs)
+        r["ref_text_ms"] = timed(
+            lambda: ref.encode_prompt(PROMPT, device=dev, do_classifier_free_guidance=False), dev, runs)
         r["ours_vae_ms"] = timed(lambda: ours.decode(lat), dev, runs)
         r["ref_vae_ms"] = timed(lambda: ref.image_processor.postprocess(
-            ref.vae.decode((lat.to(ref.vae.dtype) / 0.3611) + 0.1159, return_dict=False)[0], output_type="pil"), dev, runs)
+            ref.vae.decode((lat.to(ref.vae.dtype) / 0.3611) + 0.1159, return_dict=False)[0], output_type="pil"),
+            dev, runs)
         r["ours_peak_gib"] = peak_gib(ours_e2e, dev, *ours_modules(c))
         r["ref_peak_gib"] = peak_gib(ref_e2e, dev, *ref_modules(c))
         r["caption_tokens"] = int(feats[0].shape[0])
@@ -170,8 +172,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dev = "cpu" if args.tiny else "cuda"
     dtype = torch.float32 if args.tiny else torch.bfloat16
     c = build(args.tiny, dev, dtype, vae_dtype=getattr(torch, args.vae_dtype) if not args.tiny else torch.float32)
-    from zimage_mcp.engine.attention import best_backend
-    from zimage_mcp.engine.speed import optimize
+    from zimage_mcp.engine.dit.attention import best_backend
+    from zimage_mcp.engine.speed.optimize import optimize
 
     c.ours.transformer.attn_backend = args.attn or best_backend(c.device)
     c.ours.cfg_mode = args.cfg_mode

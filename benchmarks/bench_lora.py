@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import sync, timed  # noqa: E402
 from components import build  # noqa: E402
 
-from zimage_mcp.engine.lora_apply import LoraManager  # noqa: E402
+from zimage_mcp.engine.weights.lora_apply import LoraManager  # noqa: E402
 
 TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
            "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from zimage_mcp.engine.config import TRANSFORMER_PRESETS, VAE_PRESETS
-from zimage_mcp.engine.pipeline import ZImagePipeline
-from zimage_mcp.engine.text_encoder import TextEncoder
-from zimage_mcp.engine.transformer import ZImageTransformer
-from zimage_mcp.engine.vae import AutoencoderKL
+from zimage_mcp.engine.dit.transformer import ZImageTransformer
+from zimage_mcp.engine.pipelines.text_to_image import ZImagePipeline
+from zimage_mcp.engine.text.qwen3 import TextEncoder
+from zimage_mcp.engine.vae.model import AutoencoderKL
 
 QWEN3_4B = dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                 intermediate_size=9728, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=40960,
@@ -67,7 +67,7 @@ def build(tiny: bool, device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
     from diffusers import ZImagePipeline as RefPipe
     from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 
-    from zimage_mcp.engine.tiny_text import write_tiny_tokenizer
+    from zimage_mcp.engine.presets.tiny_text import write_tiny_tokenizer
 
     dev = torch.device(device)
     tcfg = TRANSFORMER_PRESETS["tiny" if tiny else "turbo"]

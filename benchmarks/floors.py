@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from zimage_mcp.engine.config import TransformerConfig
-from zimage_mcp.engine.transformer import padded
+from zimage_mcp.engine.dit.transformer import padded
 
 
 def _gemm_shapes(cfg: TransformerConfig, img_tokens: int, cap_tokens: int) -> list[tuple[int, int, int, int]]:

@@ -61,8 +61,8 @@ def controlnet_check(c, size: int, gen: torch.Generator) -> dict:
     """ControlNet-Union 2.1 (15 control layers + 2 control refiners at full size) on the shared base DiT."""
     from diffusers import ZImageControlNetModel
 
-    from zimage_mcp.engine.controlnet import ControlNetConfig, ZImageControlNet, controlled_forward
-    from zimage_mcp.engine.tiny_controlnet import tiny_controlnet_config
+    from zimage_mcp.engine.dit.controlnet import ControlNetConfig, ZImageControlNet, controlled_forward
+    from zimage_mcp.engine.presets.tiny_controlnet import tiny_controlnet_config
 
     base_cfg = c.ours.transformer.cfg
     if c.tiny:
@@ -104,7 +104,7 @@ def omni_check(c, size: int, gen: torch.Generator) -> dict:
     from diffusers import ZImageTransformer2DModel
 
     from zimage_mcp.engine.config import replace
-    from zimage_mcp.engine.transformer_omni import ZImageOmniTransformer
+    from zimage_mcp.engine.dit.omni_transformer import ZImageOmniTransformer
 
     cfg = replace(c.ours.transformer.cfg, siglip_feat_dim=32 if c.tiny else 1152)
     kwargs = {k: v for k, v in cfg.to_json_dict().items() if not k.startswith("_")}

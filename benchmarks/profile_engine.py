@@ -213,7 +213,7 @@ def dit_section(c: Components, runs: int, out: Path | None, label: str, size: in
 
 
 def vae_section(c: Components, runs: int, out: Path | None, size: int = 1024) -> dict:
-    from zimage_mcp.engine.speed import optimize_vae
+    from zimage_mcp.engine.speed.optimize import optimize_vae
 
     r: dict = {}
     with torch.inference_mode():
@@ -295,9 +295,9 @@ def dit_variants_section(c: Components, runs: int, size: int = 1024, max_autotun
     """The Triton QK-norm/RoPE kernel against the compiled baseline (alone, then in the whole forward,
     recompiled); the output is compared with the baseline's. Inductor's coordinate-descent tuning was
     tried the same way on 2026-11-22 and gained nothing (RESULTS.md)."""
-    from zimage_mcp.engine.layers import RMSNorm
-    from zimage_mcp.engine.qk_rope_kernel import qk_norm_rope
-    from zimage_mcp.engine.rope import apply_rope
+    from zimage_mcp.engine.dit.layers import RMSNorm
+    from zimage_mcp.engine.dit.qk_rope_kernel import qk_norm_rope
+    from zimage_mcp.engine.dit.rope import apply_rope
 
     dit = c.ours.transformer
     r: dict = {}
@@ -427,7 +427,7 @@ def shapes_section(c: Components, runs: int, tiny: bool) -> dict:
 def warm_up_section(c: Components, size: int, runs: int) -> dict:
     """What ZIMAGE_MCP_PRELOAD does at server start (engine/warm_up.py), unit by unit, then the first
     request after it: run with ``--server-setup`` and an empty TORCHINDUCTOR_CACHE_DIR for the cold case."""
-    from zimage_mcp.engine.warm_up import warm_up
+    from zimage_mcp.engine.speed.warm_up import warm_up
 
     pipe = c.ours
     r: dict = {"units": []}
@@ -518,13 +518,13 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"setup": {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
                               "torch": torch.__version__, "build_s": round(time.perf_counter() - t, 1)}}
     size = 256 if args.tiny else 1024
-    from zimage_mcp.engine.attention import best_backend
+    from zimage_mcp.engine.dit.attention import best_backend
 
     c.ours.transformer.attn_backend = best_backend(c.device)
     if dev == "cuda":
         torch.backends.cudnn.benchmark = True
     if args.server_setup:  # exactly what the server runs: engine.speed.optimize
-        from zimage_mcp.engine.speed import optimize
+        from zimage_mcp.engine.speed.optimize import optimize
 
         optimize(c.ours, "auto")
     else:  # the baseline the one-variable experiments start from

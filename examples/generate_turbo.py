@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("zimage.png"))
     args = ap.parse_args()
     if args.tiny:
-        from zimage_mcp.engine.tiny import make_tiny
+        from zimage_mcp.engine.presets.tiny import make_tiny
 
         args.model_dir = make_tiny(Path(tempfile.mkdtemp()) / "tiny")
         args.size = min(args.size, 256)

@@ -260,7 +260,7 @@ def test_pillow_pixel_limit_is_deliberate(env: dict[str, Any]) -> None:
     """The limit is ours (64 MP) after the server, the plugins and the engine are imported."""
     import zimage_builtins.engine_backend  # noqa: F401  (imports the engine, which must not reset the limit)
 
-    from zimage_mcp import inputs
+    from zimage_mcp.server import input_images as inputs
 
     assert Image.MAX_IMAGE_PIXELS == inputs.MAX_PIXELS == 64 * 1024 * 1024
     big = env["inputs"] / "big.png"

@@ -9,75 +9,38 @@ from __future__ import annotations
 
 import io
 import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zimage_mcp.engine.edit import img2img, inpaint
-from zimage_mcp.engine.errors import GenerationCancelled as EngineCancelled
-from zimage_mcp.engine.errors import WeightsError as EngineWeightsError
-from zimage_mcp.engine.layout import ModelFiles, resolve_model_files
-from zimage_mcp.engine.loader import (
-    default_dtype,
-    load_scheduler,
-    load_text_encoder_from,
-    load_transformer,
-    load_vae,
-    resolve_device,
-)
-from zimage_mcp.engine.lora_apply import LoraManager
-from zimage_mcp.engine.pipeline import GenerationOutput, ZImagePipeline
-from zimage_mcp.engine.speed import optimize
-from zimage_mcp.engine.warm_up import warm_up
-from zimage_mcp.contract import (
-    BackendLoadError,
-    GenerationCancelled,
-    InvalidRequestError,
-    OutOfMemoryError,
-    UnsupportedEditError,
-)
 from zimage_mcp.contract import (
     BackendContext,
+    BackendLoadError,
+    GenerationCancelled,
     GenerationRequest,
     GenerationResult,
+    InvalidRequestError,
+    OutOfMemoryError,
     ProgressCallback,
     StopCheck,
+    UnsupportedEditError,
     VariantSpec,
 )
+from zimage_mcp.engine.build import Architecture, SharedComponents, load_pipeline
+from zimage_mcp.engine.device import resolve_device
+from zimage_mcp.engine.errors import GenerationCancelled as EngineCancelled
+from zimage_mcp.engine.errors import InvalidArgument
+from zimage_mcp.engine.errors import WeightsError as EngineWeightsError
+from zimage_mcp.engine.pipelines.img2img import img2img, inpaint
+from zimage_mcp.engine.pipelines.text_to_image import GenerationOutput, StepCallback
+from zimage_mcp.engine.speed.warm_up import warm_up
+from zimage_mcp.engine.weights.lora_apply import LoraManager
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
-
-class _Shared:
-    """Components loaded once per (kind, files, device, dtype) and handed out with a reference count."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: dict[tuple, list[Any]] = {}
-
-    def acquire(self, key: tuple, build: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key not in self._items:
-                self._items[key] = [build(), 0]
-            self._items[key][1] += 1
-            return self._items[key][0]
-
-    def release(self, key: tuple) -> None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                item[1] -= 1
-                if item[1] <= 0:
-                    del self._items[key]
-
-    def count(self) -> int:
-        return len(self._items)
-
-
-SHARED = _Shared()
+SHARED = SharedComponents()  # Turbo and Base (and Omni) hold one text encoder and VAE per set of files
 
 
 def _module_bytes(*modules: Any) -> int:
@@ -94,19 +57,35 @@ def _png(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def _invalid(err: ValueError) -> InvalidRequestError:
-    field, _, msg = str(err).partition(": ")
-    return InvalidRequestError(field, msg) if msg and " " not in field else InvalidRequestError("request", str(err))
+def _invalid(err: InvalidArgument) -> InvalidRequestError:
+    return InvalidRequestError(err.field, err.allowed)
 
 
-def speed_up(pipe: ZImagePipeline, ctx: BackendContext, variant: str) -> None:
-    """The configured speed settings; compile artefacts go to a folder that outlives the process."""
+def _load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) -> Any:
+    """The engine's one build function with the server's settings; compile artefacts go to a folder
+    that outlives the process."""
     if ctx.compile_cache_dir:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", ctx.compile_cache_dir)  # the user's own choice wins
+    w = spec.weights
+    if not w.path:  # the registry resolves repo ids to a snapshot folder before calling the factory
+        raise BackendLoadError(f"{spec.id}: no weights found; set [variants.{spec.id}.weights] path")
+    device = resolve_device(ctx.device)
     try:
-        optimize(pipe, ctx.optimize, fp8=ctx.fp8)
-    except ValueError as e:
-        raise BackendLoadError(f"{variant}: {e}") from e
+        return load_pipeline(
+            Path(w.path),
+            transformer_file=Path(w.single_file) if w.single_file else None,
+            architecture=architecture,
+            device=device,
+            dtype=_DTYPES.get(ctx.dtype) if device.type == "cuda" else torch.float32,
+            shift=None,  # the folder's scheduler config decides (the engine falls back to 3.0)
+            optimize_mode=ctx.optimize,
+            fp8=ctx.fp8,
+            offload_text_encoder=ctx.offload_text_encoder and architecture == "text_to_image",
+            step_cache=ctx.step_cache,
+            shared=SHARED,
+        )
+    except (EngineWeightsError, InvalidArgument) as e:
+        raise BackendLoadError(f"{spec.id}: {e}") from e
 
 
 class EngineBackend:
@@ -114,29 +93,9 @@ class EngineBackend:
 
     def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:
         self.spec = spec
-        self.device = resolve_device(ctx.device)
-        self.dtype = _DTYPES.get(ctx.dtype, default_dtype(self.device)) if self.device.type == "cuda" else torch.float32
-        w = spec.weights
-        try:
-            files = resolve_model_files(
-                folder=Path(w.path) if w.path else None, repo_id=w.repo_id,
-                transformer_file=Path(w.single_file) if w.single_file else None, hf_home=ctx.hf_home,
-            )
-            # Low-VRAM mode loads the text encoder straight into host memory: DiT + encoder together
-            # (~20 GB) would not fit the 16 GB cards this mode is for, even for a moment.
-            te_device = torch.device("cpu") if ctx.offload_text_encoder else self.device
-            self._keys = self._shared_keys(files, te_device)
-            transformer = load_transformer(files.transformer, files.transformer_config, self.device, self.dtype)
-            te = SHARED.acquire(self._keys[0], lambda: load_text_encoder_from(files, te_device, self.dtype))
-            vae = SHARED.acquire(self._keys[1], lambda: load_vae(files.vae, files.vae_config, self.device))
-        except EngineWeightsError as e:
-            raise BackendLoadError(f"{spec.id}: {e}") from e
-        shift = load_scheduler(files.scheduler_config, spec.defaults.shift).shift
-        self.pipe = ZImagePipeline(transformer, vae, te, shift, offload_text_encoder=ctx.offload_text_encoder)
-        self.pipe.step_cache = ctx.step_cache
-        self.loras = LoraManager(transformer)
-        speed_up(self.pipe, ctx, spec.id)
-        self._controlnet_path = Path(w.controlnet) if w.controlnet else None
+        self.pipe = _load(spec, ctx, "text_to_image")
+        self.loras = LoraManager(self.pipe.transformer)
+        self._controlnet_path = Path(spec.weights.controlnet) if spec.weights.controlnet else None
         self._controlnet: Any = None
 
     def controlnet(self) -> Any:
@@ -147,19 +106,15 @@ class EngineBackend:
                     f"{self.spec.id} has no ControlNet configured; set [variants.{self.spec.id}.weights] controlnet "
                     "to a Z-Image-Turbo-Fun-Controlnet-Union folder or file"
                 )
-            from zimage_mcp.engine.controlnet_loader import load_controlnet
+            from zimage_mcp.engine.weights.controlnet import load_controlnet
 
             try:
-                cn = load_controlnet(self._controlnet_path, self.device, self.dtype)
+                cn = load_controlnet(self._controlnet_path, self.pipe.device, self.pipe.dtype)
                 cn.check_base(self.pipe.transformer)
             except (EngineWeightsError, ValueError) as e:
                 raise BackendLoadError(f"{self.spec.id} ControlNet: {e}") from e
             self._controlnet = cn
         return self._controlnet
-
-    def _shared_keys(self, files: ModelFiles, te_device: torch.device) -> tuple[tuple, tuple]:
-        te_key = ("text_encoder", files.text_encoder, str(te_device), str(self.dtype))
-        return te_key, ("vae", (files.vae,), str(self.device))
 
     # -- Backend protocol -------------------------------------------------------------------------
     def vram_bytes(self) -> int:
@@ -170,8 +125,7 @@ class EngineBackend:
         if getattr(self, "pipe", None) is None:
             return
         self.loras.clear()
-        for key in self._keys:
-            SHARED.release(key)
+        SHARED.release(*self.pipe.shared_keys)
         self.pipe = None  # type: ignore[assignment]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -184,7 +138,9 @@ class EngineBackend:
         d = self.spec.defaults
         yield from warm_up(self.pipe, list(dict.fromkeys([(d.width, d.height), *sizes])))
 
-    def generate(self, request: GenerationRequest, progress: ProgressCallback, should_stop: StopCheck) -> GenerationResult:
+    def generate(
+        self, request: GenerationRequest, progress: ProgressCallback, should_stop: StopCheck
+    ) -> GenerationResult:
         if self.pipe is None:
             raise BackendLoadError(f"{self.spec.id} was unloaded")
         if request.loras and self.pipe.transformer.precision == "fp8":
@@ -194,7 +150,7 @@ class EngineBackend:
             self.loras.set_adapters([(ref.file, ref.scale) for ref in request.loras])
         except EngineWeightsError as e:
             raise InvalidRequestError("loras", str(e)) from e
-        except ValueError as e:
+        except InvalidArgument as e:
             raise _invalid(e) from e
 
         def on_step(i: int, n: int) -> None:
@@ -213,70 +169,76 @@ class EngineBackend:
                 f"out of GPU memory at {request.width}x{request.height} with count={request.count}: lower width/height "
                 f"or count, or unload other models ({e.__class__.__name__})"
             ) from e
-        except ValueError as e:
+        except InvalidArgument as e:
             raise _invalid(e) from e
         size = out.images[0].size
         return GenerationResult(images=[_png(im) for im in out.images], seeds=out.seeds, width=size[0], height=size[1],
                                 timings=dict(out.timings), notes=list(out.notes))
 
-    def _run(self, r: GenerationRequest, on_step: Callable[[int, int], None], should_stop: StopCheck) -> GenerationOutput:
-        common = dict(negative_prompt=r.negative_prompt, steps=r.steps, guidance=r.guidance, seed=r.seed, count=r.count,
-                      cfg_truncation=r.cfg_truncation, cfg_normalization=r.cfg_normalization, shift=r.shift,
-                      on_step=on_step, should_stop=should_stop)
+    def _run(self, r: GenerationRequest, on_step: StepCallback, should_stop: StopCheck) -> GenerationOutput:
         if r.mode is None:
-            return self.pipe.generate(r.prompt, width=r.width, height=r.height, **common)
+            return self.pipe.generate(
+                r.prompt, negative_prompt=r.negative_prompt, width=r.width, height=r.height, steps=r.steps,
+                guidance=r.guidance, seed=r.seed, cfg_truncation=r.cfg_truncation,
+                cfg_normalization=r.cfg_normalization, count=r.count, shift=r.shift, on_step=on_step,
+                should_stop=should_stop,
+            )
         if r.mode == "img2img" and r.image is not None:
-            return img2img(self.pipe, r.image, r.prompt, strength=r.strength, **common)
+            return img2img(
+                self.pipe, r.image, r.prompt, strength=r.strength, negative_prompt=r.negative_prompt, steps=r.steps,
+                guidance=r.guidance, seed=r.seed, count=r.count, cfg_truncation=r.cfg_truncation,
+                cfg_normalization=r.cfg_normalization, shift=r.shift, on_step=on_step, should_stop=should_stop,
+            )
         if r.mode == "inpaint" and r.image is not None and r.mask is not None:
-            return inpaint(self.pipe, r.image, r.mask, r.prompt, strength=r.strength, **common)
+            return inpaint(
+                self.pipe, r.image, r.mask, r.prompt, strength=r.strength, negative_prompt=r.negative_prompt,
+                steps=r.steps, guidance=r.guidance, seed=r.seed, count=r.count, cfg_truncation=r.cfg_truncation,
+                cfg_normalization=r.cfg_normalization, shift=r.shift, on_step=on_step, should_stop=should_stop,
+            )
         if r.mode == "control" and r.control is not None:
-            return self._control(r, common)
+            return self._control(r, on_step, should_stop)
         raise UnsupportedEditError(
             f"{self.spec.id} cannot do '{r.mode}' edits; it supports img2img, inpaint and (with a ControlNet) control"
         )
 
-    def _control(self, r: GenerationRequest, common: dict) -> GenerationOutput:
-        from zimage_mcp.engine.pipeline_control import control_generate, control_inpaint
+    def _control(self, r: GenerationRequest, on_step: StepCallback, should_stop: StopCheck) -> GenerationOutput:
+        from zimage_mcp.engine.pipelines.control import control_generate, control_inpaint
 
         assert r.control is not None
         hint, detect = r.control.type, False
         if hint.startswith("photo-"):  # "photo-canny": compute the edge map from a photo (OpenCV)
             hint, detect = hint[len("photo-"):], True
-        kw = dict(common, controlnet_conditioning_scale=r.control.scale, hint=hint, detect=detect,
-                  width=r.width, height=r.height)
         if r.mask is not None and r.image is not None:
-            return control_inpaint(self.pipe, self.controlnet(), r.image, r.mask, r.control.image, r.prompt, **kw)
-        return control_generate(self.pipe, self.controlnet(), r.control.image, r.prompt, **kw)
+            return control_inpaint(
+                self.pipe, self.controlnet(), r.image, r.mask, r.control.image, r.prompt,
+                negative_prompt=r.negative_prompt, steps=r.steps, guidance=r.guidance, seed=r.seed, count=r.count,
+                cfg_truncation=r.cfg_truncation, cfg_normalization=r.cfg_normalization, shift=r.shift,
+                controlnet_conditioning_scale=r.control.scale, hint=hint, detect=detect, width=r.width,
+                height=r.height, on_step=on_step, should_stop=should_stop,
+            )
+        return control_generate(
+            self.pipe, self.controlnet(), r.control.image, r.prompt,
+            negative_prompt=r.negative_prompt, steps=r.steps, guidance=r.guidance, seed=r.seed, count=r.count,
+            cfg_truncation=r.cfg_truncation, cfg_normalization=r.cfg_normalization, shift=r.shift,
+            controlnet_conditioning_scale=r.control.scale, hint=hint, detect=detect, width=r.width,
+            height=r.height, on_step=on_step, should_stop=should_stop,
+        )
 
 
 class OmniBackend(EngineBackend):
     """The Z-Image-Edit / Omni architecture: instruction edits with 1..N reference images (and text-to-image)."""
 
-    def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:  # noqa: D107 - no super(): other loader
-        from zimage_mcp.engine.layout import find_hf_snapshot
-        from zimage_mcp.engine.loader_omni import load_omni_pipeline
-
+    def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:  # noqa: D107 - no super(): no ControlNet
         self.spec = spec
-        self.device = resolve_device(ctx.device)
-        self.dtype = _DTYPES.get(ctx.dtype, default_dtype(self.device)) if self.device.type == "cuda" else torch.float32
-        folder = Path(spec.weights.path) if spec.weights.path else (
-            find_hf_snapshot(spec.weights.repo_id, ctx.hf_home) if spec.weights.repo_id else None)
-        if folder is None:
-            raise BackendLoadError(f"{spec.id}: no weights found; set [variants.{spec.id}.weights] path")
-        try:
-            self.pipe = load_omni_pipeline(folder, self.device, self.dtype)
-        except EngineWeightsError as e:
-            raise BackendLoadError(f"{spec.id}: {e}") from e
-        self._keys = ()
+        self.pipe = _load(spec, ctx, "omni")
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path, self._controlnet = None, None
-        speed_up(self.pipe, ctx, spec.id)
 
     def vram_bytes(self) -> int:
         pipe = getattr(self, "pipe", None)
         return 0 if pipe is None else super().vram_bytes() + _module_bytes(pipe.siglip.model)
 
-    def _run(self, r: GenerationRequest, on_step: Callable[[int, int], None], should_stop: StopCheck) -> GenerationOutput:
+    def _run(self, r: GenerationRequest, on_step: StepCallback, should_stop: StopCheck) -> GenerationOutput:
         if r.mode is None:
             return super()._run(r, on_step, should_stop)
         if r.mode != "reference" or r.image is None:

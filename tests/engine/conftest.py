@@ -11,7 +11,7 @@ from zimage_mcp.engine.config import TRANSFORMER_PRESETS
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One synthesized tiny model in the published layouts, shared by the engine tests (read-only)."""
-    from zimage_mcp.engine.tiny import make_tiny
+    from zimage_mcp.engine.presets.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny") / "Z-Image-Tiny", seed=0)
 

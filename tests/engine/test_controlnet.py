@@ -12,11 +12,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from zimage_mcp.engine import GenerationCancelled, WeightsError, load_pipeline
-from zimage_mcp.engine.controlnet import ControlNetConfig, ZImageControlNet
-from zimage_mcp.engine.controlnet_loader import load_controlnet
-from zimage_mcp.engine.hints import canny_edges, check_hint_type
-from zimage_mcp.engine.pipeline_control import control_generate, control_inpaint
-from zimage_mcp.engine.tiny_controlnet import SINGLE_FILE, make_tiny_controlnet
+from zimage_mcp.engine.dit.controlnet import ControlNetConfig, ZImageControlNet
+from zimage_mcp.engine.pipelines.control import control_generate, control_inpaint
+from zimage_mcp.engine.pipelines.control_hints import canny_edges, check_hint_type
+from zimage_mcp.engine.presets.tiny_controlnet import SINGLE_FILE, make_tiny_controlnet
+from zimage_mcp.engine.weights.controlnet import load_controlnet
 
 PROMPT = "a photo of a cat sitting on a mat, 35mm"
 NEG = "blurry, low quality, watermark"  # a different caption length than the prompt

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zimage_mcp.engine import load_pipeline
-from zimage_mcp.engine.edit import fit_image, img2img, inpaint
+from zimage_mcp.engine import InvalidArgument, load_pipeline
+from zimage_mcp.engine.pipelines.img2img import fit_image, img2img, inpaint
 
 PROMPT = "a watercolor of a harbour at dawn"
 
@@ -103,6 +103,19 @@ def test_bad_strength_names_the_argument(ours, source: Image.Image, strength: fl
         img2img(ours, source, PROMPT, strength=strength, steps=4, seed=0)
 
 
-def test_mask_with_another_aspect_is_refused(ours, source: Image.Image) -> None:
-    with pytest.raises(ValueError, match="^mask: aspect"):
-        inpaint(ours, source, Image.new("L", (300, 100), 255), PROMPT, steps=2, seed=0)
+@pytest.mark.parametrize("size", [(300, 100), (255, 256), (512, 512)])
+def test_a_mask_not_exactly_the_image_size_is_refused(ours, source: Image.Image, size: tuple[int, int]) -> None:
+    """The server resizes masks (it owns the tolerance); the engine takes exactly-sized ones only."""
+    with pytest.raises(InvalidArgument, match=r"^mask: must be exactly the image's size") as err:
+        inpaint(ours, source, Image.new("L", size, 255), PROMPT, steps=2, seed=0)
+    assert err.value.field == "mask"
+
+
+def test_a_mask_follows_its_image_through_the_resize(ours) -> None:
+    odd = Image.new("RGB", (300, 200), (90, 120, 150))
+    mask = Image.new("L", (300, 200), 0)
+    mask.paste(255, (0, 0, 150, 200))  # left half repainted
+    out = inpaint(ours, odd, mask, PROMPT, steps=2, seed=0)
+    assert out.images[0].size == (384, 256) and out.notes
+    right = np.asarray(out.images[0])[:, 200:]
+    assert (right == np.asarray(odd.resize((384, 256), Image.LANCZOS))[:, 200:]).all()  # pasted back

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from zimage_mcp.engine.config import TRANSFORMER_PRESETS
-from zimage_mcp.engine.fp8 import FP8, Float8Linear, dequantized
-from zimage_mcp.engine.transformer import ZImageTransformer
+from zimage_mcp.engine.dit.transformer import ZImageTransformer
+from zimage_mcp.engine.weights.fp8 import FP8, Float8Linear, dequantized
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,7 +53,8 @@ def test_transformer_to_fp8_keeps_checkpoint_names_and_frees_bf16(fused: bool) -
     assert model.precision == "fp8"
     assert 0 < _rel(kept, ref) < 0.05 and torch.equal(kept, freed)
     blk = model.layers[0]
-    assert blk.attention.to_q.weight.numel() == 0 and blk.feed_forward.w13 is None and blk.attention.qkv is None
+    assert blk.attention.to_q.weight.numel() == 0 and blk.attention.to_out[0].weight.numel() == 0
+    assert isinstance(blk.attention.qkv, Float8Linear) and isinstance(blk.feed_forward.w2, Float8Linear)
     d, f = model.cfg.dim, model.cfg.ffn_hidden
     gemm_weights = len(model.blocks()) * (4 * d * d + 3 * d * f)  # q, k, v, out, w1, w2, w3
     assert before - sum(p.numel() for p in model.parameters()) == gemm_weights

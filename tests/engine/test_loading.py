@@ -1,4 +1,4 @@
-"""Loading the published layouts strictly: folders, shards, single files, the HF cache, and errors."""
+"""Loading the published layouts strictly: folders, shards, single files, and errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from zimage_mcp.engine import WeightsError, load_pipeline
 from zimage_mcp.engine.config import TransformerConfig
-from zimage_mcp.engine.layout import find_diffusers_folder, find_hf_snapshot
+from zimage_mcp.engine.weights.layout import find_diffusers_folder
 
 
 def _copy(tiny_dir: Path, tmp_path: Path) -> Path:
@@ -27,7 +27,8 @@ def test_layout_is_the_published_one(tiny_dir: Path) -> None:
         "diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"]
     index = json.loads((tiny_dir / "transformer" / "diffusion_pytorch_model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set().union(*(load_file(f).keys() for f in files.transformer))
-    assert json.loads((tiny_dir / "model_index.json").read_text())["transformer"] == ["diffusers", "ZImageTransformer2DModel"]
+    index = json.loads((tiny_dir / "model_index.json").read_text())
+    assert index["transformer"] == ["diffusers", "ZImageTransformer2DModel"]
     assert (tiny_dir / "scheduler" / "scheduler_config.json").is_file()
 
 
@@ -44,17 +45,36 @@ def test_fp32_weights_are_cast_on_load(tiny_dir: Path) -> None:
     assert next(pipe.vae.parameters()).dtype == torch.float32  # the VAE stays fp32
 
 
-def test_hf_cache_snapshot_is_found_offline(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    repo = tmp_path / "hf" / "hub" / "models--Tongyi-MAI--Z-Image-Turbo"
-    shutil.copytree(tiny_dir, repo / "snapshots" / "abc123")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("abc123")
-    snap = find_hf_snapshot("Tongyi-MAI/Z-Image-Turbo", hf_home=str(tmp_path / "hf"))
-    assert snap == repo / "snapshots" / "abc123"
-    pipe = load_pipeline(repo_id="Tongyi-MAI/Z-Image-Turbo", hf_home=str(tmp_path / "hf"), device="cpu")
+def test_an_explicit_shift_wins_and_the_folders_is_reported(tiny_dir: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_dir, tmp_path)
+    cfg = model / "scheduler" / "scheduler_config.json"
+    cfg.write_text(json.dumps(json.loads(cfg.read_text()) | {"shift": 6.0}))
+    pipe = load_pipeline(model, device="cpu", shift=4.5)
+    assert pipe.shift == 4.5 and pipe.folder_shift == 6.0
+
+
+def test_a_sharded_vae_loads_every_shard(tiny_dir: Path, tmp_path: Path) -> None:
+    """Before: only the first VAE shard was read, so the strict audit failed on a sharded vae/."""
+    from zimage_mcp.engine.presets.tiny import make_tiny
+
+    sharded = load_pipeline(make_tiny(tmp_path / "m", vae_shards=3), device="cpu")
+    assert len(find_diffusers_folder(tmp_path / "m").vae) == 3
+    single = load_pipeline(tiny_dir, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(sharded.vae.state_dict().values(),
+                                                 single.vae.state_dict().values(), strict=True))
+    (tmp_path / "m" / "vae" / "diffusion_pytorch_model-00003-of-00003.safetensors").unlink()
+    with pytest.raises(WeightsError, match="shards that are missing"):
+        load_pipeline(tmp_path / "m", device="cpu")
+
+
+def test_a_snapshot_folder_is_just_a_folder(tiny_dir: Path, tmp_path: Path) -> None:
+    """The engine takes paths: finding a snapshot in the Hugging Face cache is the registry's job."""
+    snap = tmp_path / "hf" / "hub" / "models--Tongyi-MAI--Z-Image-Turbo" / "snapshots" / "abc123"
+    shutil.copytree(tiny_dir, snap)
+    pipe = load_pipeline(snap, device="cpu")
     assert pipe.generate("x", width=256, height=256, steps=1, seed=0).images[0].size == (256, 256)
-    assert find_hf_snapshot("Tongyi-MAI/Z-Image", hf_home=str(tmp_path / "hf")) is None
+    with pytest.raises(TypeError):
+        load_pipeline(repo_id="Tongyi-MAI/Z-Image-Turbo")  # type: ignore[call-arg]
 
 
 def test_missing_component_says_what_and_where(tiny_dir: Path, tmp_path: Path) -> None:
@@ -105,7 +125,7 @@ def test_config_keys_are_strict(tmp_path: Path, tiny_dir: Path) -> None:
 
 def test_make_tiny_cli_then_generate_writes_png(tmp_path: Path) -> None:
     """The documented path: synthesize a model, generate from its folder, get a PNG."""
-    from zimage_mcp.engine.tiny import make_tiny
+    from zimage_mcp.engine.presets.tiny import make_tiny
 
     model = make_tiny(tmp_path / "m", seed=3)
     img = load_pipeline(model, device="cpu").generate("a lighthouse", width=256, height=256, steps=2, seed=1).images[0]

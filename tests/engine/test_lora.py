@@ -10,12 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from tests.engine.lora_dialects import TINY, lokr_state_dict, save, to_ai_toolkit, to_comfyui, to_dot, to_kohya
-from zimage_mcp.engine import lora_apply
+from zimage_mcp.engine.dit.transformer import ZImageTransformer
 from zimage_mcp.engine.errors import WeightsError
-from zimage_mcp.engine.lora import LokrDelta, LoraDelta, load_lora, normalize_lora
-from zimage_mcp.engine.lora_apply import SCALE_MAX, SCALE_MIN, LoraManager
-from zimage_mcp.engine.lora_inspect import inspect_lora
-from zimage_mcp.engine.transformer import ZImageTransformer
+from zimage_mcp.engine.weights import lora_apply
+from zimage_mcp.engine.weights.lora_apply import SCALE_MAX, SCALE_MIN, LoraManager
+from zimage_mcp.engine.weights.lora_dialects import LokrDelta, LoraDelta, load_lora, normalize_lora
+from zimage_mcp.engine.weights.lora_inspect import inspect_lora
 
 D, R, ALPHA = TINY.dim, 4, 8.0
 FFN = TINY.ffn_hidden

@@ -26,8 +26,8 @@ from tests.engine.lora_dialects import (
     to_kohya,
     write_peft_lora,
 )
-from zimage_mcp.engine.lora_apply import LoraManager
-from zimage_mcp.engine.transformer import ZImageTransformer
+from zimage_mcp.engine.dit.transformer import ZImageTransformer
+from zimage_mcp.engine.weights.lora_apply import LoraManager
 
 TOL = 1e-4
 ALPHA, RANK = 8.0, 4

@@ -56,7 +56,8 @@ def test_comfy_single_files_give_the_same_image_as_the_folder(tiny_dir: Path) ->
     folder = load_pipeline(tiny_dir, device="cpu", dtype=torch.float32)
     single = load_pipeline(
         tiny_dir, transformer_file=comfy / "diffusion_models" / "z_image_tiny.safetensors",
-        vae_file=comfy / "vae" / "ae.safetensors", text_encoder_file=comfy / "text_encoders" / "qwen_3_tiny.safetensors",
+        vae_file=comfy / "vae" / "ae.safetensors",
+        text_encoder_file=comfy / "text_encoders" / "qwen_3_tiny.safetensors",
         device="cpu", dtype=torch.float32,
     )
     a = folder.generate(PROMPT, width=256, height=256, steps=3, seed=5)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zimage_mcp.engine.sampler import (
+from zimage_mcp.engine.pipelines.sampler import (
     cfg_combine,
     euler_step,
     get_sigmas,
@@ -18,7 +18,7 @@ def test_turbo_sigmas_match_the_published_grid() -> None:
     sig = get_sigmas(8, 3.0)
     assert len(sig) == 9 and sig[-1] == 0.0
     assert sig[:8] == pytest.approx([1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3], abs=1e-4)
-    assert all(a > b for a, b in zip(sig, sig[1:]))
+    assert all(a > b for a, b in zip(sig, sig[1:], strict=False))
 
 
 def test_sigmas_match_diffusers_scheduler() -> None:
@@ -34,7 +34,7 @@ def test_euler_on_constant_velocity_is_exact() -> None:
     """With model output v = x0 - noise constant, integrating from sigma=1 to 0 lands on x0 exactly."""
     noise, x0 = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
     x, sig = noise.clone(), get_sigmas(7, 3.0)
-    for a, b in zip(sig, sig[1:]):
+    for a, b in zip(sig, sig[1:], strict=False):
         x = euler_step(x, x0 - noise, a, b)
     assert torch.allclose(x, x0, atol=1e-5)
 

@@ -13,13 +13,13 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, Qwen2Tokenizer, Qwen2TokenizerFast, Qwen3Model
 
 from zimage_mcp.engine.errors import WeightsError
-from zimage_mcp.engine.text_encoder import TextEncoder, chat_prompt, load_text_encoder, load_text_encoder_file
-from zimage_mcp.engine.tiny_text import (
+from zimage_mcp.engine.presets.tiny_text import (
     TINY_VOCAB_SIZE,
     tiny_text_encoder_config,
     write_tiny_text_encoder,
     write_tiny_tokenizer,
 )
+from zimage_mcp.engine.text.qwen3 import TextEncoder, chat_prompt, load_text_encoder, load_text_encoder_file
 
 PROMPTS = ["a cat on a table", "", "一只猫坐在窗台上，阳光明媚", "a very long prompt " * 30]
 MAX_LEN = 64
@@ -89,12 +89,12 @@ def test_encode_matches_diffusers_encode_prompt(tiny: Path, encoder: TextEncoder
     assert [o.shape for o in ours] == [r.shape for r in ref]
     assert ours[3].shape == (MAX_LEN, 32)  # truncated, template tokens included
     assert ours[1].shape[0] > 0  # the empty prompt still has its template tokens
-    err = max((o - r).abs().max().item() for o, r in zip(ours, ref))
+    err = max((o - r).abs().max().item() for o, r in zip(ours, ref, strict=False))
     assert err <= 1e-5, err
     # Right padding to the batch's longest prompt leaves real-token states unchanged.
     encoder.clear_cache()
     alone = [encoder.encode([p], max_length=MAX_LEN)[0] for p in PROMPTS]
-    assert max((a - o).abs().max().item() for a, o in zip(alone, ours)) <= 1e-5
+    assert max((a - o).abs().max().item() for a, o in zip(alone, ours, strict=False)) <= 1e-5
 
 
 def test_comfyui_single_file_matches_folder(tiny: Path, encoder: TextEncoder, tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_comfyui_single_file_matches_folder(tiny: Path, encoder: TextEncoder, tm
     encoder.clear_cache()
     want = encoder.encode(PROMPTS[:2])
     for te in (inferred, given):
-        assert all(torch.equal(a, b) for a, b in zip(te.encode(PROMPTS[:2]), want))
+        assert all(torch.equal(a, b) for a, b in zip(te.encode(PROMPTS[:2]), want, strict=False))
 
 
 # (c) loading errors
@@ -135,7 +135,7 @@ def test_truncated_shard_names_the_file(tiny: Path, tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="model-00002-of-00002.safetensors"):
         load_text_encoder(ckpt / "text_encoder", ckpt / "tokenizer", "cpu", torch.float32)
     shard.unlink()
-    with pytest.raises(WeightsError, match="missing text-encoder weights file .*model-00002-of-00002"):
+    with pytest.raises(WeightsError, match="missing.*model-00002-of-00002"):
         load_text_encoder(ckpt / "text_encoder", ckpt / "tokenizer", "cpu", torch.float32)
 
 
@@ -216,7 +216,7 @@ def test_tokenizer_is_deterministic(tiny: Path, tmp_path: Path) -> None:
 
 def test_bucketed_unmasked_right_padding_gives_the_same_features(tiny: Path) -> None:
     """The graphed encoder right-pads to length buckets with no mask: real tokens must not change."""
-    from zimage_mcp.engine.text_encoder import chat_prompt, length_bucket, load_text_encoder
+    from zimage_mcp.engine.text.qwen3 import chat_prompt, length_bucket, load_text_encoder
 
     te = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
     prompts = ["a cat", "一只猫坐在垫子上", "a much longer prompt about a lighthouse on a cliff at dusk, waves below"]
@@ -234,7 +234,7 @@ def test_bucketed_unmasked_right_padding_gives_the_same_features(tiny: Path) -> 
 
 def test_prebuilt_mask_mapping_matches_the_default_forward(tiny: Path) -> None:
     """The mask-free call used for CUDA graphs computes what HF's own causal path computes."""
-    from zimage_mcp.engine.text_encoder import load_text_encoder
+    from zimage_mcp.engine.text.qwen3 import load_text_encoder
 
     te = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
     ids = torch.randint(0, 1000, (2, 37))
@@ -244,7 +244,7 @@ def test_prebuilt_mask_mapping_matches_the_default_forward(tiny: Path) -> None:
 
 
 def test_length_buckets_and_cuda_graphs_need_cuda(tiny: Path) -> None:
-    from zimage_mcp.engine.text_encoder import length_bucket, load_text_encoder
+    from zimage_mcp.engine.text.qwen3 import length_bucket, load_text_encoder
 
     assert [length_bucket(n) for n in (1, 32, 33, 64, 65, 200, 512)] == [32, 32, 64, 64, 128, 256, 512]
     te = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32)
@@ -257,7 +257,7 @@ def test_length_buckets_and_cuda_graphs_need_cuda(tiny: Path) -> None:
 def test_compiled_layers_match_eager_for_every_length(tiny: Path) -> None:
     """Compiled layers change nothing in fp32 (CPU Inductor here), and new lengths stop compiling: at
     most one recompile (automatic dynamic shapes), then one graph serves every length."""
-    from zimage_mcp.engine.text_encoder import load_text_encoder
+    from zimage_mcp.engine.text.qwen3 import load_text_encoder
 
     te = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
     batches = [["a cat", "a lighthouse " * n] for n in (1, 6, 15, 40)]  # four lengths, batch of 2

@@ -7,7 +7,7 @@ import torch
 
 from tests.engine.conftest import diffusers_tiny_transformer
 from zimage_mcp.engine.config import TRANSFORMER_PRESETS
-from zimage_mcp.engine.transformer import ZImageTransformer, patchify, unpatchify
+from zimage_mcp.engine.dit.transformer import ZImageTransformer, patchify, unpatchify
 
 
 def _pair(seed: int) -> tuple[torch.nn.Module, ZImageTransformer]:

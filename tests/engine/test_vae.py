@@ -12,7 +12,8 @@ from PIL import Image
 
 from zimage_mcp.engine.config import VAE_PRESETS
 from zimage_mcp.engine.errors import WeightsError
-from zimage_mcp.engine.vae import (
+from zimage_mcp.engine.vae.keys import convert_bfl_vae_state_dict, is_bfl_vae_state_dict, to_bfl_vae_state_dict
+from zimage_mcp.engine.vae.model import (
     AutoencoderKL,
     denormalize_latents,
     image_to_tensor,
@@ -20,7 +21,6 @@ from zimage_mcp.engine.vae import (
     sample_latents,
     tensor_to_images,
 )
-from zimage_mcp.engine.vae_keys import convert_bfl_vae_state_dict, is_bfl_vae_state_dict, to_bfl_vae_state_dict
 
 CFG = VAE_PRESETS["tiny"]
 TOL = 1e-4

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from zimage_mcp.engine.config import VAE_PRESETS
-from zimage_mcp.engine.vae import AutoencoderKL
-from zimage_mcp.engine.vae_tiling import decode_tiled
+from zimage_mcp.engine.vae.model import AutoencoderKL
+from zimage_mcp.engine.vae.tiling import decode_tiled
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,11 @@ def test_no_overlap_means_hard_tile_borders(vae: AutoencoderKL) -> None:
 
 def test_low_vram_pipelines_decode_in_tiles(tmp_path) -> None:
     from zimage_mcp.engine import load_pipeline
-    from zimage_mcp.engine.tiny import make_tiny
+    from zimage_mcp.engine.presets.tiny import make_tiny
 
     pipe = load_pipeline(make_tiny(tmp_path / "m"), device="cpu")
     assert pipe.vae_tiling is False
-    from zimage_mcp.engine.pipeline import ZImagePipeline
+    from zimage_mcp.engine.pipelines.text_to_image import ZImagePipeline
 
     low = ZImagePipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.shift, offload_text_encoder=True)
     assert low.vae_tiling is True

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zimage_mcp.engine import load_pipeline
-from zimage_mcp.engine.warm_up import warm_up
+from zimage_mcp.engine.speed.warm_up import warm_up
 
 
 @pytest.fixture

@@ -13,3 +13,12 @@ class WeightsError(EngineError):
 
 class GenerationCancelled(EngineError):
     """``should_stop()`` returned True between two denoising steps."""
+
+
+class InvalidArgument(EngineError, ValueError):
+    """A caller's argument is out of range; ``field`` names it and ``allowed`` says what would do."""
+
+    def __init__(self, field: str, allowed: str) -> None:
+        super().__init__(f"{field}: {allowed}")
+        self.field = field
+        self.allowed = allowed

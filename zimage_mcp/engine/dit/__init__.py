@@ -1,0 +1,1 @@
+"""The S3-DiT: transformer, Omni transformer, ControlNet, layers, attention, RoPE and its Triton kernel."""

@@ -1,0 +1,1 @@
+"""Speed settings: optimize/compile, CUDA graphs, warm-up."""

@@ -1,0 +1,238 @@
+"""Qwen3 text encoder: chat template, truncated Qwen3Model, real-token features, LRU cache.
+
+Features match diffusers' ``ZImagePipeline.encode_prompt``: ``hidden_states[-2]`` of Qwen3 (the
+output of decoder layer ``num_hidden_layers - 2``, before the final norm), real tokens only.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
+
+from zimage_mcp.engine.errors import WeightsError
+from zimage_mcp.engine.speed.cuda_graphs import ShapeGraphs
+from zimage_mcp.engine.weights.files import require_safetensors, shard_files
+
+if TYPE_CHECKING:  # transformers is imported where it is used: importing the engine stays cheap
+    from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
+
+# Config values of Qwen3-4B that cannot be read off the weight shapes (ComfyUI single files).
+_QWEN3_4B_EXTRA = {"rms_norm_eps": 1e-6, "max_position_embeddings": 40960, "tie_word_embeddings": True,
+                   "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """``<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n``, rendered as diffusers does."""
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+
+
+class TextEncoder:
+    """A truncated ``Qwen3Model`` plus its tokenizer; ``encode`` returns one (L_i, hidden) tensor per prompt."""
+
+    def __init__(self, model: Qwen3Model, tokenizer: PreTrainedTokenizerBase, cache_size: int = 64) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, int], Tensor] = OrderedDict()
+        self._graphs: ShapeGraphs | None = None  # see ``use_cuda_graphs``
+        # Passing the mask mapping pre-built skips HF's mask construction, which syncs with the GPU
+        # (and so cannot be captured); None per layer type means plain causal attention.
+        self._no_mask = {kind: None for kind in set(model.config.layer_types or ["full_attention"])}
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def encode(self, prompts: list[str], max_length: int = 512) -> list[Tensor]:
+        """Features of the real tokens of each prompt. Cached tensors are shared: treat them as read-only."""
+        found = {p: self._cache[(p, max_length)] for p in prompts if (p, max_length) in self._cache}
+        todo = [p for p in dict.fromkeys(prompts) if p not in found]
+        if todo:
+            found.update(zip(todo, self._run(todo, max_length), strict=False))
+        if self.cache_size > 0:
+            for p in dict.fromkeys(prompts):
+                self._cache[(p, max_length)] = found[p]
+                self._cache.move_to_end((p, max_length))
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return [found[p] for p in prompts]
+
+    @torch.no_grad()
+    def _run(self, prompts: list[str], max_length: int) -> list[Tensor]:
+        # Truncate at max_length (template tokens count) and right-pad only to the longest prompt:
+        # with causal attention, right padding leaves the real-token states unchanged.
+        batch = self.tokenizer([chat_prompt(self.tokenizer, p) for p in prompts], padding="longest",
+                               max_length=max_length, truncation=True, padding_side="right", return_tensors="pt")
+        lengths = batch.attention_mask.sum(dim=1).tolist()  # on the CPU: no device sync to unpad
+        ids = batch.input_ids
+        if self._graphs is not None and self.device.type == "cuda":  # one graph per (batch, length bucket)
+            ids = torch.nn.functional.pad(ids, (0, length_bucket(ids.shape[1]) - ids.shape[1]),
+                                          value=self.tokenizer.pad_token_id)
+            hidden = self._graphs(ids.to(self.device))
+        else:
+            hidden = self._forward(ids.to(self.device))
+        return [h[:n] for h, n in zip(hidden, lengths, strict=True)]
+
+    def _forward(self, ids: Tensor) -> Tensor:
+        """ids (B, L) -> features (B, L, hidden). No mask at all: pads sit to the right and attention is
+        causal, so no real token ever sees one (Qwen3's position ids do not depend on the mask either);
+        this keeps the fast causal kernel."""
+        return self.model(input_ids=ids, attention_mask=self._no_mask, use_cache=False).last_hidden_state
+
+    def use_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replay the encoder as CUDA graphs, one per (batch, length bucket); CUDA only, lossless.
+
+        Eager, the ~600 kernel launches of a short prompt cost ~40 ms of Python; the GPU work is a few ms.
+        """
+        if enabled and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the encoder on a CUDA device, not {self.device}")
+        if enabled and self._graphs is not None:
+            return  # shared by Turbo and Base: keep the graphs already captured
+        self._graphs = ShapeGraphs(self._forward) if enabled else None
+
+    def compile_layers(self) -> None:
+        """Inductor-fused decoder layers: RMSNorms, RoPE, silu·mul and residual adds in a few kernels
+        instead of ~15 per layer. Dynamic shapes: after at most one recompile a new length bucket only
+        captures a graph (batch 1 and larger batches compile apart, as torch specialises size 1). Eager's
+        bf16 roundings are kept (``emulate_precision_casts``), so the features stay as close to an fp32 run
+        as eager's are. Graphs captured before are dropped and recaptured."""
+        for layer in self.model.layers:
+            if getattr(layer, "_compiled_call_impl", None) is None:
+                layer.compile(dynamic=True, options={"emulate_precision_casts": True})
+        if self._graphs is not None:
+            self._graphs = ShapeGraphs(self._forward)
+
+    @property
+    def compiled(self) -> bool:
+        return all(getattr(layer, "_compiled_call_impl", None) is not None for layer in self.model.layers)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self._graphs is not None
+
+    @property
+    def graph_shapes(self) -> list[tuple[int, ...]]:
+        return self._graphs.shapes if self._graphs is not None else []
+
+
+def length_bucket(n: int) -> int:
+    """Token-length classes of the graphed encoder: 32, 64, 128, 256, 512, ... (padding is nearly free:
+    at these lengths the encoder is bound by reading its 8 GB of weights, not by the tokens)."""
+    return max(32, 1 << (n - 1).bit_length())
+
+
+def _read_config(path: Path) -> Qwen3Config:
+    from transformers import Qwen3Config
+
+    if not path.is_file():
+        raise WeightsError(f"missing text-encoder config: looked for {path}")
+    try:
+        return Qwen3Config.from_json_file(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise WeightsError(f"text-encoder config {path} is unreadable: {e}") from e
+
+
+def _infer_config(file: Path) -> Qwen3Config:
+    """Read a Qwen3 config off the tensor shapes of a single file (Qwen3-4B values for the rest)."""
+    from transformers import Qwen3Config
+
+    require_safetensors(file)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            shape = {k.removeprefix("model."): f.get_slice(k).get_shape() for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{file}: corrupt or truncated safetensors file: {e}") from e
+    try:
+        vocab, hidden = shape["embed_tokens.weight"]
+        head_dim = shape["layers.0.self_attn.q_norm.weight"][0]
+        n_layers = 1 + max(int(k.split(".")[1]) for k in shape if k.startswith("layers."))
+        return Qwen3Config(
+            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=n_layers, head_dim=head_dim,
+            num_attention_heads=shape["layers.0.self_attn.q_proj.weight"][0] // head_dim,
+            num_key_value_heads=shape["layers.0.self_attn.k_proj.weight"][0] // head_dim,
+            intermediate_size=shape["layers.0.mlp.gate_proj.weight"][0], **_QWEN3_4B_EXTRA)
+    except (KeyError, ValueError) as e:
+        raise WeightsError(f"{file} does not look like a Qwen3 text encoder (missing {e})") from e
+
+
+def _load_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    if not (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
+        raise WeightsError(f"missing tokenizer: looked for tokenizer_config.json in {tokenizer_dir}")
+    try:
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"tokenizer in {tokenizer_dir} failed to load: {e}") from e
+
+
+def _build(files: list[Path], config: Qwen3Config, device: torch.device | str, dtype: torch.dtype) -> Qwen3Model:
+    from transformers import Qwen3Model
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    # The features are hidden_states[-2], i.e. the output of layer index n-2 *before* the final norm
+    # (HF applies model.norm only to the last entry). So the last layer and the norm are never needed:
+    # drop the layer and make the norm an identity, and last_hidden_state is exactly those features.
+    dropped = f"layers.{config.num_hidden_layers - 1}."
+    model.layers = model.layers[:-1]
+    model.norm = nn.Identity()
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    state: dict[str, Tensor] = {}
+    for file in files:
+        require_safetensors(file)
+        if not file.is_file():
+            raise WeightsError(f"missing text-encoder weights file {file}")
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:  # mmap; skipped keys are never read
+                names = {k: k.removeprefix("model.") for k in f.keys()}
+                unexpected = sorted(n for n in names.values()
+                                    if n not in expected and n != "norm.weight" and not n.startswith(dropped))
+                if unexpected:
+                    raise WeightsError(f"{file}: unexpected text-encoder keys {unexpected}")
+                for key, name in names.items():
+                    if name in expected:
+                        state[name] = f.get_tensor(key).to(device=device, dtype=dtype)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise WeightsError(f"{file}: corrupt or truncated safetensors file: {e}") from e
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise WeightsError(f"text-encoder keys {missing} not found in {[str(f) for f in files]}")
+    wrong = sorted(f"{k}: {tuple(v.shape)} != {tuple(expected[k])}" for k, v in state.items() if v.shape != expected[k])
+    if wrong:
+        raise WeightsError(f"text-encoder shape mismatch in {[str(f) for f in files]}: {wrong}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.rotary_emb = Qwen3RotaryEmbedding(config).to(device)  # its buffers are not in the checkpoint
+    return model
+
+
+def load_text_encoder(text_encoder_dir: Path, tokenizer_dir: Path, device: torch.device | str,
+                      dtype: torch.dtype, cache_size: int = 64) -> TextEncoder:
+    """Load the published ``text_encoder/`` folder (sharded or single file) and ``tokenizer/``, offline."""
+    folder = Path(text_encoder_dir)
+    if not folder.is_dir():
+        raise WeightsError(f"text-encoder folder not found: {folder}")
+    config = _read_config(folder / "config.json")
+    model = _build(shard_files(folder, "model.safetensors.index.json", "model.safetensors"), config, device, dtype)
+    return TextEncoder(model, _load_tokenizer(Path(tokenizer_dir)), cache_size)
+
+
+def load_text_encoder_file(file: Path, tokenizer_dir: Path, config: Qwen3Config | None = None,
+                           device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                           cache_size: int = 64) -> TextEncoder:
+    """Load a ComfyUI single file (``qwen_3_4b.safetensors``: HF key names with ``model.`` prefix)."""
+    file = Path(file)
+    if not file.is_file():
+        raise WeightsError(f"text-encoder file not found: {file}")
+    model = _build([file], config or _infer_config(file), device, dtype)
+    return TextEncoder(model, _load_tokenizer(Path(tokenizer_dir)), cache_size)

@@ -1,0 +1,1 @@
+"""The Flux-style AutoencoderKL: model, blocks, key dialects and tiled decoding."""

@@ -1,0 +1,1 @@
+"""Weights on disk: safetensors reading and strict loading, layouts, component loaders, LoRA, fp8."""

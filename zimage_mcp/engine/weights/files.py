@@ -1,0 +1,173 @@
+"""Reading safetensors (single files and sharded indexes), key-name dialects, and strict loading.
+
+Modules are built on the meta device and filled with ``load_state_dict(assign=True)``. Every key is
+accounted for: missing, unexpected or mis-shaped keys raise ``WeightsError`` naming the file and keys.
+Only ``.safetensors`` files are read (``require_safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
+
+from zimage_mcp.engine.errors import WeightsError
+
+StateDict = dict[str, Tensor]
+# (index, single file) of a component folder, in diffusers' and in transformers' naming
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors")
+HF_WEIGHTS = ("model.safetensors.index.json", "model.safetensors")
+
+
+def require_safetensors(path: Path) -> None:
+    """The engine's one file rule: it reads ``.safetensors`` files and nothing else."""
+    if Path(path).suffix.lower() != ".safetensors":
+        raise WeightsError(f"{path}: only .safetensors files are loaded; pickle is never loaded because it can "
+                           "execute code (convert the file to .safetensors)")
+
+
+def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> StateDict:
+    """Read one file tensor by tensor (mmap), casting as we go so fp32 files never sit whole in memory."""
+    path = Path(path)
+    require_safetensors(path)
+    if not path.is_file():
+        raise WeightsError(f"missing weights file: {path}")
+    out: StateDict = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if dtype is not None and t.is_floating_point():
+                    t = t.to(dtype)
+                t = t.to(device)
+                # Own, aligned storage: mmap views sit at arbitrary file offsets, and CPU kernels pick
+                # different code paths by alignment, so results would depend on the file layout.
+                out[key] = t.clone() if t.device.type == "cpu" else t
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from e
+    return out
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` table of a safetensors header (adapter configs live there)."""
+    require_safetensors(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: cannot read safetensors header: {e}") from e
+
+
+def shard_files(folder: Path, index_name: str, single_name: str) -> list[Path]:
+    """The files of a component folder: the shards named by ``index_name`` or the single file."""
+    index = folder / index_name
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise WeightsError(f"{index}: not a valid safetensors index ({e})") from e
+        files = sorted({folder / name for name in weight_map.values()})
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise WeightsError(f"{index} lists shards that are missing: {missing}")
+        return files
+    single = folder / single_name
+    if single.is_file():
+        return [single]
+    raise WeightsError(f"no weights in {folder}: looked for {index_name} and {single_name}")
+
+
+def read_files(files: Iterable[Path], dtype: torch.dtype | None, device: str | torch.device = "cpu") -> StateDict:
+    sd: StateDict = {}
+    for f in files:
+        sd.update(read_safetensors(f, dtype, device))
+    return sd
+
+
+def load_strict(
+    module: nn.Module, sd: StateDict, source: str, ignore: Callable[[str], bool] = lambda k: False
+) -> None:
+    """Audit keys and shapes against ``module``, then assign. ``ignore`` names tolerated extra keys."""
+    expected = module.state_dict(keep_vars=True)
+    unexpected = sorted(k for k in sd if k not in expected and not ignore(k))
+    missing = sorted(k for k in expected if k not in sd)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys {missing[:10]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys {unexpected[:10]}")
+        raise WeightsError(f"{source}: " + "; ".join(parts))
+    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in expected.items() if sd[k].shape != v.shape]
+    if bad:
+        k, got, want = bad[0]
+        raise WeightsError(f"{source}: {len(bad)} tensors with wrong shapes, first {k}: file {got}, model {want}")
+    module.load_state_dict({k: sd[k] for k in expected}, strict=True, assign=True)
+
+
+# -- ComfyUI / Lumina2 single-file transformer dialect --------------------------------------------
+COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+COMFY_PREFIX_RENAMES = (("x_embedder.", "all_x_embedder.2-1."), ("final_layer.", "all_final_layer.2-1."))
+COMFY_INFIX_RENAMES = (  # (comfy, ours) inside block keys
+    (".attention.out.", ".attention.to_out.0."),
+    (".attention.q_norm.", ".attention.norm_q."),
+    (".attention.k_norm.", ".attention.norm_k."),
+)
+COMFY_DROPPED = ("norm_final.weight",)  # a Lumina leftover some files carry; unused
+
+
+def strip_prefix(sd: StateDict, prefixes: tuple[str, ...]) -> StateDict:
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in sd):
+            return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+    return sd
+
+
+def is_comfy_transformer(sd: StateDict) -> bool:
+    keys = strip_prefix(sd, COMFY_PREFIXES)
+    return any(k.endswith("attention.qkv.weight") or k.startswith("x_embedder.") for k in keys)
+
+
+def convert_comfy_transformer(sd: StateDict) -> StateDict:
+    """ComfyUI names -> ours: split fused qkv (rows q | k | v), renames from the table, drop leftovers."""
+    out: StateDict = {}
+    for key, t in strip_prefix(sd, COMFY_PREFIXES).items():
+        if key in COMFY_DROPPED:
+            continue
+        if key.endswith(".attention.qkv.weight"):
+            base = key[: -len("qkv.weight")]
+            q, k, v = (part.clone() for part in t.chunk(3, dim=0))  # (3D, D) -> three (D, D), own storage
+            out[base + "to_q.weight"], out[base + "to_k.weight"], out[base + "to_v.weight"] = q, k, v
+            continue
+        out[_rename(key, reverse=False)] = t
+    return out
+
+
+def _rename(key: str, reverse: bool) -> str:
+    """Apply the ComfyUI <-> ours tables to one key (``reverse``: ours -> ComfyUI)."""
+    for comfy, ours in COMFY_PREFIX_RENAMES:
+        src, dst = (ours, comfy) if reverse else (comfy, ours)
+        if key.startswith(src):
+            key = dst + key[len(src):]
+    for comfy, ours in COMFY_INFIX_RENAMES:
+        src, dst = (ours, comfy) if reverse else (comfy, ours)
+        key = key.replace(src, dst)
+    return key
+
+
+def to_comfy_transformer(sd: StateDict, prefix: str = "") -> StateDict:
+    """Ours -> ComfyUI names (the inverse of ``convert_comfy_transformer``); used by the tiny writer."""
+    out: StateDict = {}
+    for key, t in sd.items():
+        if key.endswith(".attention.to_q.weight"):
+            base = key[: -len("to_q.weight")]
+            out[prefix + base + "qkv.weight"] = torch.cat([sd[base + n + ".weight"] for n in ("to_q", "to_k", "to_v")])
+            continue
+        if key.endswith((".attention.to_k.weight", ".attention.to_v.weight")):
+            continue
+        out[prefix + _rename(key, reverse=True)] = t
+    return out
