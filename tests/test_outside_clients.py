@@ -163,8 +163,7 @@ max_side = {SIZE}
         ZIMAGE_MCP_OUTPUT_DIR=str(root / "out"),
         ZIMAGE_MCP_INPUT_DIRS=str(root / "inputs"),
         ZIMAGE_MCP_LORA_DIR=str(root / "loras"),
-        ZIMAGE_MCP_DEVICE="cpu",
-        ZIMAGE_MCP_DTYPE="float32",
+        ZIMAGE_MCP_DEVICE="cpu",  # the CPU always runs float32
     )
     return env
 
@@ -320,6 +319,7 @@ def test_typescript_sdk_client_over_http(node: Path, server_env: dict[str, str],
     env = {k: v for k, v in server_env.items() if not k.startswith("ZIMAGE_MCP_")}
     env["ZIMAGE_MCP_TOKEN"] = TOKEN  # client.mjs sends it as 'Authorization: Bearer ...'
     summary = _client(node, env, tmp_path, ["http", daemon_with_token])
+    summary["_stderr_tail"] += "\n[daemon log]\n" + _tail((tmp_path / "daemon.log").read_bytes(), 1500)
     _assert_round_trip(summary)
     assert summary["protocol_version"]  # negotiated over HTTP (sent back as MCP-Protocol-Version)
 
