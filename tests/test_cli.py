@@ -43,6 +43,20 @@ def test_pull_offline_is_a_clear_message(
     assert "could not download Tongyi-MAI/Z-Image-Turbo" in err and "network" in err
 
 
+def test_pull_names_come_from_the_catalogue(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pull", "edit"]) == 2  # in the catalogue, but its weights are not published
+    err = capsys.readouterr().err
+    assert "no published weights for 'edit'" in err and "base, turbo, z-image-base, z-image-turbo" in err
+
+
+def test_a_bad_runtime_value_is_one_line(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert env.registry_file is not None
+    with env.registry_file.open("a") as f:
+        f.write("\n[runtime]\nmax_queue = 0\n")
+    assert main(["list"]) == 2
+    assert "[runtime] max_queue: must be an integer >= 1" in capsys.readouterr().err
+
+
 def test_lora_inspect_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lora", "inspect", str(tmp_path / "nope.safetensors")]) in (1, 2)
     assert capsys.readouterr().err.strip()

@@ -20,9 +20,9 @@ from tests.server_fixtures import (  # noqa: F401
     stop,
     tiny_model_dir,
 )
-from zimage_mcp import http_app
 from zimage_mcp.cli import _parser, main
 from zimage_mcp.registry.settings import Settings
+from zimage_mcp.server import http_app
 from zimage_mcp.server.http_app import GuardMiddleware
 from zimage_mcp.server.metrics import Metrics
 

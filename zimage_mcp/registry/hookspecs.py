@@ -74,7 +74,7 @@ def zimage_register_variants(register: RegisterVariant, catalog: Catalog) -> Non
         ``register`` raises ``RegistryError`` for a malformed spec. A duplicate id or alias is not an
         error: the first registration wins and the duplicate is reported by the registry.
     :param catalog:
-        The merged ``registry.toml`` catalogue (:class:`zimage_mcp.catalog.Catalog`). The built-in
+        The merged ``registry.toml`` catalogue (:class:`zimage_mcp.registry.catalog.Catalog`). The built-in
         plugins register ``catalog.variants_for("<plugin name>")``; third-party plugins may ignore it.
 
     If the hook raises, everything this plugin registered in this call is dropped, the error is
