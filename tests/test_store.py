@@ -58,3 +58,36 @@ def test_lookups_never_leave_the_store(tmp_path: Path) -> None:
         assert store.get(bad) is None
         assert store.read_bytes(bad) is None
     assert store.id_for_path(tmp_path / "secret.png") is None
+
+
+def test_files_get_the_users_umask_not_0600(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        stored = ImageStore(tmp_path).save(_png(), "png", {"created": "1"})
+    finally:
+        os.umask(old)
+    for path in (stored.path, stored.path.with_suffix(".json"), tmp_path / "index.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_png_and_sidecar_hold_no_absolute_path(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    parent = store.save(_png(), "png", {"created": "1"})
+    outside = tmp_path / "private" / "holiday.png"
+    edit = {"mode": "inpaint", "source": str(outside), "mask": f"file://{tmp_path}/private/mask.png",
+            "control": {"type": "canny", "image": str(parent.path), "scale": 1.0},
+            "reference_images": [parent.id, str(outside)]}
+    child = store.save(_png(), "png", {"created": "2", "parent": None, "edit": edit, "path": "/somewhere/x.png"})
+    with Image.open(child.path) as img:
+        chunk = img.text["parameters"]
+    sidecar = child.path.with_suffix(".json").read_text()
+    for text in (chunk, sidecar):
+        assert str(tmp_path) not in text and "/somewhere" not in text
+    saved = json.loads(chunk)["edit"]
+    assert saved["source"] == "holiday.png" and saved["mask"] == "mask.png"
+    assert saved["control"]["image"] == parent.id and saved["reference_images"] == [parent.id, "holiday.png"]
+    assert json.loads(chunk)["file"] == child.path.name
+    assert store.get(child.id).metadata["path"] == str(child.path)  # what callers see, not what is stored

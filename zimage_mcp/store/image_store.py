@@ -58,10 +58,33 @@ class StoredImage:
         return f"zimage://images/{self.id}"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (``/proc``), else briefly set."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``.
+
+    ``mkstemp`` creates the file 0600; it gets the mode an ordinary ``open()`` would (0666 less the
+    umask), so the user's image viewer, backup or web server can read what the store saved.
+    """
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -110,14 +133,43 @@ class ImageStore:
             index = self._load_index()  # before writing, so a rebuild cannot count this image twice
             image_id = self._new_id()
             path = self.images_dir / f"{image_id}{suffix}"
-            meta = {**metadata, "id": image_id, "uri": f"zimage://images/{image_id}", "path": str(path)}
+            meta = {**self._portable(metadata), "id": image_id, "uri": f"zimage://images/{image_id}",
+                    "file": path.name}
+            meta.pop("path", None)
             data = encode_image(png, output_format, meta)
             meta.update(mime_type=mime, size_bytes=len(data), format=output_format)
             atomic_write(path, data)
             atomic_write(self.images_dir / f"{image_id}.json", json.dumps(meta, indent=2).encode())
             index.insert(0, image_id)
             self._write_index(index)
-        return StoredImage(image_id, path, mime, len(data), meta)
+        return StoredImage(image_id, path, mime, len(data), {**meta, "path": str(path)})
+
+    def _portable(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """``metadata`` without absolute paths of this machine: edit inputs become a store id or a file name.
+
+        Files and sidecars get copied and shared; the ``path`` a caller sees is added back at read time.
+        """
+        edit = metadata.get("edit")
+        if not isinstance(edit, dict):
+            return dict(metadata)
+        edit = dict(edit)
+        for key in ("source", "mask"):
+            edit[key] = self._portable_ref(edit.get(key))
+        if isinstance(edit.get("control"), dict):
+            edit["control"] = {**edit["control"], "image": self._portable_ref(edit["control"].get("image"))}
+        if isinstance(edit.get("reference_images"), list):
+            edit["reference_images"] = [self._portable_ref(r) for r in edit["reference_images"]]
+        return {**metadata, "edit": edit}
+
+    def _portable_ref(self, ref: Any) -> Any:
+        """An image reference as it may be stored: ids and ``zimage://`` URIs as they are, paths as id or name."""
+        if not isinstance(ref, str):
+            return ref
+        text = ref.removeprefix("file://")
+        if not (text.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", text)):
+            return ref  # an id, a zimage:// URI or a relative name: nothing of this machine in it
+        path = Path(text).expanduser()
+        return self.id_for_path(path) or re.split(r"[\\/]", text.rstrip("/\\"))[-1]
 
     def get(self, image_id: str) -> StoredImage | None:
         """The image with this id, or None. Anything that is not a store id is simply not found."""
@@ -131,7 +183,7 @@ class ImageStore:
         for suffix, mime in MIME_BY_SUFFIX.items():
             path = self.images_dir / f"{image_id}{suffix}"
             if path.is_file():
-                return StoredImage(image_id, path, mime, path.stat().st_size, meta)
+                return StoredImage(image_id, path, mime, path.stat().st_size, {**meta, "path": str(path)})
         return None
 
     def read_bytes(self, image_id: str) -> tuple[bytes, str] | None:
