@@ -92,7 +92,8 @@ def test_omni_forward_matches_diffusers(seg_lens, cond_hw, sig_hw, target_hw) ->
     [
         (1, [(256, 256)], (256, 256), 0.0, {}),  # one reference, CFG off
         (2, [(256, 256), (208, 304)], (256, 256), 4.0, {}),  # two references of different sizes, CFG on
-        (3, [(290, 230)], (None, None), 3.0, {"cfg_truncation": 0.6, "cfg_normalization": 1.2}),  # size from ref
+        # size from the reference; 2 steps run at t = 0 and 0.25, so a 0.2 cutoff drops CFG on the second
+        (3, [(290, 230)], (None, None), 3.0, {"cfg_truncation": 0.2, "cfg_normalization": 1.2}),
     ],
 )
 def test_edit_matches_diffusers(tmp_path: Path, seed: int, refs, size, guidance: float, extra: dict) -> None:
@@ -102,13 +103,24 @@ def test_edit_matches_diffusers(tmp_path: Path, seed: int, refs, size, guidance:
     out = ours.edit(PROMPT, images, negative_prompt=NEG, width=width, height=height, steps=2, guidance=guidance,
                     seed=seed, **extra)
     got = ours.decode_pixels(out.latents).permute(0, 2, 3, 1).numpy()
-    want = ref(image=images, prompt=PROMPT, negative_prompt=NEG, width=width, height=height, num_inference_steps=2,
-               guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed), output_type="np",
-               **extra).images
+
+    def run_ref(output_type: str):
+        return ref(image=images, prompt=PROMPT, negative_prompt=NEG, width=width, height=height,
+                   num_inference_steps=2, guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed),
+                   output_type=output_type, **extra).images
+
+    want_latents, want = run_ref("latent"), run_ref("np")
+    # latents before the VAE: the decoded tiny-model pixels clip to 0 or 1 in large areas
+    assert out.latents.shape == want_latents.shape
+    assert (out.latents - want_latents).abs().max().item() <= 1e-4 * max(1.0, want_latents.abs().max().item())
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-4
     if width is None:
         assert out.images[0].size == (288, 224)
+    if "cfg_truncation" in extra:  # the cutoff is crossed: without it the same call gives other latents
+        untruncated = ours.edit(PROMPT, images, negative_prompt=NEG, width=width, height=height, steps=2,
+                                guidance=guidance, seed=seed, **{**extra, "cfg_truncation": 1.0})
+        assert (untruncated.latents - out.latents).abs().max().item() > 1e-2
 
 
 def test_prompt_segments_and_features_match_diffusers(omni) -> None:
