@@ -81,9 +81,9 @@ def test_loras_on_fp8_weights_are_a_request_error_and_plain_generation_goes_on(r
     backend = registry.backend("z-image-turbo")
     target = registry.lora_variant_target("lora:style")
     assert target is not None
-    backend.pipe.transformer.to_fp8()  # what ZIMAGE_MCP_FP8=1 does on a GPU (fp8 matmuls also run on the CPU)
+    backend.pipe.transformer.to_fp8()  # what [runtime] fp8 = true does on a GPU (fp8 matmuls also run on the CPU)
     try:
-        with pytest.raises(InvalidRequestError, match="loras.*ZIMAGE_MCP_FP8"):
+        with pytest.raises(InvalidRequestError, match=r"loras.*\[runtime\] fp8 = true.*set fp8 = false"):
             backend.generate(_request(loras=(LoraRef(name="style", file=target[1].file, scale=0.9),)),
                              _noop, lambda: False)
         assert backend.generate(_request(), _noop, lambda: False).images

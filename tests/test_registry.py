@@ -209,9 +209,11 @@ def test_install_status_without_loading(tmp_path: Path, monkeypatch: pytest.Monk
         (snap / "model_index.json").write_text("{}")
     (hub / "refs").mkdir()
     (hub / "refs" / "main").write_text("abc123\n")
+    for part in ("tokenizer", "vae", "text_encoder"):  # what a single DiT file takes from the snapshot
+        (new / part).mkdir()
     items = [
         (spec("v-path", weights=WeightsLocation(path=str(folder), repo_id="org/cached")), Factory(), ()),
-        (spec("v-file", weights=WeightsLocation(single_file=str(single))), Factory(), ()),
+        (spec("v-file", weights=WeightsLocation(single_file=str(single), repo_id="org/cached")), Factory(), ()),
         (spec("v-pickle", weights=WeightsLocation(single_file=str(tmp_path / "w.ckpt"))), Factory(), ()),
         (spec("v-hub", weights=WeightsLocation(path=str(tmp_path / "empty"), repo_id="org/cached")), Factory(), ()),
         (spec("v-missing", weights=WeightsLocation(repo_id="org/absent")), Factory(), ("miss",)),
@@ -222,9 +224,11 @@ def test_install_status_without_loading(tmp_path: Path, monkeypatch: pytest.Monk
     status = {e.spec.id: registry.install_status(e.spec.id) for e in registry.variants()}
     assert (status["v-path"].source, status["v-path"].location) == ("path", str(folder))
     assert (status["v-file"].source, status["v-file"].location) == ("single_file", str(single))
+    assert status["v-file"].folder == str(new)  # the factory gets weights.path = the snapshot
     assert status["v-pickle"].how_to_install.startswith(f"single_file {tmp_path / 'w.ckpt'} refused: pickle formats")
     assert (status["v-hub"].source, status["v-hub"].location) == ("hf_cache", str(new))
-    assert status["v-missing"].how_to_install == "run `zimage-mcp pull miss` or `huggingface-cli download org/absent`"
+    run_sh = Path(__file__).resolve().parents[1] / "run.sh"  # a command that exists, wherever the caller stands
+    assert status["v-missing"].how_to_install == f"run `{run_sh} cli pull miss` or `hf download org/absent`"
     assert not status["v-missing"].installed and status["v-missing"].source == "missing"
     assert status["v-unpublished"].how_to_install.startswith("weights not published yet (org/soon)")
     assert status["v-none"] == status["v-none"].__class__(True, None, "plugin", "")
@@ -234,7 +238,7 @@ def test_install_status_without_loading(tmp_path: Path, monkeypatch: pytest.Monk
     assert moved.install_status("v-hub").location in (str(old), str(new))
     elsewhere = registry_with(("p", variants_plugin(*items)), hf_hub_cache=str(tmp_path / "other"))
     assert not elsewhere.install_status("v-hub").installed
-    with pytest.raises(NotInstalledError, match="v-missing is not installed: run `zimage-mcp pull miss`"):
+    with pytest.raises(NotInstalledError, match="v-missing is not installed: run `/.*/run.sh cli pull miss`"):
         registry.backend("miss")
 
 

@@ -74,6 +74,8 @@ def _load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) ->
         return load_pipeline(
             Path(w.path),
             transformer_file=Path(w.single_file) if w.single_file else None,
+            vae_file=Path(w.vae_file) if w.vae_file else None,
+            text_encoder_file=Path(w.text_encoder_file) if w.text_encoder_file else None,
             architecture=architecture,
             device=device,
             dtype=_DTYPES.get(ctx.dtype) if device.type == "cuda" else torch.float32,
@@ -145,7 +147,8 @@ class EngineBackend:
             raise BackendLoadError(f"{self.spec.id} was unloaded")
         if request.loras and self.pipe.transformer.precision == "fp8":
             raise InvalidRequestError("loras", "LoRAs need the bf16 weights, and this server runs with fp8 "
-                                      "weights (ZIMAGE_MCP_FP8=1); restart without it to use LoRAs")
+                                      "weights ([runtime] fp8 = true in your registry file); set fp8 = false "
+                                      "there and restart to use LoRAs")
         try:
             self.loras.set_adapters([(ref.file, ref.scale) for ref in request.loras])
         except EngineWeightsError as e:

@@ -64,11 +64,18 @@ class Limits:
 
 @dataclass(frozen=True)
 class WeightsLocation:
-    """Where a variant's weights live: a Hugging Face repo id, a local folder, or a single file."""
+    """Where a variant's weights live: a Hugging Face repo id, a local folder, or ComfyUI single files.
+
+    ``single_file`` (the DiT), ``vae_file`` (ComfyUI's ``ae.safetensors``) and ``text_encoder_file`` (the
+    Qwen3 file) replace those parts of the diffusers folder; the rest (always the tokenizer) comes from
+    ``path`` or the Hugging Face cache snapshot of ``repo_id``.
+    """
 
     repo_id: str | None = None
     path: str | None = None
     single_file: str | None = None
+    vae_file: str | None = None
+    text_encoder_file: str | None = None
     published: bool = True  # False: the repo id is announced but no weights are out yet
     controlnet: str | None = None  # a Fun-ControlNet-Union folder or single file that pairs with this variant
 

@@ -276,12 +276,12 @@ def _instantiate(cls: type, table: dict[str, Any]) -> Any:
 
 
 def _absolute_paths(table: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Relative ``weights.path``/``weights.single_file`` are relative to the file that sets them."""
+    """Relative weights paths (``path``, the single files, ``controlnet``) are relative to the file that sets them."""
     weights = table.get("weights")
     if not isinstance(weights, dict):
         return table
     fixed = dict(weights)
-    for key in ("path", "single_file", "controlnet"):
+    for key in ("path", "single_file", "vae_file", "text_encoder_file", "controlnet"):
         if fixed.get(key):
             fixed[key] = str(folder / Path(fixed[key]).expanduser())
     return {**table, "weights": fixed}

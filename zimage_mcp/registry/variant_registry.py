@@ -352,10 +352,12 @@ class Registry:
 
 
 def _located(spec: VariantSpec, status: InstallStatus) -> VariantSpec:
-    """The spec handed to the factory: ``weights.path`` points at the snapshot found in the HF cache."""
-    if status.source != "hf_cache":
+    """The spec handed to the factory: ``weights.path`` points at the folder found (the HF cache snapshot,
+    or for single files the folder that supplies the other parts)."""
+    folder = {"hf_cache": status.location, "single_file": status.folder}.get(status.source)
+    if folder is None:
         return spec
-    return dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, path=status.location))
+    return dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, path=folder))
 
 
 def _never() -> Backend:

@@ -68,7 +68,11 @@ def resolve_model_files(
     vae_file: Path | None = None,
     text_encoder_file: Path | None = None,
 ) -> ModelFiles:
-    """Combine a base diffusers folder with optional single-file overrides."""
+    """Combine a base diffusers folder with optional single-file overrides.
+
+    With overrides the folder needs only what they leave out (always ``tokenizer/``); configs it has
+    are used, the rest is inferred (and the scheduler shift falls back to the default without one).
+    """
     if folder is None:
         if transformer_file is None:
             raise WeightsError("no model given: pass the diffusers model folder")
@@ -76,17 +80,29 @@ def resolve_model_files(
             f"single file {transformer_file} holds only the transformer; the tokenizer, text encoder and VAE "
             "must come from a diffusers folder, and none was given"
         )
-    base = find_diffusers_folder(Path(folder))
+    if not (transformer_file or vae_file or text_encoder_file):
+        return find_diffusers_folder(Path(folder))
     for f in (transformer_file, vae_file, text_encoder_file):
         if f is not None and not Path(f).is_file():
             raise WeightsError(f"missing weights file: {f}")
+    from zimage_mcp.engine.weights.files import DIFFUSERS_WEIGHTS, HF_WEIGHTS, shard_files
+
+    folder = Path(folder)
+
+    def files(given: Path | None, name: str, names: tuple[str, str]) -> tuple[Path, ...]:
+        return (Path(given),) if given else tuple(shard_files(_component(folder, name), *names))
+
+    def config(name: str) -> Path | None:
+        path = folder / name / ("scheduler_config.json" if name == "scheduler" else "config.json")
+        return path if path.is_file() else None
+
     return ModelFiles(
-        transformer=(Path(transformer_file),) if transformer_file else base.transformer,
-        transformer_config=None if transformer_file else base.transformer_config,
-        vae=(Path(vae_file),) if vae_file else base.vae,
-        vae_config=base.vae_config,
-        text_encoder=(Path(text_encoder_file),) if text_encoder_file else base.text_encoder,
-        text_encoder_config=base.text_encoder_config,
-        tokenizer=base.tokenizer,
-        scheduler_config=base.scheduler_config,
+        transformer=files(transformer_file, "transformer", DIFFUSERS_WEIGHTS),
+        transformer_config=None if transformer_file else config("transformer"),
+        vae=files(vae_file, "vae", DIFFUSERS_WEIGHTS),
+        vae_config=config("vae"),
+        text_encoder=files(text_encoder_file, "text_encoder", HF_WEIGHTS),
+        text_encoder_config=config("text_encoder"),
+        tokenizer=_component(folder, "tokenizer"),
+        scheduler_config=config("scheduler"),
     )
