@@ -26,6 +26,56 @@ from mcp.types import (
 )
 
 from zimage_mcp import __version__
+from zimage_mcp.contract import ZImageMCPError
+
+
+class DaemonUnavailable(ZImageMCPError):
+    """The daemon behind ``--attach`` cannot be used; the message says why and what to do."""
+
+
+async def check_daemon(url: str, token: str | None = None, serve_hint: str = "zimage-mcp serve") -> None:
+    """Connect once before serving, so a daemon that is down or refuses the token is one clear error."""
+    try:
+        async with daemon_client(url, token) as client:
+            await client.list_tools()
+    except Exception as exc:
+        raise DaemonUnavailable(describe_daemon_failure(url, exc, serve_hint)) from exc
+
+
+def describe_daemon_failure(url: str, exc: BaseException, serve_hint: str = "zimage-mcp serve") -> str:
+    """One or two lines for a failed connection to the daemon: the cause and the fix."""
+    import httpx
+
+    leaves = list(_leaves(exc))
+    status = next((e.response.status_code for e in leaves if isinstance(e, httpx.HTTPStatusError)), None)
+    if status is None:
+        status = next((401 for e in leaves if "401" in str(e) or "unauthorized" in str(e).lower()), None)
+    if status == 401:
+        return ("the daemon refused the token: set ZIMAGE_MCP_TOKEN to the daemon's token "
+                f"(the one {url} was started with)")
+    if status == 403:
+        return f"the daemon at {url} refused this client (403): check ZIMAGE_MCP_ALLOWED_ORIGINS on the daemon"
+    if any(isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError)) for e in leaves):
+        return (f"no zimage-mcp daemon at {url}: start it with "
+                f"`{serve_hint} --transport http --host 127.0.0.1 --port <port>`, or fix the URL")
+    first = leaves[0] if leaves else exc
+    detail = (str(first).strip().splitlines() or [""])[0][:200]
+    return f"cannot use the zimage-mcp daemon at {url}: {type(first).__name__}: {detail}"
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups and their causes."""
+    found: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+            continue
+        found.append(e)
+        if e.__cause__ is not None and e.__cause__ not in found:
+            todo.append(e.__cause__)
+    return found
 
 
 def daemon_client(url: str, token: str | None = None) -> Client:

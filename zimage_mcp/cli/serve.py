@@ -1,0 +1,78 @@
+"""``zimage-mcp serve``: stdio (what a host launches), the HTTP daemon, or a stdio front ``--attach``ed to it.
+
+stdout belongs to the protocol in stdio mode: the ready line and logs go to stderr (or the log file).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+from zimage_mcp.cli.common import CliError, command_name, protect_stdout, settings_from, setup_logging
+
+if TYPE_CHECKING:
+    import argparse
+
+
+def run_stdio(server: Any, wire: io.BufferedWriter) -> None:
+    """Serve ``server`` (an ``MCPServer`` or a low-level ``Server``) over stdin and ``wire``."""
+    import anyio
+    from mcp.server.stdio import stdio_server
+
+    low = getattr(server, "_lowlevel_server", server)
+
+    async def run() -> None:
+        out = anyio.wrap_file(io.TextIOWrapper(wire, encoding="utf-8", write_through=True))
+        async with stdio_server(stdout=out) as (read, write):
+            await low.run(read, write, low.create_initialization_options())
+
+    anyio.run(run)
+
+
+def ready_line(transport: str, address: str, output_dir: Any, installed: list[str]) -> None:
+    """One line on stderr once the server is built (never stdout: in stdio mode that is the MCP wire)."""
+    variants = ", ".join(installed) if installed else "none (see `list_models`, or `pull turbo`)"
+    print(f"zimage-mcp ready: {transport} {address}; images in {output_dir}; installed: {variants}",
+          file=sys.stderr, flush=True)
+
+
+def _installed(mcp: Any) -> list[str]:
+    registry = mcp.state.registry
+    return [e.spec.id for e in registry.variants() if registry.install_status(e.spec.id).installed]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    wire = protect_stdout() if args.transport == "stdio" or args.attach else None
+    settings = settings_from(args)
+    setup_logging(settings.log_level, settings.log_file)
+    if args.attach:
+        import anyio
+
+        from zimage_mcp.server.attach import build_attach_server, check_daemon
+
+        anyio.run(check_daemon, args.attach, settings.token, command_name() + " serve")
+        assert wire is not None
+        print(f"zimage-mcp ready: stdio, attached to {args.attach}", file=sys.stderr, flush=True)
+        run_stdio(build_attach_server(args.attach, settings.token), wire)
+        return 0
+    from zimage_mcp.server import build_server
+
+    if args.transport == "http":
+        from zimage_mcp.server.http_app import LOCAL_HOSTS, serve_http
+
+        if args.host.strip("[]") not in LOCAL_HOSTS and not settings.token:
+            raise CliError(f"refusing to listen on {args.host} without a token: set ZIMAGE_MCP_TOKEN (clients "
+                           "then send 'Authorization: Bearer <token>') or bind 127.0.0.1", code=2)
+        mcp = build_server(settings)
+        address = f"http://{args.host}:{args.port}/mcp"
+        logging.getLogger(__name__).info("serving on %s", address)
+        ready_line("http", address, settings.output_dir, _installed(mcp))
+        serve_http(mcp, args.host, args.port, settings.log_level)
+    else:
+        assert wire is not None
+        mcp = build_server(settings)
+        ready_line("stdio", "(stdin/stdout)", settings.output_dir, _installed(mcp))
+        run_stdio(mcp, wire)
+    return 0
