@@ -2,12 +2,30 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 # llm's guard: plugins.load_plugins() never autoloads installed entry points under tests.
 sys._called_from_test = True  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def inductor_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite's own torch.compile cache: never the shared ~/.cache or /tmp/torchinductor_<user>, which
+    other runs on this machine write to. Set before any test runs, so before anything compiles; server
+    subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("torchinductor")
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if old is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
 
 
 @pytest.fixture(autouse=True)

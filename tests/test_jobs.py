@@ -29,6 +29,31 @@ def _steps_work(steps: int, delay: float = 0.0):  # type: ignore[no-untyped-def]
     return work
 
 
+def _until(condition, bound: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for a state change; the bound only keeps a broken build from hanging the suite."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "state never reached"
+        time.sleep(0.005)
+
+
+def _wait_for_stop(started: threading.Event | None = None):  # type: ignore[no-untyped-def]
+    """Work that runs until it is told to stop (a cancel or the time-out): it can never finish first."""
+
+    def work(progress, should_stop):  # type: ignore[no-untyped-def]
+        progress("denoising", 0, 1, "step 0")
+        if started is not None:
+            started.set()
+        never, deadline = threading.Event(), time.monotonic() + 20  # a hang guard, not a threshold
+        while not should_stop():
+            if time.monotonic() > deadline:
+                return "never told to stop"
+            never.wait(0.005)
+        raise GenerationCancelled("stopped")
+
+    return work
+
+
 def test_fifo_lock_grants_in_arrival_order() -> None:
     lock = FifoLock()
     assert lock.acquire(lambda _: None, lambda: False)
@@ -45,7 +70,7 @@ def test_fifo_lock_grants_in_arrival_order() -> None:
         t = threading.Thread(target=waiter, args=(n,))
         t.start()
         threads.append(t)
-        time.sleep(0.1)
+        _until(lambda n=n: lock.waiting == n + 1)  # waiter n is in line before waiter n + 1 starts
     lock.release()
     for t in threads:
         t.join(5)
@@ -68,7 +93,7 @@ def test_timeout_stops_the_job_and_frees_the_lock() -> None:
     jobs = JobManager(4, 0.2)
     job = jobs.create("m", 100)
     with pytest.raises(GenerationCancelled):
-        jobs.execute(job, _steps_work(100, 0.02), lambda *_: None)
+        jobs.execute(job, _wait_for_stop(), lambda *_: None)  # only the time-out can end it
     assert job.timed_out and job.state == "cancelled" and not jobs.lock.held
     assert "timed out" in describe_failure(job.error, job.timed_out, 0.2)  # type: ignore[arg-type]
 
@@ -88,8 +113,15 @@ async def test_cancelling_the_caller_stops_the_worker() -> None:
     async def report(v: float, t: float | None, m: str | None) -> None:
         pass
 
-    with anyio.move_on_after(0.2):
-        await jobs.run_inline(job, _steps_work(200, 0.02), report)
+    started = threading.Event()
+    async with anyio.create_task_group() as tg:
+        async def caller() -> None:
+            await jobs.run_inline(job, _wait_for_stop(started), report)
+
+        tg.start_soon(caller)
+        await anyio.to_thread.run_sync(started.wait, 30)
+        assert job.state == "running"
+        tg.cancel_scope.cancel()  # the caller goes away while the worker runs
     assert job.stop.is_set()
     await anyio.to_thread.run_sync(job.finished.wait, 5)
     assert job.state == "cancelled" and not jobs.lock.held
@@ -98,7 +130,8 @@ async def test_cancelling_the_caller_stops_the_worker() -> None:
 def test_background_job_and_cancel() -> None:
     jobs = JobManager(4, 60)
     job = jobs.create("m", 200)
-    jobs.start_background(job, _steps_work(200, 0.02))
-    time.sleep(0.1)
+    started = threading.Event()
+    jobs.start_background(job, _wait_for_stop(started))
+    assert started.wait(30) and job.state == "running"
     jobs.cancel(job.id)
     assert job.finished.wait(5) and job.state == "cancelled" and not jobs.lock.held

@@ -12,7 +12,7 @@ from zimage_mcp.engine import load_pipeline
 
 
 @pytest.mark.slow
-def test_compiled_blocks_compile_once_per_shape_bucket(tiny_dir: Path) -> None:
+def test_compiled_blocks_compile_once_per_shape_bucket(tiny_dir: Path, inductor_cache: Path) -> None:
     pipe = load_pipeline(tiny_dir, device="cpu", dtype=torch.float32)
     stats = torch._dynamo.utils.counters["stats"]
 
@@ -26,6 +26,7 @@ def test_compiled_blocks_compile_once_per_shape_bucket(tiny_dir: Path) -> None:
         torch.testing.assert_close(run("a cat", 256), eager[256], rtol=1e-4, atol=1e-4)
         first = stats["unique_graphs"]
         assert first > 0
+        assert any(inductor_cache.rglob("*.py")), "Inductor wrote outside the suite's own cache folder"
         run("a dog asleep on a mat", 256)  # another caption length, same 32-token bucket
         assert stats["unique_graphs"] == first
         torch.testing.assert_close(run("a cat", 384), eager[384], rtol=1e-4, atol=1e-4)
