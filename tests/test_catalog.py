@@ -24,9 +24,9 @@ def test_shipped_catalogue() -> None:
     assert catalog.problems == ()
     v = by_id(catalog)
     turbo, base, edit = v["z-image-turbo"].spec, v["z-image-base"].spec, v["z-image-edit"].spec
-    assert (turbo.defaults.steps, turbo.defaults.guidance, turbo.defaults.shift) == (8, 0.0, 3.0)
-    assert (base.defaults.steps, base.defaults.guidance, base.defaults.shift) == (50, 4.0, 6.0)
-    assert (edit.defaults.steps, edit.defaults.guidance, edit.defaults.shift) == (50, 4.0, 6.0)
+    assert (turbo.defaults.steps, turbo.defaults.guidance, turbo.defaults.shift) == (8, 0.0, None)
+    assert (base.defaults.steps, base.defaults.guidance, base.defaults.shift) == (50, 4.0, None)
+    assert (edit.defaults.steps, edit.defaults.guidance, edit.defaults.shift) == (50, 4.0, None)
     assert turbo.weights.repo_id == "Tongyi-MAI/Z-Image-Turbo" and base.weights.repo_id == "Tongyi-MAI/Z-Image"
     assert edit.weights.repo_id == "Tongyi-MAI/Z-Image-Edit" and not edit.weights.published
     assert turbo.capabilities.edit_modes() == ("img2img", "inpaint") == base.capabilities.edit_modes()
@@ -61,7 +61,7 @@ def test_user_file_deep_merges_per_variant_table(tmp_path: Path) -> None:
     catalog = load_catalog(user)
     assert catalog.problems == ()
     turbo = by_id(catalog)["z-image-turbo"]
-    assert turbo.spec.defaults.steps == 6 and turbo.spec.defaults.shift == 3.0  # untouched keys kept
+    assert turbo.spec.defaults.steps == 6 and turbo.spec.defaults.guidance == 0.0  # untouched keys kept
     assert turbo.aliases == ("fast",) and turbo.source == str(user)
     assert turbo.spec.weights.path == str(tmp_path / "models" / "turbo")
     assert turbo.spec.weights.repo_id == "Tongyi-MAI/Z-Image-Turbo"
@@ -105,14 +105,42 @@ def test_settings_lora_dir_wins(tmp_path: Path) -> None:
         ("[variants.z-image-turbo.weights]\npath = 3", "[variants.z-image-turbo] weights.path: must be a string, got 3"),
     ],
 )  # fmt: skip
-def test_bad_variant_table_refuses_only_that_variant(tmp_path: Path, toml: str, message: str) -> None:
+def test_bad_user_table_is_named_and_the_builtin_variant_is_kept(tmp_path: Path, toml: str, message: str) -> None:
     user = write(tmp_path / "registry.toml", toml)
     catalog = load_catalog(user)
     assert len(catalog.problems) == 1, catalog.problems
     assert catalog.problems[0].startswith(f"{user}: {message}"), catalog.problems[0]
-    ids = set(by_id(catalog))
-    assert {"z-image-base", "z-image-edit"} <= ids and not ids & {"new", "New_One"}
-    assert ("z-image-turbo" in ids) == ("z-image-turbo" not in toml)
+    assert catalog.problems[0].endswith(("(key ignored)", "the built-in z-image-turbo is kept)", "(variant refused)"))
+    ids = [v.spec.id for v in catalog.variants]
+    assert ids[:3] == ["z-image-turbo", "z-image-base", "z-image-edit"] and len(ids) == 3  # Turbo stays first
+    shipped = by_id(load_catalog())["z-image-turbo"]
+    assert (by_id(catalog)["z-image-turbo"].spec, by_id(catalog)["z-image-turbo"].aliases) == (shipped.spec, ("turbo",))
+
+
+def test_a_typo_drops_only_that_key_and_keeps_the_users_other_values(tmp_path: Path) -> None:
+    user = write(tmp_path / "registry.toml", """
+        [variants.z-image-turbo]
+        titel = "x"
+        [variants.z-image-turbo.defaults]
+        stepz = 4
+        steps = 6
+        """)
+    catalog = load_catalog(user)
+    assert catalog.problems == (
+        f"{user}: [variants.z-image-turbo] titel: unknown key (allowed: plugin, title, kind, description, aliases, "
+        "shares, weights, defaults, limits, capabilities) (key ignored)",
+        f"{user}: [variants.z-image-turbo] defaults.stepz: unknown key (allowed: steps, guidance, shift, width, "
+        "height, strength, cfg_truncation, cfg_normalization, negative_prompt) (key ignored)",
+    )
+    turbo = catalog.variants[0]
+    assert (turbo.spec.id, turbo.spec.title, turbo.spec.defaults.steps) == ("z-image-turbo", "Z-Image-Turbo", 6)
+
+
+def test_shift_is_the_checkpoints_unless_a_user_file_sets_it(tmp_path: Path) -> None:
+    assert all(v.spec.defaults.shift is None for v in load_catalog().variants)
+    user = write(tmp_path / "registry.toml", "[variants.z-image-base.defaults]\nshift = 7\n")
+    shifts = {v.spec.id: v.spec.defaults.shift for v in load_catalog(user).variants}
+    assert shifts == {"z-image-turbo": None, "z-image-base": 7.0, "z-image-edit": None}
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -153,3 +154,25 @@ def _turbo_registry(tmp_path: Path, model_dir: Path) -> Path:
     reg = tmp_path / "turbo.toml"
     reg.write_text(f'[variants.z-image-turbo.weights]\npath = "{model_dir.as_posix()}"\n')
     return reg
+
+
+def test_the_folders_shift_wins_unless_the_users_registry_sets_one(tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    folder_shift = json.loads((tiny_model_dir / "scheduler" / "scheduler_config.json").read_text())["shift"]
+    plain = tmp_path / "plain.toml"
+    plain.write_text(f'[variants.z-image-base.weights]\npath = "{tiny_model_dir.as_posix()}"\n')
+    registry = Registry.from_settings(make_settings(tmp_path, plain, tmp_path))
+    assert registry.resolve("base").spec.defaults.shift is None  # what build_request puts in the request
+    backend = registry.backend("base")
+    try:
+        assert backend.pipe.shift == folder_shift  # not the 6.0 the shipped registry.toml used to force
+    finally:
+        backend.unload()
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text(plain.read_text() + "[variants.z-image-base.defaults]\nshift = 5\n")
+    registry = Registry.from_settings(make_settings(tmp_path, chosen, tmp_path))
+    assert registry.resolve("base").spec.defaults.shift == 5.0
+    backend = registry.backend("base")
+    try:
+        assert backend.pipe.shift == 5.0 != folder_shift
+    finally:
+        backend.unload()

@@ -79,7 +79,8 @@ def _load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) ->
             architecture=architecture,
             device=device,
             dtype=_DTYPES.get(ctx.dtype) if device.type == "cuda" else torch.float32,
-            shift=None,  # the folder's scheduler config decides (the engine falls back to 3.0)
+            # None: the folder's scheduler config decides (3.0 without one); set only by a user's defaults.shift
+            shift=spec.defaults.shift,
             optimize_mode=ctx.optimize,
             fp8=ctx.fp8,
             offload_text_encoder=ctx.offload_text_encoder and architecture == "text_to_image",

@@ -38,7 +38,7 @@ class Defaults:
 
     steps: int
     guidance: float
-    shift: float
+    shift: float | None = None  # None: the checkpoint's own (its scheduler_config.json); set: the registry's
     width: int = 1024
     height: int = 1024
     strength: float = 0.6

@@ -3,8 +3,12 @@
 Every value is checked against the torch-free dataclasses in ``zimage_mcp.contract``; the sub-table keys
 (``defaults``, ``limits``, ``capabilities``, ``weights``) are exactly those dataclasses' field names.
 Each file is checked on its own (so an error names the file that holds the bad value), then the
-variant tables are deep-merged and checked for completeness. A bad variant table refuses that
-variant only; the message goes to ``Catalog.problems`` and the other variants keep working.
+variant tables are deep-merged and checked for completeness. A bad key is named in ``Catalog.problems``
+and ignored on its own; a merge that is inconsistent (steps above max_steps, say) refuses a new
+variant, but a built-in variant is then kept exactly as shipped and the user's table for it is ignored
+(listed too), so a typo never drops Turbo nor silently makes another variant the default.
+``defaults.shift`` is unset in the shipped file: ``None`` means the checkpoint's own scheduler shift,
+and only a registry file that sets it overrides that.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ _AT_LEAST_ONE = {
     "defaults.steps", "defaults.width", "defaults.height", "limits.min_side", "limits.max_side",
     "limits.size_multiple", "limits.min_steps", "limits.max_steps", "limits.max_count",
 }  # fmt: skip
-_REQUIRED = ("plugin", "title", "kind", "defaults.steps", "defaults.guidance", "defaults.shift")
+_REQUIRED = ("plugin", "title", "kind", "defaults.steps", "defaults.guidance")  # no shift: the checkpoint's own
 _TABLES = ("variants", "loras", RUNTIME_TABLE)  # [runtime] is read and checked by settings.py
 # Before one engine plugin registered every built-in variant, each had its own; old user files still work.
 ENGINE_PLUGIN = "zimage_engine"
@@ -65,6 +69,7 @@ class Catalog:
     lora_dir_configured: bool = False  # True when set by ZIMAGE_MCP_LORA_DIR or [loras] dir
     files: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    default_variant: str | None = None  # the built-in file's first variant: the default unless one is chosen
 
     def variants_for(self, plugin: str) -> list[CatalogVariant]:
         """The catalogue variants whose ``plugin`` key names ``plugin``, in file order."""
@@ -118,9 +123,7 @@ def load_catalog(
         elif required:
             raise RegistryError(f"{user_file}: registry file does not exist")
 
-    merged: dict[str, dict[str, Any]] = {}
-    origin: dict[str, str] = {}
-    refused: set[str] = set()
+    tables: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # id -> (file, its table) per file
     toml_lora_dir: Path | None = None
     for label, data, folder in layers:
         for key in data:
@@ -132,22 +135,16 @@ def load_catalog(
             problems.append(f"{label}: variants: must be a table of [variants.<id>] tables")
             continue
         for vid, table in variants.items():
-            errors = _check_table(label, vid, table)
-            if errors:
-                problems.extend(errors)
-                refused.add(vid)
-                continue
-            merged[vid] = _merge(merged.get(vid, {}), _absolute_paths(table, folder))
-            origin[vid] = label
+            kept, errors = _checked_table(label, vid, table)
+            problems.extend(errors)
+            if kept is not None:
+                tables.setdefault(vid, []).append((label, _absolute_paths(kept, folder)))
 
     built: list[CatalogVariant] = []
-    for vid, table in merged.items():
-        if vid in refused:
-            continue
-        try:
-            built.append(_build(vid, table, origin[vid]))
-        except RegistryError as exc:
-            problems.append(str(exc))
+    for vid, layered in tables.items():
+        item = _build_layers(vid, layered, str(builtin), problems)
+        if item is not None:
+            built.append(item)
     configured = lora_dir or toml_lora_dir
     return Catalog(
         variants=tuple(built),
@@ -155,6 +152,7 @@ def load_catalog(
         lora_dir_configured=configured is not None,
         files=tuple(label for label, _, _ in layers),
         problems=tuple(problems),
+        default_variant=next(iter(layers[0][1].get("variants", {})), None),
     )
 
 
@@ -172,39 +170,65 @@ def _lora_dir(label: str, table: Any, folder: Path, problems: list[str]) -> Path
     return None
 
 
-def _check_table(label: str, vid: str, table: Any) -> list[str]:
-    """Unknown keys, wrong types and out-of-range numbers in one file's variant table."""
+def _build_layers(vid: str, layered: list[tuple[str, dict[str, Any]]], builtin: str, problems: list[str]) -> (
+    CatalogVariant | None
+):
+    """Build a variant from its tables, merged file over file. When the merge is inconsistent, a built-in
+    variant is kept exactly as shipped (the user's table for it is ignored, and listed as a problem)."""
+    merged: dict[str, Any] = {}
+    for _, table in layered:
+        merged = _merge(merged, table)
+    try:
+        return _build(vid, merged, layered[-1][0])
+    except RegistryError as exc:
+        if layered[0][0] != builtin or len(layered) == 1:
+            problems.append(f"{exc} (variant refused)")
+            return None
+        ignored = ", ".join(label for label, _ in layered[1:])
+        problems.append(f"{exc} (your [variants.{vid}] table in {ignored} is ignored; the built-in {vid} is kept)")
+        return _build(vid, layered[0][1], builtin)
+
+
+def _checked_table(label: str, vid: str, table: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """One file's variant table without its unknown keys, wrong types and out-of-range numbers, each
+    named as a problem (file, table, key, allowed keys) and ignored on its own."""
     where = f"{label}: [variants.{vid}]"
     if not isinstance(table, dict):
-        return [f"{where}: must be a table, got {_show(table)}"]
+        return None, [f"{where}: must be a table, got {_show(table)} (table ignored)"]
     errors: list[str] = []
+    kept: dict[str, Any] = {}
     for key, value in table.items():
         if key in _TOP_KEYS:
             ok = isinstance(value, str) if _TOP_KEYS[key] == "str" else _is_str_list(value)
             if not ok:
                 kind = "a string" if _TOP_KEYS[key] == "str" else "a list of strings"
-                errors.append(f"{where} {key}: must be {kind}, got {_show(value)}")
+                errors.append(f"{where} {key}: must be {kind}, got {_show(value)} (key ignored)")
+                continue
+            kept[key] = value
         elif key in _SUBTABLES:
-            errors.extend(_check_subtable(where, key, value))
+            if not isinstance(value, dict):
+                errors.append(f"{where} {key}: must be a table, got {_show(value)} (key ignored)")
+                continue
+            kept[key] = _checked_subtable(where, key, value, errors)
         else:
             allowed = ", ".join([*_TOP_KEYS, *_SUBTABLES])
-            errors.append(f"{where} {key}: unknown key (allowed: {allowed})")
-    return errors
+            errors.append(f"{where} {key}: unknown key (allowed: {allowed}) (key ignored)")
+    return kept, errors
 
 
-def _check_subtable(where: str, name: str, table: Any) -> list[str]:
-    if not isinstance(table, dict):
-        return [f"{where} {name}: must be a table, got {_show(table)}"]
+def _checked_subtable(where: str, name: str, table: dict[str, Any], errors: list[str]) -> dict[str, Any]:
     types = {f.name: str(f.type).replace(" | None", "") for f in dataclasses.fields(_SUBTABLES[name])}
-    errors = []
+    kept = {}
     for key, value in table.items():
         if key not in types:
-            errors.append(f"{where} {name}.{key}: unknown key (allowed: {', '.join(types)})")
+            errors.append(f"{where} {name}.{key}: unknown key (allowed: {', '.join(types)}) (key ignored)")
             continue
         problem = _check_value(types[key], value, 1 if f"{name}.{key}" in _AT_LEAST_ONE else 0)
         if problem:
-            errors.append(f"{where} {name}.{key}: {problem}, got {_show(value)}")
-    return errors
+            errors.append(f"{where} {name}.{key}: {problem}, got {_show(value)} (key ignored)")
+            continue
+        kept[key] = value
+    return kept
 
 
 def _check_value(typ: str, value: Any, minimum: int) -> str | None:
@@ -271,7 +295,7 @@ def _instantiate(cls: type, table: dict[str, Any]) -> Any:
             value = table[f.name]
             if str(f.type).startswith("str | None") and value == "":
                 value = None  # TOML has no null: "" means unset
-            values[f.name] = float(value) if f.type == "float" else value
+            values[f.name] = float(value) if str(f.type).startswith("float") else value
     return cls(**values)
 
 

@@ -329,7 +329,20 @@ class Registry:
             except UnknownVariantError as exc:
                 if allow_lora:
                     self._problems.append(f"ZIMAGE_MCP_DEFAULT_MODEL: {exc}")
-        return next((e.spec.id for e in self._entries.values() if e.spec.kind != "lora"), "")
+        picked = next((e.spec.id for e in self._entries.values() if e.spec.kind != "lora"), "")
+        intended = self.catalog.default_variant
+        if allow_lora and not wanted and picked and intended and picked != intended and not self._excluded(intended):
+            # never change the default silently
+            self._problems.append(
+                f"the default model is {picked or 'none'!r}, not {intended!r}: {intended} is not registered "
+                "(see the problems above); set ZIMAGE_MCP_DEFAULT_MODEL to choose one"
+            )
+        return picked
+
+    def _excluded(self, vid: str) -> bool:
+        """Whether the plugin of catalogue variant ``vid`` was left out on purpose (blocked or not selected)."""
+        plugin = next((v.plugin for v in self.catalog.variants if v.spec.id == vid), None)
+        return plugin is None or self.plugin_manager.is_blocked(plugin) or self.settings.load_plugins is not None
 
     def _base_id(self, name: str) -> str | None:
         vid = self._aliases.get(name.lower(), name.lower())
