@@ -16,10 +16,11 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from mcp import MCPError
 from mcp.server import MCPServer
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.types import CallToolResult, InputRequiredResult
+from mcp.types import INVALID_PARAMS, CallToolResult, InputRequiredResult
 from pydantic import ValidationError
 
 from zimage_mcp import __version__
@@ -27,8 +28,10 @@ from zimage_mcp.registry import Registry, Settings
 from zimage_mcp.server.app_state import AppState
 from zimage_mcp.server.jobs import JobManager
 from zimage_mcp.server.preload import preload_variants
+from zimage_mcp.server.prompts import register_prompts
 from zimage_mcp.server.tool_models import describe_models
 from zimage_mcp.server.tools import ImageTools, register_tools, request_id_var
+from zimage_mcp.server.wording import describe_validation, did_you_mean, quote, unknown_arguments
 from zimage_mcp.store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -62,13 +65,20 @@ class ZImageServer(MCPServer):
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         tool = name if name in TOOL_NAMES else "unknown"
         try:
-            result = await super().call_tool(name, arguments, context)
+            schema = self._checked_schema(name, arguments or {})
+            try:
+                result = await super().call_tool(name, arguments, context)
+            except ToolError as exc:
+                if isinstance(exc.__cause__, ValidationError):
+                    raise ToolError(describe_validation(name, exc.__cause__, schema)) from exc.__cause__
+                raise
         except anyio.get_cancelled_exc_class():
             self.state.metrics.record_call(tool, "cancelled")
             raise
         except ToolError as exc:
-            if isinstance(exc.__cause__, ValidationError):
-                self.state.metrics.record_failure(tool, str(arguments.get("model") or "default")[:64], "arguments")
+            if isinstance(exc.__cause__, ValidationError) or getattr(exc, "bad_names", False):
+                self.state.metrics.record_failure(tool, str((arguments or {}).get("model") or "default")[:64],
+                                                  "arguments")
             self.state.metrics.record_call(tool, "error")
             raise
         except BaseException:
@@ -77,6 +87,39 @@ class ZImageServer(MCPServer):
         is_error = isinstance(result, CallToolResult) and result.is_error
         self.state.metrics.record_call(tool, "error" if is_error else "ok")
         return result
+
+    def _checked_schema(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The tool's input schema, after refusing an unknown tool (JSON-RPC -32602) or unknown argument names."""
+        found = self._tool_manager.get_tool(name)
+        if found is None:
+            names = ", ".join(sorted(t.name for t in self._tool_manager.list_tools()))
+            hint = did_you_mean(name, TOOL_NAMES)
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown tool {quote(name, 80)}{hint}; tools: {names}")
+        valid = list(found.parameters.get("properties", {}))
+        unknown = [key for key in arguments if key not in valid]
+        if unknown:
+            error = ToolError(unknown_arguments(name, unknown, valid))
+            error.bad_names = True  # type: ignore[attr-defined]
+            raise error
+        return found.parameters
+
+    async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
+        """An unknown prompt name or bad prompt arguments answer JSON-RPC -32602 (no traceback in the log)."""
+        found = self._prompt_manager.get_prompt(name)
+        if found is None:
+            names = ", ".join(p.name for p in self._prompt_manager.list_prompts())
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt {quote(name, 80)}"
+                           f"{did_you_mean(name, [p.name for p in self._prompt_manager.list_prompts()])}; "
+                           f"prompts: {names}")
+        valid = [a.name for a in found.arguments or []]
+        unknown = [key for key in arguments or {} if key not in valid]
+        missing = [a.name for a in found.arguments or [] if a.required and a.name not in (arguments or {})]
+        if unknown or missing:
+            problems = [f"missing {', '.join(missing)}"] if missing else []
+            problems += [f"unknown {quote(k, 60)}{did_you_mean(k, valid)}" for k in unknown]
+            raise MCPError(code=INVALID_PARAMS, message=f"prompt {name}: {'; '.join(problems)}; "
+                           f"arguments: {', '.join(valid) or 'none'}")
+        return await super().get_prompt(name, arguments, context)
 
     async def read_resource(
         self, uri: Any, context: Any = None
@@ -169,6 +212,7 @@ def build_server(settings: Settings, registry: Registry | None = None) -> ZImage
     mcp.state = state
     register_tools(mcp, ImageTools(state))
     _register_resources(mcp, state)
+    register_prompts(mcp)
     return mcp
 
 

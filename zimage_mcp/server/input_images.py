@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from zimage_mcp.contract import InvalidRequestError
 from zimage_mcp.contract.rules import MASK_ASPECT_TOLERANCE, same_aspect
+from zimage_mcp.server.wording import quote
 from zimage_mcp.store import ID_PATTERN, ImageStore
 
 MAX_PIXELS = 64 * 1024 * 1024
@@ -49,10 +50,10 @@ def resolve_path(ref: str, field: str, store: ImageStore, input_dirs: tuple[Path
     if ID_PATTERN.match(image_id):
         found = store.get(image_id)
         if found is None:
-            raise InvalidRequestError(field, f"no image with id '{image_id}' in the output store")
+            raise InvalidRequestError(field, f"no image with id {quote(image_id)} in the output store")
         return found.path
     if ref.startswith(IMAGE_URI_PREFIX):
-        raise InvalidRequestError(field, f"'{ref}' is not a valid image URI (expected zimage://images/<12 hex>)")
+        raise InvalidRequestError(field, f"{quote(ref)} is not a valid image URI (expected zimage://images/<12 hex>)")
     if ref.startswith("file://"):
         parsed = urlparse(ref)
         if parsed.netloc not in ("", "localhost"):
@@ -64,15 +65,15 @@ def resolve_path(ref: str, field: str, store: ImageStore, input_dirs: tuple[Path
         )
     raw = Path(ref)
     if not raw.is_absolute():
-        raise InvalidRequestError(field, f"path '{ref}' must be absolute (allowed folders: {allowed})")
+        raise InvalidRequestError(field, f"path {quote(ref)} must be absolute (allowed folders: {allowed})")
     try:
         path = raw.resolve(strict=True)
     except (OSError, RuntimeError):
-        raise InvalidRequestError(field, f"file '{ref}' does not exist") from None
+        raise InvalidRequestError(field, f"file {quote(ref)} does not exist") from None
     if not any(path.is_relative_to(root) for root in _allowed_roots(store, input_dirs)):
-        raise InvalidRequestError(field, f"'{ref}' is outside the allowed folders ({allowed})")
+        raise InvalidRequestError(field, f"{quote(ref)} is outside the allowed folders ({allowed})")
     if not path.is_file():
-        raise InvalidRequestError(field, f"'{ref}' is not a file")
+        raise InvalidRequestError(field, f"{quote(ref)} is not a file")
     return path
 
 
@@ -88,9 +89,10 @@ def open_image(path: Path, field: str) -> Image.Image:
                 img.load()
                 return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequestError(field, f"'{path}' is too large (more than {MAX_PIXELS // 2**20} MP)") from None
+        limit = MAX_PIXELS // 2**20
+        raise InvalidRequestError(field, f"{quote(str(path))} is too large (more than {limit} MP)") from None
     except (UnidentifiedImageError, SyntaxError, OSError, ValueError):
-        raise InvalidRequestError(field, f"'{path}' is not a readable image file") from None
+        raise InvalidRequestError(field, f"{quote(str(path))} is not a readable image file") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -44,13 +44,25 @@ MAX_PROMPT_CHARS = 4000
 KEPT_CONTROLS = frozenset("\n\t")
 
 
-def clean_prompt(text: str) -> str:
-    """Remove control characters (except newline and tab) and lone surrogates; keep every script.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 
-    CJK, emoji and other printable text pass through unchanged. The length limit
+
+def clean_prompt(text: str, field: str = "prompt", *, required: bool = True) -> str:
+    """The one definition of a clean prompt: control characters (except newline and tab) and lone
+    surrogates removed; every script, emoji and joiner kept.
+
+    A text made only of invisible characters (whitespace, zero-width spaces and joiners U+200B-U+200D,
+    U+2060, U+FEFF, bidi controls and other format/control/separator characters) counts as empty:
+    ``required`` refuses it naming ``field``, otherwise it becomes ``""``. The length limit
     (``MAX_PROMPT_CHARS``) is enforced by the tool schema and again in ``build_request``.
     """
-    return "".join(c for c in text if c in KEPT_CONTROLS or unicodedata.category(c) not in ("Cc", "Cs"))
+    kept = "".join(c for c in text if c in KEPT_CONTROLS or unicodedata.category(c) not in ("Cc", "Cs"))
+    if any(not c.isspace() and unicodedata.category(c) not in INVISIBLE_CATEGORIES for c in kept):
+        return kept
+    if required:
+        raise InvalidRequestError(field, f"must not be empty (1-{MAX_PROMPT_CHARS} characters); it holds only "
+                                  "invisible, whitespace or control characters")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -121,13 +133,11 @@ def build_request(
     limits, defaults = spec.limits, spec.defaults
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidRequestError("prompt", f"{len(prompt)} characters; use 1-{MAX_PROMPT_CHARS} (not truncated)")
-    prompt = clean_prompt(prompt)
-    if not prompt.strip():
-        raise InvalidRequestError("prompt", "must not be empty (1-4000 characters after removing control characters)")
+    prompt = clean_prompt(prompt, "prompt")
     if negative_prompt is not None:
         if len(negative_prompt) > MAX_PROMPT_CHARS:
             raise InvalidRequestError("negative_prompt", f"{len(negative_prompt)} characters; use 0-{MAX_PROMPT_CHARS}")
-        negative_prompt = clean_prompt(negative_prompt)
+        negative_prompt = clean_prompt(negative_prompt, "negative_prompt", required=False)
     if edit is None and not spec.capabilities.generate:
         modes = ", ".join(spec.capabilities.edit_modes())
         raise InvalidRequestError("model", f"variant '{spec.id}' only edits images ({modes}); use edit_image")
@@ -212,7 +222,8 @@ def _entry_and_loras(
     return entry, backend_id, resolve_loras(registry, entry.spec.id, choices, base_lora)
 
 
-def _params(prepared_request: GenerationRequest, variant_id: str, choices: Sequence[LoraChoice]) -> dict[str, Any]:
+def _params(prepared_request: GenerationRequest, variant_id: str) -> dict[str, Any]:
+    """The parameters recorded with the result; ``loras`` lists every adapter applied (a ``lora:x`` model's too)."""
     r = prepared_request
     return {
         "model": variant_id,
@@ -224,7 +235,7 @@ def _params(prepared_request: GenerationRequest, variant_id: str, choices: Seque
         "guidance": r.guidance,
         "seed": r.seed,
         "count": r.count,
-        "loras": [{"name": c.name, "scale": c.scale} for c in choices],
+        "loras": [{"name": ref.name, "scale": ref.scale} for ref in r.loras],
     }
 
 
@@ -256,7 +267,7 @@ def prepare_generate(
         count=count,
         loras=refs,
     )
-    return Prepared(entry.spec.id, backend_id, request, _params(request, entry.spec.id, loras))
+    return Prepared(entry.spec.id, backend_id, request, _params(request, entry.spec.id))
 
 
 def pick_edit_variant(registry: Registry, model: str | None, wanted: EditMode) -> str | None:
@@ -270,6 +281,22 @@ def pick_edit_variant(registry: Registry, model: str | None, wanted: EditMode) -
     installed = [e for e in able if registry.install_status(e.spec.id).installed]
     choice = (installed or able or [default])[0]
     return choice.spec.id
+
+
+def _refuse_unused_for_reference(
+    spec: VariantSpec, *, mask: str | None, strength: float | None, control: ControlInput | None
+) -> None:
+    """A reference (instruction) edit has no mask, strength or control: refuse them rather than ignore them."""
+    pairs = (("mask", mask), ("strength", strength), ("control", control))
+    given = [name for name, value in pairs if value is not None]
+    if not given:
+        return
+    modes = ", ".join(spec.capabilities.edit_modes()) or "none"
+    why = (f"variant '{spec.id}' edits by instruction (edit modes: {modes})" if spec.kind == "edit"
+           else "reference_images make this a reference edit")
+    raise InvalidRequestError(given[0], f"{why}, which ignores {' and '.join(given)}. It takes image, prompt (the "
+                              "instruction), reference_images, seed, steps, guidance and loras; drop "
+                              f"{' and '.join(given)}, or choose a variant with img2img/inpaint (see list_models)")
 
 
 def prepare_edit(
@@ -295,6 +322,8 @@ def prepare_edit(
     mode = route_edit_mode(
         entry.spec, has_reference=bool(reference_images), has_control=control is not None, has_mask=mask is not None
     )
+    if mode == "reference":
+        _refuse_unused_for_reference(entry.spec, mask=mask, strength=strength, control=control)
     source = load_input(image, "image", store, input_dirs)
     hint = None
     if control is not None:
@@ -325,7 +354,7 @@ def prepare_edit(
         loras=refs,
         edit=edit,
     )
-    params = _params(request, entry.spec.id, loras)
+    params = _params(request, entry.spec.id)
     params.update(
         mode=mode,
         strength=request.strength,

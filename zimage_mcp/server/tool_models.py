@@ -46,7 +46,8 @@ Format = Annotated[OutputFormat, Field(description="File format saved to disk")]
 PreviewArg = Annotated[PreviewMode, Field(description="Inline preview: none, thumbnail (512 px) or full")]
 Wait = Annotated[bool, Field(strict=True,
                               description="false: return a job_id at once and poll get_job (for ~60 s hosts)")]
-Size = Annotated[int | None, Field(strict=True, description="Multiple of 16 within the variant's limits")]
+Size = Annotated[int | None, Field(strict=True, description="A multiple of 16 within the variant's limits, "
+                                                           "typically 256 to 2048")]
 Count = Annotated[int, Field(strict=True, ge=1, le=4, description="Images to make (1-4), seeds seed, seed+1, ...")]
 Strength = Annotated[float | None, Field(strict=True, gt=0, le=1, allow_inf_nan=False,
                                          description="img2img/inpaint: how much changes")]
@@ -98,6 +99,9 @@ class ImageResult(BaseModel):
     message: str = ""
     notes: list[str] = Field(default_factory=list)
     error: str | None = None
+    cancel: Literal["cancelled", "already finished", "stopping"] | None = Field(
+        None, description="cancel_job only: cancelled (stopped, nothing more will come), already finished "
+        "(the job ended first; its result is here) or stopping (stops at the next step, saves nothing)")
     queue_ticket: int = Field(0, description="arrival order at the GPU queue (FIFO)")
     submitted_at: float | None = Field(None, description="when the job was queued (Unix time)")
     started_at: float | None = Field(None, description="when the job got the GPU (Unix time)")

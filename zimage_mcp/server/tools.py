@@ -47,6 +47,7 @@ from zimage_mcp.server.tool_models import (
     WaitSeconds,
     describe_models,
 )
+from zimage_mcp.server.wording import quote
 
 if TYPE_CHECKING:
     from mcp.server import MCPServer
@@ -215,14 +216,30 @@ class ImageTools:
         self, ctx: Context,
         job_id: Annotated[str, Field(max_length=64, description="job_id of a wait=false call")],
     ) -> Annotated[CallToolResult, ImageResult]:
-        """Cancel a queued or running wait=false job; the engine stops within one step."""
+        """Cancel a queued or running wait=false job; the engine stops within one step.
+
+        The answer is final: 'cancelled' (stopped, no image, nothing more will come) or 'already
+        finished' (the job ended first: its result or error is returned). No need to poll get_job."""
         self._bind(ctx)
-        job = self._job(job_id)
+        job = self._job(job_id, "nothing to cancel")
+        if job.finished.is_set():
+            return self._finished_before_cancel(job)
         self.state.jobs.cancel(job_id)
         with anyio.move_on_after(10):
             while not job.finished.is_set():
                 await anyio.sleep(0.05)
-        return self._job_result(job)
+        if job.state in ("done", "failed"):  # it finished on its own before the stop took effect
+            return self._finished_before_cancel(job)
+        return self._job_result(job, cancel="cancelled" if job.finished.is_set() else "stopping")
+
+    def _finished_before_cancel(self, job: Job) -> CallToolResult:
+        note = f"job {job.id} had already finished ({job.state}) before cancel_job; nothing was cancelled"
+        try:
+            result = self._job_result(job, cancel="already finished")
+        except ToolError as exc:
+            raise ToolError(f"{note}. It failed: {exc}. Nothing more will come.") from None
+        result.content.insert(0, TextContent(type="text", text=f"{note}. Its result follows; nothing more will come."))
+        return result
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -232,11 +249,11 @@ class ImageTools:
         except Exception:
             request_id_var.set("-")
 
-    def _job(self, job_id: str) -> Job:
+    def _job(self, job_id: str, consequence: str = "") -> Job:
         job = self.state.jobs.get(job_id)
         if job is None:
-            shown = job_id if job_id.isalnum() else repr(job_id)
-            raise ToolError(f"job_id: no job '{shown}' (a 12-hex job_id from a wait=false call; "
+            tail = f"; {consequence}" if consequence else ""
+            raise ToolError(f"job_id: no job {quote(job_id, 80)}{tail} (a 12-hex job_id from a wait=false call; "
                             "jobs live in memory until the server restarts)")
         return job
 
@@ -276,7 +293,7 @@ class ImageTools:
             pass  # recorded on the job; _job_result maps it
         return self._job_result(job)
 
-    def _job_result(self, job: Job) -> CallToolResult:
+    def _job_result(self, job: Job, cancel: str | None = None) -> CallToolResult:
         tool, prepared, fmt, preview = job.context
         queue = job.queue_info()
         if job.state == "failed" or (job.state == "cancelled" and job.timed_out):
@@ -289,14 +306,21 @@ class ImageTools:
             raise ToolError(describe_failure(exc, job.timed_out, self.state.settings.job_timeout_seconds))
         if job.state != "done":
             status = ImageResult(status=job.state, job_id=job.id, progress=job.progress, total=job.total,
-                                 message=job.message, output_format=fmt, **queue, **prepared.params)
-            text = f"job {job.id}: {job.state} ({job.message}); poll get_job(job_id='{job.id}', wait_seconds=50)"
+                                 message=job.message, output_format=fmt, cancel=cancel, **queue, **prepared.params)
+            if job.state == "cancelled":
+                text = f"job {job.id}: cancelled; it stopped, no image was saved and nothing more will come"
+            elif cancel == "stopping":
+                text = (f"job {job.id}: cancel requested; it stops at the next engine step, saves nothing, "
+                        "and nothing more will come")
+            else:
+                text = f"job {job.id}: {job.state} ({job.message}); poll get_job(job_id='{job.id}', wait_seconds=50)"
             return CallToolResult(content=[TextContent(type="text", text=text)],
                                   structured_content=status.model_dump(mode="json"))
         outcome: Outcome = job.result
         timings = {**outcome.result.timings, "queue_wait": round(queue["queue_wait_seconds"] or 0.0, 4)}
         result = outcome.result.model_copy(update={"job_id": job.id, "progress": job.progress, "total": job.total,
-                                                   "message": job.message, "timings": timings, **queue})
+                                                   "message": job.message, "timings": timings, "cancel": cancel,
+                                                   **queue})
         data = result.model_dump(mode="json")
         content = build_content(outcome.summary, data, outcome.images, preview, self.state.settings.preview_max_bytes)
         return CallToolResult(content=content, structured_content=data)
@@ -326,3 +350,5 @@ def register_tools(mcp: MCPServer, tools: ImageTools) -> None:
         description = f"{inspect.cleandoc(fn.__doc__ or '')}\n\n{note}".strip()
         mcp.add_tool(fn, title=title, description=description,
                      annotations=hints.model_copy(update={"title": title}))
+        # Unknown argument names are refused (ZImageServer.call_tool checks them first); say so in the schema.
+        mcp._tool_manager.get_tool(fn.__name__).parameters["additionalProperties"] = False
