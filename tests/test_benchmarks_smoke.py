@@ -65,3 +65,25 @@ def test_profile_engine_tiny_compares_static_and_dynamic_shapes() -> None:
     # static: one graph set per size; dynamic: one for all sizes (a new size is not a compile)
     assert shapes["static_graphs"] > shapes["dynamic_no_rope_kernel_graphs"] > 0
     assert all(shapes[f"static_{s}"]["ms"] > 0 for s in ("256x256", "384x384", "256x384"))
+
+
+@pytest.mark.slow
+def test_bench_server_tiny_measures_the_real_server(tmp_path: Path) -> None:
+    out = tmp_path / "server.json"
+    rows = _run("bench_server.py", "--sections", "latency", "engine", "throughput", "--runs", "1", "--warmup", "1",
+                "--images", "4", "--weights", str(tmp_path / "weights"), "--workdir", str(tmp_path / "run"),
+                "--json", str(out))
+    data = json.loads(out.read_text())
+    assert {"setup", "server_start", "latency", "throughput", "engine", "ratios", "durations_s"} <= set(data)
+    assert (tmp_path / "weights" / "model_index.json").is_file()  # diffusers' save_pretrained layout
+    latency = data["latency"]
+    assert {(r["output_format"], r["preview"]) for r in latency} == {
+        (f, p) for f in ("png", "webp", "jpeg") for p in ("thumbnail", "none")}
+    assert all(r["runs"] == 1 and r["client_ms"] > 0 and r["server_timings_ms"]["total"] > 0 for r in latency)
+    assert all(r["preview_b64_bytes"] > 0 for r in latency if r["preview"] == "thumbnail")
+    t = data["throughput"]
+    assert t["images"] == 4 and t["concurrency"] == 4 and t["images_per_s"] > 0
+    (engine,) = data["engine"]["rows"]
+    assert engine["engine_ms"] > 0 and engine["runs"] == 1
+    assert len(data["ratios"]) == len(latency) and all(r["client_over_engine"] > 0 for r in data["ratios"])
+    assert sum(1 for r in rows if r.get("section") == "latency") == len(latency)  # one JSON line per measurement
