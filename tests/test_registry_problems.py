@@ -34,3 +34,46 @@ def test_a_changed_default_is_a_listed_problem(tmp_path: Path) -> None:
     registry = Registry.from_settings(_settings(tmp_path, '[variants.z-image-turbo]\nplugin = "not_installed"\n'))
     assert registry.default_variant == "z-image-base"
     assert any(p.startswith("the default model is 'z-image-base', not 'z-image-turbo'") for p in registry.problems())
+
+
+@pytest.fixture
+def bad_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution with three broken plugins (a misspelled hook, an import error, a raising hook) and a good one."""
+    site = tmp_path / "site"
+    info = site / "bad_zimage_plugins-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-zimage-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[zimage_mcp]\ntypo = bad_zimage_typo\nbroken = bad_zimage_broken\nraiser = bad_zimage_raiser\n"
+        "good = bad_zimage_good\n"
+    )
+    hook = "from zimage_mcp import hookimpl\n\n@hookimpl\ndef "
+    (site / "bad_zimage_typo.py").write_text(hook + "zimage_register_variant(register):\n    pass\n")
+    (site / "bad_zimage_broken.py").write_text("raise ImportError('needs torchvision')\n")
+    (site / "bad_zimage_raiser.py").write_text(
+        hook + "zimage_register_loras(register):\n    raise RuntimeError('cannot read my folder')\n"
+    )
+    (site / "bad_zimage_good.py").write_text(
+        hook + "zimage_register_loras(register):\n    register('good', '/loras/good.safetensors', base='turbo')\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+
+
+def test_broken_entry_point_plugins_do_not_stop_the_start(tmp_path: Path, bad_dist: None) -> None:
+    from zimage_mcp.registry.plugin_manager import describe_plugins, plugin_manager_from_settings
+
+    settings = _settings(tmp_path)
+    pm = plugin_manager_from_settings(settings, entrypoints=True)
+    registry = Registry.from_settings(settings, pm)
+    assert [e.spec.id for e in registry.variants()] == ["z-image-turbo", "z-image-base", "z-image-edit", "lora:good"]
+    rows = {row["name"]: row for row in describe_plugins(pm)}
+    assert rows["good"]["status"] == "ok"
+    assert (rows["typo"]["status"], rows["typo"]["distribution"]) == ("failed", "bad-zimage-plugins")
+    assert rows["typo"]["error"] == "unknown hook 'zimage_register_variant' (did you mean zimage_register_variants?)"
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["error"] == "ImportError: needs torchvision"
+    assert rows["raiser"]["status"] == "failed" and "RuntimeError: cannot read my folder" in rows["raiser"]["error"]
+    assert pm.get_plugin("typo") is None and pm.get_plugin("raiser") is None
+    problems = "\n".join(registry.problems())
+    assert "plugin 'typo' failed: unknown hook 'zimage_register_variant' (did you mean" in problems
+    assert "plugin 'broken' failed: ImportError: needs torchvision; it is not loaded" in problems
+    assert "plugin 'raiser' failed in zimage_register_loras: RuntimeError: cannot read my folder" in problems

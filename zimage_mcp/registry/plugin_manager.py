@@ -9,6 +9,7 @@ Tests never autoload entry points: ``sys._called_from_test`` (set in ``tests/con
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import logging
@@ -21,7 +22,6 @@ from typing import Any
 import pluggy
 
 from zimage_mcp import __version__
-from zimage_mcp.contract import RegistryError
 from zimage_mcp.registry import hookspecs
 from zimage_mcp.registry.settings import Settings
 
@@ -66,8 +66,8 @@ def load_plugins(
 
     ``load``: only these plugin or distribution names (``None``: all; empty: none). ``block``: names
     never registered. ``entrypoints``: scan the ``zimage_mcp`` entry-point group (``None``: yes,
-    unless ``sys._called_from_test`` is set). A plugin that fails to import is recorded as failed;
-    a hookimpl that matches no hookspec (a misspelled hook) raises ``RegistryError``.
+    unless ``sys._called_from_test`` is set). A plugin that fails to import, or has a hookimpl that
+    matches no hookspec (a misspelled hook), is recorded as failed and left out; the others load.
     """
     pm = PluginManager()
     wanted = None if load is None else {_normalize(n) for n in load}
@@ -93,6 +93,12 @@ def load_plugins(
 def plugin_manager_from_settings(settings: Settings, *, entrypoints: bool | None = None) -> PluginManager:
     """``load_plugins`` driven by ``settings.load_plugins`` and ``settings.block_plugins``."""
     return load_plugins(settings.load_plugins, settings.block_plugins, entrypoints=entrypoints)
+
+
+def load_failures(pm: pluggy.PluginManager) -> list[str]:
+    """One sentence per plugin recorded as failed so far (import errors, misspelled hooks)."""
+    records: dict[str, PluginRecord] = getattr(pm, "records", {})
+    return [f"plugin {r.name!r} failed: {r.error}; it is not loaded" for r in records.values() if r.status == "failed"]
 
 
 def record_failure(pm: pluggy.PluginManager, name: str, error: str) -> None:
@@ -153,16 +159,30 @@ def _register(pm: PluginManager, name: str, load: Any) -> None:
         record_failure(pm, name, f"{type(exc).__name__}: {exc}")
 
 
-def check_pending(pm: pluggy.PluginManager) -> None:
-    """``pm.check_pending()``, re-raised as ``RegistryError`` naming the plugin with the misspelled hook."""
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) or repr(exc.plugin)
-        raise RegistryError(
-            f"plugin {name!r}: {exc} (hook names start with 'zimage_'; see zimage_mcp.registry.hookspecs). "
-            f"Block it with ZIMAGE_MCP_BLOCK_PLUGINS={name}"
-        ) from exc
+def check_pending(pm: pluggy.PluginManager) -> list[str]:
+    """Unregister every plugin with a hookimpl that matches no hookspec (a misspelled hook), record it
+    as failed, and return one problem sentence per plugin; the other plugins go on."""
+    problems: list[str] = []
+    callers = {name: getattr(pm.hook, name) for name in dir(pm.hook) if not name.startswith("_")}
+    callers = {name: c for name, c in callers.items() if isinstance(c, pluggy.HookCaller)}
+    known = sorted(name for name, c in callers.items() if c.spec is not None)
+    for hook_name, caller in callers.items():
+        if caller.spec is not None:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook or pm.get_plugin(impl.plugin_name) is None:
+                continue
+            close = difflib.get_close_matches(hook_name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known hooks: {', '.join(known)})"
+            error = f"unknown hook {hook_name!r}{hint}"
+            log.error("plugin %s: %s; it is not loaded", impl.plugin_name, error)
+            record_failure(pm, impl.plugin_name, error)
+            problems.append(
+                f"plugin {impl.plugin_name!r} failed: {error}; it is not loaded "
+                f"(ZIMAGE_MCP_BLOCK_PLUGINS={impl.plugin_name} silences this)"
+            )
+            pm.unregister(name=impl.plugin_name)
+    return problems
 
 
 def _normalize(name: str) -> str:

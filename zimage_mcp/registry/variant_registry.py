@@ -33,7 +33,12 @@ from zimage_mcp.registry.backend_cache import BackendCache
 from zimage_mcp.registry.catalog import Catalog, catalog_from_settings
 from zimage_mcp.registry.hub_cache import hub_cache_dir
 from zimage_mcp.registry.install_status import InstallStatus, find_weights, weights_bytes
-from zimage_mcp.registry.plugin_manager import check_pending, plugin_manager_from_settings, record_failure
+from zimage_mcp.registry.plugin_manager import (
+    check_pending,
+    load_failures,
+    plugin_manager_from_settings,
+    record_failure,
+)
 from zimage_mcp.registry.registration_checks import checked_lora, checked_variant
 from zimage_mcp.registry.settings import Settings, default_compile_cache_dir
 
@@ -88,7 +93,8 @@ class Registry:
         self._hub_dir = hub_cache_dir(settings.hf_home, settings.hf_hub_cache)
         if not hasattr(pm.hook, "zimage_register_variants"):
             pm.add_hookspecs(hookspecs)
-        check_pending(pm)
+        pending = check_pending(pm)  # misspelled hooks: that plugin is left out, the others go on
+        self._problems += load_failures(pm) if hasattr(pm, "records") else pending
         self._register_variants()
         self._register_loras()
         self._report_unregistered_catalog_variants()
@@ -226,6 +232,8 @@ class Registry:
                 log.error("plugin %s raised in %s: %s", impl.plugin_name, hook_name, error, exc_info=True)
                 self._problems.append(f"plugin {impl.plugin_name!r} failed in {hook_name}: {error}")
                 record_failure(self.plugin_manager, impl.plugin_name, error)
+                if self.plugin_manager.get_plugin(impl.plugin_name) is not None:  # its later hooks do not run
+                    self.plugin_manager.unregister(name=impl.plugin_name)
                 continue
             yield impl.plugin_name, pending
 
