@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zimage_mcp.cli.common import CliError, command_name, settings_from
+from zimage_mcp.cli.common import CliError, command_name, settings_from, setup_logging
 
 if TYPE_CHECKING:
     import argparse
@@ -164,6 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir).expanduser().resolve() if args.out_dir else folder / "images"
     settings = Settings.from_env(registry_file=registry, output_dir=out_dir, device=args.device,
                                  log_level=args.log_level)
+    setup_logging(args.log_level or "WARNING", settings.log_file, errors_reported=True)
     outcome = generate(settings, prompt="a red fox in snow", seed=1)
     stored = outcome.images[0][0]
     me = command_name()

@@ -45,13 +45,19 @@ def command_name() -> str:
     return f"{sys.executable} -m zimage_mcp"
 
 
-def setup_logging(level: str, log_file: Path | None) -> None:
-    """Logs go to stderr or the log file, never stdout; each line carries the MCP request id."""
+def setup_logging(level: str, log_file: Path | None, errors_reported: bool = False) -> None:
+    """Logs go to stderr or the log file, never stdout; each line carries the MCP request id.
+
+    ``errors_reported``: a direct command reports its failure itself in a line or two, so logged
+    exceptions (with their tracebacks) are dropped unless the level is DEBUG.
+    """
     from zimage_mcp.server import RequestIdFilter
 
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(RequestIdFilter())
+    if errors_reported and level.upper() != "DEBUG":
+        handler.addFilter(lambda record: not record.exc_info)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

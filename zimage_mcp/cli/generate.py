@@ -108,7 +108,7 @@ def generate(settings: Settings, *, prompt: str, model: str | None = None, negat
 
 def cmd_generate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    setup_logging(args.log_level or "WARNING", settings.log_file)
+    setup_logging(args.log_level or "WARNING", settings.log_file, errors_reported=True)
     loras = [parse_lora(text) for text in args.lora]
     outcome = generate(settings, prompt=args.prompt, model=args.model, negative_prompt=args.negative_prompt,
                        width=args.width, height=args.height, steps=args.steps, guidance=args.guidance,

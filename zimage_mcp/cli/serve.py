@@ -52,6 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from zimage_mcp.server.attach import build_attach_server, check_daemon
 
+        for noisy in ("httpx", "httpx2"):  # a line per HTTP request at INFO
+            logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
         anyio.run(check_daemon, args.attach, settings.token, command_name() + " serve")
         assert wire is not None
         print(f"zimage-mcp ready: stdio, attached to {args.attach}", file=sys.stderr, flush=True)

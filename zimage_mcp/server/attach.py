@@ -35,27 +35,37 @@ class DaemonUnavailable(ZImageMCPError):
 
 async def check_daemon(url: str, token: str | None = None, serve_hint: str = "zimage-mcp serve") -> None:
     """Connect once before serving, so a daemon that is down or refuses the token is one clear error."""
+    hello = {"jsonrpc": "2.0", "id": 0, "method": "ping"}
+    headers = {"Accept": "application/json, text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
+        async with create_mcp_http_client(headers=headers) as http:
+            status = (await http.post(url, json=hello)).status_code
+        if status in (401, 403):
+            raise DaemonUnavailable(describe_daemon_failure(url, PermissionError(f"HTTP {status}"), serve_hint))
         async with daemon_client(url, token) as client:
             await client.list_tools()
+    except DaemonUnavailable:
+        raise
     except Exception as exc:
         raise DaemonUnavailable(describe_daemon_failure(url, exc, serve_hint)) from exc
 
 
 def describe_daemon_failure(url: str, exc: BaseException, serve_hint: str = "zimage-mcp serve") -> str:
     """One or two lines for a failed connection to the daemon: the cause and the fix."""
-    import httpx
-
-    leaves = list(_leaves(exc))
-    status = next((e.response.status_code for e in leaves if isinstance(e, httpx.HTTPStatusError)), None)
+    leaves = list(_leaves(exc))  # httpx or httpx2 errors, matched by name (the SDK picks the package)
+    status = next((getattr(e.response, "status_code", None) for e in leaves if hasattr(e, "response")
+                   and type(e).__name__ == "HTTPStatusError"), None)
     if status is None:
-        status = next((401 for e in leaves if "401" in str(e) or "unauthorized" in str(e).lower()), None)
+        status = next((int(str(e)[5:]) for e in leaves if isinstance(e, PermissionError)
+                       and str(e) in ("HTTP 401", "HTTP 403")), None)
     if status == 401:
         return ("the daemon refused the token: set ZIMAGE_MCP_TOKEN to the daemon's token "
                 f"(the one {url} was started with)")
     if status == 403:
         return f"the daemon at {url} refused this client (403): check ZIMAGE_MCP_ALLOWED_ORIGINS on the daemon"
-    if any(isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError)) for e in leaves):
+    if any(isinstance(e, ConnectionError) or type(e).__name__ in ("ConnectError", "ConnectTimeout") for e in leaves):
         return (f"no zimage-mcp daemon at {url}: start it with "
                 f"`{serve_hint} --transport http --host 127.0.0.1 --port <port>`, or fix the URL")
     first = leaves[0] if leaves else exc
