@@ -8,11 +8,12 @@ is its base variant plus the adapter: it shares the base's backend, never a seco
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pluggy
@@ -31,6 +32,7 @@ from zimage_mcp.contract.rules import weights_file_problem
 from zimage_mcp.registry import hookspecs
 from zimage_mcp.registry.backend_cache import BackendCache
 from zimage_mcp.registry.catalog import Catalog, catalog_from_settings
+from zimage_mcp.registry.entries import Duplicate, VariantEntry, folder_stamp
 from zimage_mcp.registry.hub_cache import hub_cache_dir
 from zimage_mcp.registry.install_status import InstallStatus, find_weights, weights_bytes
 from zimage_mcp.registry.plugin_manager import (
@@ -47,32 +49,6 @@ __all__ = ["Duplicate", "InstallStatus", "Registry", "VariantEntry"]
 log = logging.getLogger(__name__)
 
 LORA_PREFIX = "lora:"
-
-
-@dataclass(frozen=True)
-class VariantEntry:
-    """A registered variant: its spec, the factory that builds its backend, and who registered it."""
-
-    spec: VariantSpec
-    factory: BackendFactory
-    plugin: str
-    aliases: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """A name registered twice; the first registration won."""
-
-    kind: str  # "variant" | "alias" | "lora"
-    name: str
-    winner: str
-    loser: str
-
-    def __str__(self) -> str:
-        return (
-            f"duplicate {self.kind} {self.name!r}: "
-            f"kept the one from plugin {self.winner!r}, ignored plugin {self.loser!r}"
-        )
 
 
 class Registry:
@@ -96,10 +72,12 @@ class Registry:
         pending = check_pending(pm)  # misspelled hooks: that plugin is left out, the others go on
         self._problems += load_failures(pm) if hasattr(pm, "records") else pending
         self._register_variants()
-        self._register_loras()
         self._report_unregistered_catalog_variants()
+        self._lora_lock = threading.RLock()
+        self._lora_problems: list[str] = []
+        self._lora_stamp = folder_stamp(self.catalog.lora_dir)
         self.default_variant: str = self._pick_default(allow_lora=False)
-        self._add_lora_variants()
+        self._scan_loras()
         self.default_variant = self._pick_default(allow_lora=True)
 
     @classmethod
@@ -113,26 +91,56 @@ class Registry:
 
     def variants(self) -> list[VariantEntry]:
         """Every variant in registration order; ``lora:<name>`` variants last."""
-        return list(self._entries.values())
+        with self._current_loras():
+            return list(self._entries.values())
 
     def loras(self) -> list[LoraSpec]:
-        return list(self._loras.values())
+        with self._current_loras():
+            return list(self._loras.values())
+
+    @contextlib.contextmanager
+    def _current_loras(self) -> Iterator[None]:
+        """Hold the LoRA lock, rescanning first when the LoRA folder changed (one ``scandir``): files added
+        or removed show up without a restart."""
+        with self._lora_lock:
+            stamp = folder_stamp(self.catalog.lora_dir)
+            if stamp != self._lora_stamp:
+                self._lora_stamp = stamp
+                for name in [n for n, e in self._entries.items() if e.spec.kind == "lora"]:
+                    del self._entries[name]
+                self._loras.clear()
+                self._lora_plugin.clear()
+                self._duplicates = [d for d in self._duplicates if d.kind != "lora"]
+                self._scan_loras()
+                if self.default_variant not in self._entries:  # a lora: default whose file went away
+                    self.default_variant = self._pick_default(allow_lora=False)
+            yield
+
+    def _scan_loras(self) -> None:
+        problems, self._problems = self._problems, []
+        try:
+            self._register_loras()
+            self._add_lora_variants()
+        finally:
+            self._lora_problems, self._problems = self._problems, problems
 
     def duplicates(self) -> list[Duplicate]:
         return list(self._duplicates)
 
     def problems(self) -> list[str]:
         """Everything refused or ignored at registration, one sentence each (shown by ``list_models``)."""
-        return [*self._problems, *(str(d) for d in self._duplicates)]
+        with self._current_loras():
+            return [*self._problems, *self._lora_problems, *(str(d) for d in self._duplicates)]
 
     def resolve(self, name: str | None) -> VariantEntry:
         """The variant called ``name`` (an id, an alias or ``lora:<name>``); ``None`` or "": the default."""
-        key = (name or self.default_variant).strip()
-        for candidate in (key, key.lower()):
-            if candidate in self._entries:
-                return self._entries[candidate]
-            if candidate in self._aliases:
-                return self._entries[self._aliases[candidate]]
+        with self._current_loras():
+            key = (name or self.default_variant).strip()
+            for candidate in (key, key.lower()):
+                if candidate in self._entries:
+                    return self._entries[candidate]
+                if candidate in self._aliases:
+                    return self._entries[self._aliases[candidate]]
         if not self._entries:
             raise UnknownVariantError("no models are registered; see the problems listed by list_models")
         raise UnknownVariantError(f"unknown model {name!r}; valid names: {self._valid_names()}")
@@ -140,17 +148,19 @@ class Registry:
     def resolve_lora(self, name: str) -> LoraSpec:
         """The LoRA called ``name`` (``lora:`` prefix optional)."""
         key = name.strip().removeprefix(LORA_PREFIX)
-        if key in self._loras:
-            return self._loras[key]
+        with self._current_loras():
+            if key in self._loras:
+                return self._loras[key]
         valid = ", ".join(self._loras) or f"none (put .safetensors files in {self.catalog.lora_dir})"
         raise UnknownLoraError(f"unknown LoRA {name!r}; valid LoRAs: {valid}")
 
     def lora_variant_target(self, variant_id: str) -> tuple[str, LoraSpec] | None:
         """For a ``lora:<name>`` variant: (base variant id, the LoRA); ``None`` for any other variant."""
-        spec = self.resolve(variant_id).spec
-        if spec.kind != "lora" or spec.base is None or spec.lora is None:
-            return None
-        return spec.base, self._loras[spec.lora]
+        with self._current_loras():
+            spec = self.resolve(variant_id).spec
+            if spec.kind != "lora" or spec.base is None or spec.lora is None:
+                return None
+            return spec.base, self._loras[spec.lora]
 
     def install_status(self, variant_id: str) -> InstallStatus:
         """Whether the weights are installed and where, without loading anything or touching the network."""
