@@ -2,6 +2,7 @@
 quotes of user values, invisible prompts, LoRA-variant lineage, edit-variant refusals, cancel_job wording and
 unknown tools as JSON-RPC -32602."""
 
+# ruff: noqa: F811
 from __future__ import annotations
 
 import json
@@ -65,13 +66,13 @@ async def test_unknown_nested_name_is_named(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize(("args", "line"), [
-    ({"width": "big"}, 'width: must be an integer (a multiple of 16 within the variant\'s limits, typically 256 to '
-                       '2048), got "big"'),
-    ({"loras": [{"name": "a", "scale": "hi"}]}, 'loras[0].scale: must be a number (adapter strength, usually '
+    ({"width": "big"}, 'width: must be a valid integer (a multiple of 16 within the variant\'s limits, '
+                       'typically 256 to 2048), got "big"'),
+    ({"loras": [{"name": "a", "scale": "hi"}]}, 'loras[0].scale: must be a valid number (adapter strength, usually '
                                                 '0.5-1.2), got "hi"'),
     ({"output_format": "gif"}, "output_format: must be one of 'png', 'webp' or 'jpeg', got \"gif\""),
-    ({"seed": -1}, "seed: must be at least 0"),
-    ({"count": 9}, "count: must be at most 4"),
+    ({"seed": -1}, "seed: must be greater than or equal to 0"),
+    ({"count": 9}, "count: must be less than or equal to 4"),
 ])
 async def test_validation_errors_are_one_plain_sentence_per_field(settings: Settings, mode: str,
                                                                   args: dict[str, Any], line: str) -> None:

@@ -16,12 +16,14 @@ from pydantic import ValidationError
 QUOTE_LIMIT = 200
 
 _KINDS = {
-    "int_type": "must be an integer", "int_parsing": "must be an integer",
-    "int_from_float": "must be a whole number", "float_type": "must be a number",
-    "float_parsing": "must be a number", "finite_number": "must be a finite number",
-    "string_type": "must be a string", "bool_type": "must be true or false", "bool_parsing": "must be true or false",
-    "list_type": "must be a list", "tuple_type": "must be a list", "dict_type": "must be an object",
-    "model_type": "must be an object", "model_attributes_type": "must be an object",
+    "int_type": "must be a valid integer", "int_parsing": "must be a valid integer",
+    "int_from_float": "must be a valid integer (a whole number)", "float_type": "must be a valid number",
+    "float_parsing": "must be a valid number", "finite_number": "must be a finite number",
+    "string_type": "must be a valid string", "bool_type": "must be a valid boolean (true or false)",
+    "bool_parsing": "must be a valid boolean (true or false)", "list_type": "must be a valid list",
+    "tuple_type": "must be a valid list", "dict_type": "must be a valid dictionary (a JSON object)",
+    "model_type": "must be a valid dictionary (a JSON object)",
+    "model_attributes_type": "must be a valid dictionary (a JSON object)",
     "none_required": "must be null", "missing": "is required",
 }
 
@@ -73,8 +75,8 @@ def _sentence(err: Mapping[str, Any], hint: str, siblings: Sequence[str]) -> str
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '')}{got}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        word = {"greater_than_equal": "at least", "greater_than": "greater than",
-                "less_than_equal": "at most", "less_than": "less than"}[kind]
+        word = {"greater_than_equal": "greater than or equal to", "greater_than": "greater than",
+                "less_than_equal": "less than or equal to", "less_than": "less than"}[kind]
         bound = next(iter(ctx.values()), "")
         return f"must be {word} {bound}" + (f" ({hint})" if hint else "") + got
     if kind in ("string_too_long", "too_long"):
@@ -82,8 +84,9 @@ def _sentence(err: Mapping[str, Any], hint: str, siblings: Sequence[str]) -> str
         unit = "characters" if kind == "string_too_long" else "items"
         return f"must have at most {ctx.get('max_length')} {unit}, got {size} (nothing is truncated)"
     if kind in ("string_too_short", "too_short"):
-        unit = "character" if kind == "string_too_short" else "item"
-        return f"must have at least {ctx.get('min_length')} {unit}(s)" + (f" ({hint})" if hint else "")
+        least = ctx.get("min_length")
+        unit = ("character" if kind == "string_too_short" else "item") + ("" if least == 1 else "s")
+        return f"must have at least {least} {unit}" + (f" ({hint})" if hint else "")
     base = _KINDS.get(kind) or str(err.get("msg", "is not valid")).replace("Input should", "must").lower()
     return base + (f" ({hint})" if hint else "") + got
 
