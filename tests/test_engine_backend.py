@@ -96,7 +96,8 @@ def test_a_lora_for_another_shape_is_a_request_error_and_leaves_the_model_alone(
     backend = registry.backend("z-image-turbo")
     alien = registry.resolve_lora("alien")
     before = {k: v.clone() for k, v in backend.pipe.transformer.state_dict().items()}
-    with pytest.raises(InvalidRequestError, match="loras"):
+    with pytest.raises(InvalidRequestError, match=r"loras.*LoRA 'alien' does not fit z-image-turbo \(Z-Image-Turbo\); "
+                       r"it fits: .*; it was applied to z-image-turbo"):
         backend.generate(_request(loras=(LoraRef(name="alien", file=alien.file, scale=1.0),)), _noop, lambda: False)
     after = backend.pipe.transformer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -153,7 +153,7 @@ class EngineBackend:
         try:
             self.loras.set_adapters([(ref.file, ref.scale) for ref in request.loras])
         except EngineWeightsError as e:
-            raise InvalidRequestError("loras", str(e)) from e
+            raise InvalidRequestError("loras", self._lora_mismatch(request, e)) from e
         except InvalidArgument as e:
             raise _invalid(e) from e
 
@@ -178,6 +178,20 @@ class EngineBackend:
         size = out.images[0].size
         return GenerationResult(images=[_png(im) for im in out.images], seeds=out.seeds, width=size[0], height=size[1],
                                 timings=dict(out.timings), notes=list(out.notes))
+
+    def _lora_mismatch(self, request: GenerationRequest, err: Exception) -> str:
+        """The engine's error with the LoRA named, what it fits (from its shapes) and what it was applied to."""
+        from zimage_mcp.engine.weights.lora_inspect import inspect_lora
+
+        ref = next((r for r in request.loras if Path(r.file).name in str(err)), None)
+        if ref is None:
+            return str(err)
+        try:
+            fits = inspect_lora(Path(ref.file))["base"]
+        except Exception:  # noqa: BLE001 - the file may be unreadable; the engine's message still stands
+            fits = "unknown"
+        return (f"LoRA {ref.name!r} does not fit {self.spec.id} ({self.spec.title}); it fits: {fits}; "
+                f"it was applied to {self.spec.id}. Details: {err}")
 
     def _run(self, r: GenerationRequest, on_step: StepCallback, should_stop: StopCheck) -> GenerationOutput:
         if r.mode is None:
