@@ -133,3 +133,21 @@ def test_serve_says_ready_on_stderr_never_stdout(tiny_env: dict[str, str]) -> No
     ready = [line for line in done.stderr.splitlines() if "ready" in line]
     assert len(ready) == 1 and "stdio" in ready[0] and tiny_env["ZIMAGE_MCP_OUTPUT_DIR"] in ready[0]
     assert "z-image-turbo" in ready[0]
+
+
+def test_list_and_plugins_show_failed_plugins_with_their_reason(tmp_path: Path, tiny_env: dict[str, str]) -> None:
+    site = tmp_path / "site"
+    info = site / "broken_zimage_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-zimage-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[zimage_mcp]\nbroken_plugin = broken_zimage_mod\n")
+    (site / "broken_zimage_mod.py").write_text("raise ImportError('needs libfoo, which is not installed')\n")
+    env = {**tiny_env, "PYTHONPATH": os.pathsep.join([str(site), tiny_env["PYTHONPATH"]])}
+    for command in ("plugins", "list"):
+        done = cli(command, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        problems = done.stdout[done.stdout.index("problems:"):]
+        assert "broken_plugin" in problems and "needs libfoo" in problems, done.stdout
+    rows = json.loads(cli("plugins", "--json", env=env).stdout)
+    assert any(r["name"] == "broken_plugin" and r["status"] == "failed" for r in rows)

@@ -68,6 +68,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from zimage_mcp.server.tool_models import describe_models
 
     settings = settings_from(args)
+    setup_logging(args.log_level or "WARNING", settings.log_file, errors_reported=True)  # problems listed below
     registry = Registry.from_settings(settings)
     info = describe_models(registry, str(settings.output_dir))
     for v in info.variants:
@@ -88,7 +89,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from zimage_mcp.registry import Registry
     from zimage_mcp.registry.plugin_manager import describe_plugins
 
-    registry = Registry.from_settings(settings_from(args))
+    settings = settings_from(args)
+    setup_logging(args.log_level or "WARNING", settings.log_file, errors_reported=True)  # problems listed below
+    registry = Registry.from_settings(settings)
     rows = describe_plugins(registry.plugin_manager)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
