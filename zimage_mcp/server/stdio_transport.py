@@ -1,0 +1,125 @@
+"""The stdio transport: newline-delimited JSON-RPC on stdin and a protocol-only stdout.
+
+Unlike ``mcp.server.stdio.stdio_server`` (which drops a line it cannot parse without a word), every
+malformed line gets a JSON-RPC error and the server keeps serving:
+
+- not JSON (or not UTF-8): ``-32700`` parse error, ``id`` null;
+- JSON that is not a single request, notification or response (a batch array, a non-object,
+  ``jsonrpc`` not "2.0", no ``method``, a bad ``id`` or ``params``): ``-32600`` invalid request,
+  with the line's ``id`` when it is a valid one, else null.
+
+Blank lines are skipped. Such lines never reach the SDK.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, BinaryIO
+
+import anyio
+import mcp_types as types
+from mcp.shared._context_streams import create_context_streams
+from mcp.shared.message import SessionMessage
+
+log = logging.getLogger(__name__)
+PARSE_ERROR, INVALID_REQUEST = -32700, -32600
+
+
+def classify(line: bytes) -> SessionMessage | dict[str, Any] | None:
+    """A line as a ``SessionMessage``, a JSON-RPC error object to answer with, or ``None`` (blank)."""
+    if not line.strip():
+        return None
+    try:
+        data = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return _error(None, PARSE_ERROR, f"Parse error: the line is not valid JSON ({type(exc).__name__})")
+    if isinstance(data, list):
+        return _error(None, INVALID_REQUEST, "Invalid Request: batches (JSON arrays) are not supported")
+    if not isinstance(data, dict):
+        return _error(None, INVALID_REQUEST, "Invalid Request: a message must be a JSON object")
+    raw_id = data.get("id")
+    msg_id = raw_id if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
+    if data.get("jsonrpc") != "2.0":
+        return _error(msg_id, INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"')
+    if "id" in data and raw_id is not None and msg_id is None:
+        return _error(None, INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+    if "method" not in data and "result" not in data and "error" not in data:
+        return _error(msg_id, INVALID_REQUEST, 'Invalid Request: no "method"')
+    try:
+        message = types.jsonrpc_message_adapter.validate_python(data, by_name=False)
+    except Exception:
+        fields = "method, id and params" if "method" in data else "id, result and error"
+        return _error(msg_id, INVALID_REQUEST, f"Invalid Request: check {fields}")
+    return SessionMessage(message)
+
+
+def _error(msg_id: str | int | None, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}}
+
+
+@asynccontextmanager
+async def stdio_streams(stdin: BinaryIO, stdout: io.TextIOBase) -> AsyncIterator[tuple[Any, Any]]:
+    """(read, write) streams for ``Server.run`` over binary ``stdin`` and text ``stdout``."""
+    read_send, read_recv = create_context_streams[SessionMessage | Exception](0)
+    write_send, write_recv = create_context_streams[SessionMessage](0)
+    out = anyio.wrap_file(stdout)
+    lock = anyio.Lock()
+
+    async def emit(text: str) -> None:
+        async with lock:
+            await out.write(text + "\n")
+            await out.flush()
+
+    async def reader() -> None:
+        source = anyio.wrap_file(stdin)
+        async with read_send:
+            async for line in source:
+                item = classify(line)
+                if item is None:
+                    continue
+                if isinstance(item, dict):
+                    log.info("answered a malformed JSON-RPC line: %s", item["error"]["message"])
+                    await emit(json.dumps(item))
+                    continue
+                await read_send.send(item)
+
+    async def writer() -> None:
+        async with write_recv:
+            async for message in write_recv:
+                await emit(message.message.model_dump_json(by_alias=True, exclude_unset=True))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        tg.start_soon(writer)
+        try:
+            yield read_recv, write_send
+        finally:
+            await write_send.aclose()  # the writer drains what is left, then ends (as the SDK's transport)
+
+
+def _claim_stdin() -> BinaryIO:
+    """A private copy of fd 0 for the protocol; fd 0 then reads /dev/null, so children cannot eat requests."""
+    private = os.dup(0)
+    os.set_inheritable(private, False)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return os.fdopen(private, "rb", closefd=False)
+
+
+def run_stdio(server: Any, wire: BinaryIO) -> None:
+    """Serve ``server`` (an ``MCPServer`` or a low-level ``Server``) over stdin and the binary ``wire``."""
+    low = getattr(server, "_lowlevel_server", server)
+    stdin = _claim_stdin()
+
+    async def run() -> None:
+        out = io.TextIOWrapper(wire, encoding="utf-8", write_through=True)
+        async with stdio_streams(stdin, out) as (read, write):
+            await low.run(read, write, low.create_initialization_options())
+
+    anyio.run(run)
