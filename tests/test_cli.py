@@ -76,3 +76,23 @@ def test_generate_direct(env: Settings, tmp_path: Path, capsys: pytest.CaptureFi
 def test_generate_bad_size(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--prompt", "x", "--width", "65"]) == 1
     assert "width" in capsys.readouterr().err
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    import io
+
+    from zimage_mcp.cli.generate import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        progress = Progress(stream)
+        for i in range(1, 4):
+            progress(i, 4, f"step {i}/3")
+        progress(4, 4, "saving image 1/1")
+        progress.end()
+    assert "\r[" in tty.getvalue() and "#" in tty.getvalue()
+    assert pipe.getvalue().splitlines() == ["step 1/3", "saving image 1/1"]

@@ -15,7 +15,8 @@ from tests.server_fixtures import REPO, make_settings, server_env, tiny_model_di
 def test_generate_turbo_example_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "fox.png"
     done = subprocess.run([sys.executable, str(REPO / "examples" / "generate_turbo.py"), "--tiny", "--prompt", "a fox",
-                           "--steps", "2", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                           "--steps", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "step 2/2" in done.stdout
 
