@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import pickle
+import shutil
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ class Evil:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
+def env(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
     settings = module_settings(tmp_path_factory, tiny_model_dir, "catalogue")
     inputs = settings.input_dirs[0]
     outside = inputs.parent / "outside"
@@ -123,9 +124,10 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("model-unknown", G, {"model": "sdxl"}, ["model", "sdxl", "valid names", "z-image-turbo"]),
     ("model-huge", G, {"model": "m" * 5000}, ["model", "at most 200 characters"]),
     ("lora-unknown", G, {"loras": [{"name": "nope", "scale": 1.0}]}, ["loras", "nope", "valid LoRAs"]),
-    ("lora-scale-high", G, {"loras": [{"name": "nope", "scale": 9}]}, ["loras.0.scale", "less than or equal to 4"]),
-    ("lora-scale-low", G, {"loras": [{"name": "nope", "scale": -5}]}, ["loras.0.scale", "greater than or equal to -4"]),
-    ("lora-extra-key", G, {"loras": [{"name": "nope", "weight": 1}]}, ["loras.0.weight", "Extra inputs"]),
+    ("lora-scale-high", G, {"loras": [{"name": "nope", "scale": 9}]}, ["loras[0].scale", "less than or equal to 4"]),
+    ("lora-scale-low", G, {"loras": [{"name": "nope", "scale": -5}]},
+     ["loras[0].scale", "greater than or equal to -4"]),
+    ("lora-extra-key", G, {"loras": [{"name": "nope", "weight": 1}]}, ["loras[0].weight", "unknown name"]),
     ("output-format", G, {"output_format": "gif"}, ["output_format", "'png', 'webp' or 'jpeg'"]),
     ("preview-mode", G, {"preview": "huge"}, ["preview", "'none', 'thumbnail' or 'full'"]),
     # wrong JSON types for every generate_image argument
@@ -139,7 +141,7 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("type-seed", G, {"seed": 1.5}, ["seed", "valid integer"]),
     ("type-count", G, {"count": "two"}, ["count", "valid integer"]),
     ("type-loras", G, {"loras": "style"}, ["loras", "valid list"]),
-    ("type-lora-item", G, {"loras": [{"name": 1}]}, ["loras.0.name", "valid string"]),
+    ("type-lora-item", G, {"loras": [{"name": 1}]}, ["loras[0].name", "valid string"]),
     ("type-format", G, {"output_format": 1}, ["output_format", "'png', 'webp' or 'jpeg'"]),
     ("type-preview", G, {"preview": {}}, ["preview", "'none', 'thumbnail' or 'full'"]),
     ("type-wait", G, {"wait": "yes"}, ["wait", "valid boolean"]),
@@ -214,7 +216,8 @@ def test_animated_gif_and_cmyk_are_converted(env: dict[str, Any], name: str) -> 
         assert out.mode == "RGB" and out.size == (256, 256)
 
 
-@pytest.mark.parametrize("prompt", ["一只红色的狐狸 在雪地里 🦊", "赤い狐、雪の中。 붉은 여우", "fox\x00 in\x1b snow\x07"])
+@pytest.mark.parametrize("prompt", ["一只红色的狐狸 在雪地里 🦊", "赤い狐、雪の中。 붉은 여우",
+                                    "fox\x00 in\x1b snow\x07"])
 def test_cjk_accepted_and_control_characters_stripped(env: dict[str, Any], prompt: str) -> None:
     result = env["client"].call(G, {**OK, "prompt": prompt})
     assert not result.is_error, result_text(result)
@@ -269,38 +272,65 @@ def test_pillow_pixel_limit_is_deliberate(env: dict[str, Any]) -> None:
     assert result.is_error and "too large" in result_text(result) and "64 MP" in result_text(result)
 
 
-def test_pickles_are_never_loaded(env: dict[str, Any], tmp_path: Path, tiny_model_dir: Path) -> None:
-    """LoRAs and checkpoints are safetensors only: a pickle that would write a marker is refused."""
+def test_pickles_are_never_loaded(env: dict[str, Any], tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    """LoRAs and checkpoints are safetensors only: a pickle that would write a marker is refused, and the
+    server's answers show that each request reached its pickled file and a safetensors rule refused it.
+
+    * turbo: the tiny folder (it loads), with a LoRA that is a pickle saved as ``.safetensors``;
+    * base: a copy of the tiny folder whose transformer shard is a pickle saved as ``.safetensors``
+      (safetensors parses the header and refuses; nothing is unpickled);
+    * edit: no folder, ``single_file`` at a ``.ckpt`` pickle (the pickle rule refuses it unopened).
+    """
     from zimage_mcp.engine.errors import WeightsError
     from zimage_mcp.engine.weights.files import read_safetensors
     from zimage_mcp.registry import Registry
 
     marker = tmp_path / "PWNED"
+    evil = pickle.dumps(Evil(str(marker)))
     loras = tmp_path / "loras"
     loras.mkdir()
     for name in ("evil.pt", "evil.ckpt", "evil.bin", "evil.pth"):
-        (loras / name).write_bytes(pickle.dumps(Evil(str(marker))))
-    (loras / "sneaky.safetensors").write_bytes(pickle.dumps(Evil(str(marker))))  # a pickle with the right suffix
+        (loras / name).write_bytes(evil)
+    (loras / "sneaky.safetensors").write_bytes(evil)  # a pickle with the right suffix
     for name in ("evil.pt", "sneaky.safetensors"):
         with pytest.raises(WeightsError):
             read_safetensors(loras / name)
-    ckpt = tmp_path / "ckpt"
-    for sub in ("transformer", "text_encoder", "vae"):
-        (ckpt / sub).mkdir(parents=True)
-        (ckpt / sub / "pytorch_model.bin").write_bytes(pickle.dumps(Evil(str(marker))))
+    ckpt = tmp_path / "z_image_edit.ckpt"
+    ckpt.write_bytes(evil)
+    sneaky = tmp_path / "sneaky-base"
+    shutil.copytree(tiny_model_dir, sneaky)
+    shard = sorted((sneaky / "transformer").glob("diffusion_pytorch_model-*.safetensors"))[0]
+    shard.write_bytes(evil)
+
+    def table(vid: str, weights: str) -> str:
+        return (f"[variants.{vid}.weights]\n{weights}\n[variants.{vid}.limits]\nmin_side = 256\nmax_side = 256\n"
+                f"[variants.{vid}.defaults]\nwidth = 256\nheight = 256\nsteps = 2\n")
+
     registry_file = tmp_path / "evil.toml"
-    registry_file.write_text(f'[variants.z-image-turbo.weights]\npath = "{ckpt.as_posix()}"\n'
-                             "[variants.z-image-turbo.limits]\nmin_side = 256\nmax_side = 256\n")
+    registry_file.write_text(table("z-image-turbo", f'path = "{tiny_model_dir.as_posix()}"')
+                             + table("z-image-base", f'path = "{sneaky.as_posix()}"')
+                             + table("z-image-edit", f'single_file = "{ckpt.as_posix()}"'))
     settings = module_settings_like(env["settings"], registry_file=registry_file, lora_dir=loras)
     registry = Registry.from_settings(settings)
+    # the tables are taken (an ignored table was how this test once passed without reaching a pickle)
+    assert not [p for p in registry.problems() if "is ignored" in p], registry.problems()
     assert "evil" not in [lora.name for lora in registry.loras()]
     with SyncClient(build_server(settings, registry)) as client:
         listed = client.call("list_models", {})
-        made = client.call(G, OK)
+        base = client.call(G, {**OK, "model": "z-image-base"})
+        edit = client.call(E, {"image": str(env["inputs"] / "ok.png"), "prompt": "x", "model": "z-image-edit",
+                               "reference_images": [str(env["inputs"] / "ok.png")], "steps": 2})
         used = client.call(G, {**OK, "loras": [{"name": "sneaky"}]})
+        made = client.call(G, OK)
     assert not listed.is_error
-    assert made.is_error, result_text(made)
-    assert used.is_error
+    base_text, edit_text, used_text = result_text(base), result_text(edit), result_text(used)
+    # base reached the pickled shard: refused as a file that is not safetensors, naming that shard
+    assert base.is_error and f"{shard.name}: cannot read safetensors file" in base_text, base_text
+    # edit's only weights are a pickle: the pickle rule refuses it by name
+    assert edit.is_error and f"single_file {ckpt} refused: pickle formats are never loaded" in edit_text, edit_text
+    # the LoRA was read (turbo loads) and refused as not safetensors
+    assert used.is_error and "sneaky.safetensors: not a readable safetensors file" in used_text, used_text
+    assert not made.is_error, result_text(made)  # the same server still makes images
     assert not marker.exists()
 
 
