@@ -66,7 +66,7 @@ APPLICABLE = [
     "server-sse-multiple-streams",
     "dns-rebinding-protection",
 ]
-PASS_WITHOUT_APPLYING = ["tools-call-simple-text", "tools-call-error"]
+PASS_WITHOUT_APPLYING: list[str] = []
 
 
 # -- npm packages -------------------------------------------------------------------------------------

@@ -3,40 +3,22 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
 
 import pytest
 
-import zimage_mcp.cli
 from tests.server_fixtures import REPO, input_dir, registry_file, server_env, settings, tiny_model_dir  # noqa: F401
 from zimage_mcp.registry.settings import Settings
 
 pytestmark = pytest.mark.slow
-# Until the CLI's serve path calls zimage_mcp.server.stdio_transport.run_stdio, run the real CLI with it swapped in.
-LAUNCH = """
-import sys, zimage_mcp.cli as c
-from zimage_mcp.server.stdio_transport import run_stdio
-for mod in [c] + [getattr(c, n) for n in ("serve",) if hasattr(c, n)]:
-    for attr in ("_run_stdio", "run_stdio"):
-        if hasattr(mod, attr):
-            setattr(mod, attr, run_stdio)
-sys.exit(c.main(["serve"]))
-"""
-
-
-def _command() -> list[str]:
-    source = "".join(inspect.getsource(m) for m in [zimage_mcp.cli, getattr(zimage_mcp.cli, "serve", zimage_mcp.cli)]
-                     if inspect.ismodule(m))
-    if "stdio_transport" in source:
-        return [sys.executable, "-m", "zimage_mcp", "serve"]
-    return [sys.executable, "-c", LAUNCH]
-
-
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}
 
 
 def test_malformed_lines_are_answered_and_the_server_keeps_serving(settings: Settings) -> None:
@@ -54,7 +36,14 @@ def test_malformed_lines_are_answered_and_the_server_keeps_serving(settings: Set
         json.dumps({"jsonrpc": "2.0", "id": 6, "method": "tools/list"}),
     ]
     data = "\n".join(lines).encode("utf-8", "surrogateescape").replace("\xff\xfe".encode(), b"\xff\xfe") + b"\n"
-    proc = subprocess.run(_command(), input=data, env=server_env(settings), cwd=REPO, capture_output=True, timeout=90)
+    proc = subprocess.run(
+        [sys.executable, "-m", "zimage_mcp", "serve"],
+        input=data,
+        env=server_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        timeout=90,
+    )
     out = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
     assert out, proc.stderr.decode()[-2000:]
     by_id = {}
@@ -66,7 +55,14 @@ def test_malformed_lines_are_answered_and_the_server_keeps_serving(settings: Set
         else:
             by_id[msg["id"]] = msg
     codes = [(e["id"], e["error"]["code"]) for e in errors]
-    assert codes == [(None, -32700), (None, -32700), (3, -32600), (4, -32600), (None, -32600), (None, -32600),
-                     (None, -32600)], codes
+    assert codes == [
+        (None, -32700),
+        (None, -32700),
+        (3, -32600),
+        (4, -32600),
+        (None, -32600),
+        (None, -32600),
+        (None, -32600),
+    ], codes
     assert 1 in by_id and 6 in by_id  # served before and after the bad lines
     assert "generate_image" in {t["name"] for t in by_id[6]["result"]["tools"]}

@@ -5,30 +5,15 @@ stdout belongs to the protocol in stdio mode: the ready line and logs go to stde
 
 from __future__ import annotations
 
-import io
 import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
 from zimage_mcp.cli.common import CliError, command_name, protect_stdout, settings_from, setup_logging
+from zimage_mcp.server.stdio_transport import run_stdio
 
 if TYPE_CHECKING:
     import argparse
-
-
-def run_stdio(server: Any, wire: io.BufferedWriter) -> None:
-    """Serve ``server`` (an ``MCPServer`` or a low-level ``Server``) over stdin and ``wire``."""
-    import anyio
-    from mcp.server.stdio import stdio_server
-
-    low = getattr(server, "_lowlevel_server", server)
-
-    async def run() -> None:
-        out = anyio.wrap_file(io.TextIOWrapper(wire, encoding="utf-8", write_through=True))
-        async with stdio_server(stdout=out) as (read, write):
-            await low.run(read, write, low.create_initialization_options())
-
-    anyio.run(run)
 
 
 def ready_line(transport: str, address: str, output_dir: Any, installed: list[str]) -> None:
