@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine. Each command creates its environment (.venv) when missing.
 #   ./run.sh serve [zimage-mcp serve args]   start the MCP server (stdio by default)
-#   ./run.sh test  [pytest args]             run the whole test suite (from the project folder, whatever the cwd)
+#   ./run.sh test  [pytest args]             ruff (lint, format check), then the whole test suite (from the project folder)
 #   ./run.sh cli   [zimage-mcp args]         any other zimage-mcp command (generate, list, make-tiny, ...)
 # serve and cli run where you stand, so relative paths (--out rel.png, --registry my.toml) are yours.
 # What it installs is announced on stderr, one line per step; stdout stays the protocol's under serve.
@@ -54,7 +54,11 @@ ensure_npm() {  # the npm packages of tests/test_outside_clients.py (it would ru
 cmd="${1:-}"; shift || true
 case "$cmd" in
     serve) ensure_env hub; exec "$VENV/bin/zimage-mcp" serve "$@" ;;
-    test)  ensure_env test; ensure_npm; cd "$ROOT"; exec "$VENV/bin/python" -m pytest "$@" ;;
+    test)  ensure_env test; ensure_npm; cd "$ROOT"
+           say "ruff: lint and format check"
+           "$VENV/bin/ruff" check --quiet . && "$VENV/bin/ruff" format --check --quiet . \
+               || { say "ruff found problems (above): '$VENV/bin/ruff check --fix . && $VENV/bin/ruff format .' fixes most"; exit 1; }
+           exec "$VENV/bin/python" -m pytest "$@" ;;
     cli)   ensure_env hub; exec "$VENV/bin/zimage-mcp" "$@" ;;
     *) echo "usage: ./run.sh serve|test|cli [args]" >&2; exit 2 ;;
 esac
