@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +135,6 @@ def test_unsupported_hint_type(pipes, tmp_path: Path) -> None:
         control_inpaint(ours, cn, _noise_image(0), _mask(), _noise_image(1), PROMPT, steps=1)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cv2") is None, reason="OpenCV (zimage-mcp[canny]) not installed")
 def test_canny_gives_an_edge_map() -> None:
     arr = np.zeros((64, 64, 3), np.uint8)
     arr[16:48, 16:48] = 200  # a bright square: edges on its border only
