@@ -76,15 +76,18 @@ async def test_shutdown_stops_a_preload_waiting_for_the_gpu(tmp_path: Path, regi
     lock, stopping = FifoLock(), threading.Event()
     assert lock.try_acquire()  # a job holds the GPU
     try:
-        async with anyio.create_task_group() as tg:
-            done: dict[str, dict[str, str]] = {}
+        with anyio.fail_after(120):  # a preload that ignores the stop would hang the suite
+            async with anyio.create_task_group() as tg:
+                done: dict[str, dict[str, str]] = {}
 
-            async def run() -> None:
-                done["outcome"] = await preload_variants(registry, lock, ["z-image-turbo"], [], stopping)
+                async def run() -> None:
+                    done["outcome"] = await preload_variants(registry, lock, ["z-image-turbo"], [], stopping)
 
-            tg.start_soon(run)
-            await anyio.sleep(0.2)
-            stopping.set()
+                tg.start_soon(run)
+                with anyio.fail_after(60):  # the preload is in line for the GPU before it is told to stop
+                    while lock.waiting == 0:
+                        await anyio.sleep(0.01)
+                stopping.set()
         assert done["outcome"] == {} and not registry.is_loaded("z-image-turbo")
     finally:
         lock.release()
