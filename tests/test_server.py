@@ -200,8 +200,6 @@ async def test_edit_an_earlier_result_by_id(settings: Settings, mode: str) -> No
         assert control.is_error and "control" in _text(control) and "img2img" in _text(control)
         edited = await client.call_tool("edit_image", {"image": parent, "instruction": "make it blue",
                                                        "strength": 0.5, "steps": 2, "seed": 7})
-        if edited.is_error and "not available in the engine yet" in _text(edited):
-            pytest.skip(f"engine img2img path not built yet: {_text(edited)}")  # reported clearly, never faked
         assert not edited.is_error, _text(edited)
         data = edited.structured_content
         assert data["parent"] == parent and data["mode"] == "img2img" and data["edit"]["strength"] == 0.5
