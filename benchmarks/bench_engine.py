@@ -22,12 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from components import Components, build  # noqa: E402
 from floors import flop_floor_ms, kernel_floor_ms  # noqa: E402
 
-PROMPT = ("A cinematic photo of a red fox standing in fresh snow at golden hour, shallow depth of field, "
-          "soft rim light, 85mm lens, highly detailed fur")
+PROMPT = (
+    "A cinematic photo of a red fox standing in fresh snow at golden hour, shallow depth of field, "
+    "soft rim light, 85mm lens, highly detailed fur"
+)
 NEGATIVE = "blurry, low quality, watermark"
 ROWS = {  # name: (width, height, steps, guidance, batch)
-    "1024": (1024, 1024, 8, 0.0, 1), "512": (512, 512, 8, 0.0, 1), "768": (768, 768, 8, 0.0, 1),
-    "1280x720": (1280, 720, 8, 0.0, 1), "2048": (2048, 2048, 8, 0.0, 1), "base": (1024, 1024, 50, 4.0, 1),
+    "1024": (1024, 1024, 8, 0.0, 1),
+    "512": (512, 512, 8, 0.0, 1),
+    "768": (768, 768, 8, 0.0, 1),
+    "1280x720": (1280, 720, 8, 0.0, 1),
+    "2048": (2048, 2048, 8, 0.0, 1),
+    "base": (1024, 1024, 50, 4.0, 1),
     "batch2": (1024, 1024, 8, 0.0, 2),
 }
 TINY_ROWS = {"1024": (256, 256, 4, 0.0, 1), "base": (256, 256, 4, 4.0, 1), "batch2": (256, 256, 4, 0.0, 2)}
@@ -96,8 +102,16 @@ def row(c: Components, name: str, spec: tuple, runs: int) -> dict:
         return ours.generate(PROMPT, neg, w, h, steps, g, seed=0, count=b)
 
     def ref_e2e() -> object:
-        return ref(PROMPT, height=h, width=w, num_inference_steps=steps, guidance_scale=g, negative_prompt=neg or None,
-                   num_images_per_prompt=b, generator=torch.Generator("cpu").manual_seed(0))
+        return ref(
+            PROMPT,
+            height=h,
+            width=w,
+            num_inference_steps=steps,
+            guidance_scale=g,
+            negative_prompt=neg or None,
+            num_images_per_prompt=b,
+            generator=torch.Generator("cpu").manual_seed(0),
+        )
 
     with torch.inference_mode():
         feats = ours.encode_prompts([PROMPT])
@@ -113,11 +127,16 @@ def row(c: Components, name: str, spec: tuple, runs: int) -> dict:
         r["ref_forward_ms"] = timed(lambda: ref.transformer(xs, t, feats * b, return_dict=False), dev, runs)
         r["ours_text_ms"] = timed(lambda: (ours.text_encoder.clear_cache(), ours.encode_prompts([PROMPT])), dev, runs)
         r["ref_text_ms"] = timed(
-            lambda: ref.encode_prompt(PROMPT, device=dev, do_classifier_free_guidance=False), dev, runs)
+            lambda: ref.encode_prompt(PROMPT, device=dev, do_classifier_free_guidance=False), dev, runs
+        )
         r["ours_vae_ms"] = timed(lambda: ours.decode(lat), dev, runs)
-        r["ref_vae_ms"] = timed(lambda: ref.image_processor.postprocess(
-            ref.vae.decode((lat.to(ref.vae.dtype) / 0.3611) + 0.1159, return_dict=False)[0], output_type="pil"),
-            dev, runs)
+        r["ref_vae_ms"] = timed(
+            lambda: ref.image_processor.postprocess(
+                ref.vae.decode((lat.to(ref.vae.dtype) / 0.3611) + 0.1159, return_dict=False)[0], output_type="pil"
+            ),
+            dev,
+            runs,
+        )
         r["ours_peak_gib"] = peak_gib(ours_e2e, dev, *ours_modules(c))
         r["ref_peak_gib"] = peak_gib(ref_e2e, dev, *ref_modules(c))
         r["caption_tokens"] = int(feats[0].shape[0])
@@ -137,8 +156,9 @@ def offload_row(c: Components, name: str, spec: tuple, runs: int) -> dict:
     with torch.inference_mode():
         r = {"row": name + "+offload_te", "size": f"{w}x{h}", "steps": steps, "guidance": g, "batch": b}
         r["ours_e2e_ms"] = timed(ours_e2e, c.device, runs)
-        r["ours_text_ms_on_cpu"] = timed(lambda: (c.ours.text_encoder.clear_cache(),
-                                                  c.ours.encode_prompts([PROMPT])), c.device, runs)
+        r["ours_text_ms_on_cpu"] = timed(
+            lambda: (c.ours.text_encoder.clear_cache(), c.ours.encode_prompts([PROMPT])), c.device, runs
+        )
         r["ours_peak_gib"] = peak_gib(ours_e2e, c.device, *ours_modules(c))
     return r
 
@@ -158,8 +178,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny presets")
     ap.add_argument("--rows", nargs="*", default=None)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--optimize", choices=["off", "fuse", "compile"], default="compile",
-                    help="ours through engine.speed.optimize, exactly as the server runs it")
+    ap.add_argument(
+        "--optimize",
+        choices=["off", "fuse", "compile"],
+        default="compile",
+        help="ours through engine.speed.optimize, exactly as the server runs it",
+    )
     ap.add_argument("--fp8", action="store_true", help="ours with fp8 GEMM weights (opt-in, lossy mode)")
     ap.add_argument("--compile-ref", action="store_true", help="also compile diffusers (compile_repeated_blocks)")
     ap.add_argument("--vae-dtype", choices=["float32", "bfloat16"], default="bfloat16")
@@ -187,11 +211,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = TINY_ROWS if args.tiny else ROWS
     names = args.rows or list(table)
     results: list[dict] = []
-    setup = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
-             "optimize": args.optimize, "fp8": args.fp8, "vae_dtype": args.vae_dtype,
-             "attn": c.ours.transformer.attn_backend, "offload_te": args.offload_te, "cfg_mode": args.cfg_mode,
-             "te_cuda_graphs": c.ours.text_encoder.cuda_graphs,
-             "fused_rope": c.ours.transformer.layers[0].attention.fused_rope}
+    setup = {
+        "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "optimize": args.optimize,
+        "fp8": args.fp8,
+        "vae_dtype": args.vae_dtype,
+        "attn": c.ours.transformer.attn_backend,
+        "offload_te": args.offload_te,
+        "cfg_mode": args.cfg_mode,
+        "te_cuda_graphs": c.ours.text_encoder.cuda_graphs,
+        "fused_rope": c.ours.transformer.layers[0].attention.fused_rope,
+    }
     if args.optimize == "compile" and not args.tiny:
         setup["first_image_ms_incl_compile"] = first_image_ms(c, table[names[0]])
     if args.compile_ref:

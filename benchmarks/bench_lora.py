@@ -1,7 +1,7 @@
 """LoRA on the full-size DiT: swap time, per-step cost, and torch.compile recompiles across swaps.
 
-    python benchmarks/bench_lora.py [--rank 32] [--compile]   # GPU
-    python benchmarks/bench_lora.py --tiny                    # CPU smoke run
+python benchmarks/bench_lora.py [--rank 32] [--compile]   # GPU
+python benchmarks/bench_lora.py --tiny                    # CPU smoke run
 """
 
 from __future__ import annotations
@@ -23,8 +23,15 @@ from components import build  # noqa: E402
 
 from zimage_mcp.engine.weights.lora_apply import LoraManager  # noqa: E402
 
-TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
-           "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
+TARGETS = (
+    "attention.to_q",
+    "attention.to_k",
+    "attention.to_v",
+    "attention.to_out.0",
+    "feed_forward.w1",
+    "feed_forward.w2",
+    "feed_forward.w3",
+)
 
 
 def write_lora(path: Path, model: torch.nn.Module, rank: int, seed: int) -> Path:
@@ -71,8 +78,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         model.compile_blocks(dynamic=False)
     fwd = lambda: model.forward_prepared(x, t, cond)  # noqa: E731
-    r: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "rank": args.rank,
-               "compiled": args.compile, "lora_modules": 7 * len(model.layers)}
+    r: dict = {
+        "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+        "rank": args.rank,
+        "compiled": args.compile,
+        "lora_modules": 7 * len(model.layers),
+    }
     r["forward_no_lora_ms"] = timed(fwd, c.device, args.runs, warmup=2)
     graphs0 = unique_graphs()
     t0 = time.perf_counter()

@@ -41,10 +41,33 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("latency", "throughput", "engine", "first_image", "memory")
 PROMPT = "A cinematic photo of a {} standing in fresh snow at golden hour, soft rim light, highly detailed"
 NEGATIVE = "blurry, low quality, watermark"
-SUBJECTS = ("fox", "cat", "dog", "owl", "wolf", "bear", "deer", "horse", "rabbit", "lion", "tiger", "goat",
-            "duck", "swan", "crow", "seal", "hare", "lynx", "mole", "frog")
-MEMORY_MODES = {"default": {}, "offload_te": {"offload_text_encoder": True},
-                "offload_te+fp8": {"offload_text_encoder": True, "fp8": True}}
+SUBJECTS = (
+    "fox",
+    "cat",
+    "dog",
+    "owl",
+    "wolf",
+    "bear",
+    "deer",
+    "horse",
+    "rabbit",
+    "lion",
+    "tiger",
+    "goat",
+    "duck",
+    "swan",
+    "crow",
+    "seal",
+    "hare",
+    "lynx",
+    "mole",
+    "frog",
+)
+MEMORY_MODES = {
+    "default": {},
+    "offload_te": {"offload_text_encoder": True},
+    "offload_te+fp8": {"offload_text_encoder": True, "fp8": True},
+}
 
 
 def emit(row: dict) -> dict:
@@ -87,8 +110,14 @@ def build_weights(folder: Path, tiny: bool) -> dict:
 
 def child(task: str, args: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:
     """Run this script as ``--_child TASK`` (bounded, killed on time-out); its last stdout line is JSON."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_child", task, *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, env=env or base_env())
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--_child", task, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or base_env(),
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"child {task} failed ({proc.returncode}): {proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -128,8 +157,7 @@ def engine_run(a: argparse.Namespace) -> dict:
             w, h = (int(v) for v in size.split("x"))
 
             def gen(i: int, w: int = w, h: int = h) -> Any:
-                return pipe.generate(prompts[i % len(prompts)], width=w, height=h, steps=a.steps, guidance=0.0,
-                                     seed=i)
+                return pipe.generate(prompts[i % len(prompts)], width=w, height=h, steps=a.steps, guidance=0.0, seed=i)
 
             t = time.perf_counter()
             for i in range(a.warmup):
@@ -146,11 +174,17 @@ def engine_run(a: argparse.Namespace) -> dict:
                 res.images[0].save(io.BytesIO(), format="PNG")
                 pngs.append(time.perf_counter() - t)
                 timings.append(res.timings)
-            out["rows"].append({"size": size, "runs": a.runs, "warmup_s": round(warm_s, 3),
-                                "engine_ms": median_ms(walls), "engine_ms_all": [round(x * 1000, 2) for x in walls],
-                                "png_encode_ms": median_ms(pngs),
-                                "engine_timings_ms": {k: median_ms([tm[k] for tm in timings if k in tm])
-                                                      for k in timings[0]}})
+            out["rows"].append(
+                {
+                    "size": size,
+                    "runs": a.runs,
+                    "warmup_s": round(warm_s, 3),
+                    "engine_ms": median_ms(walls),
+                    "engine_ms_all": [round(x * 1000, 2) for x in walls],
+                    "png_encode_ms": median_ms(pngs),
+                    "engine_timings_ms": {k: median_ms([tm[k] for tm in timings if k in tm]) for k in timings[0]},
+                }
+            )
     return out
 
 
@@ -195,10 +229,15 @@ class Server:
     def __init__(self, a: argparse.Namespace, registry: Path) -> None:
         from mcp import Client, StdioServerParameters
 
-        env = base_env(ZIMAGE_MCP_REGISTRY=str(registry), ZIMAGE_MCP_OUTPUT_DIR=str(a.workdir / "out"),
-                       ZIMAGE_MCP_DEVICE=a.device, ZIMAGE_MCP_LOG_LEVEL="WARNING")
-        params = StdioServerParameters(command=sys.executable, args=["-m", "zimage_mcp", "serve"], env=env,
-                                       cwd=str(REPO))
+        env = base_env(
+            ZIMAGE_MCP_REGISTRY=str(registry),
+            ZIMAGE_MCP_OUTPUT_DIR=str(a.workdir / "out"),
+            ZIMAGE_MCP_DEVICE=a.device,
+            ZIMAGE_MCP_LOG_LEVEL="WARNING",
+        )
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "zimage_mcp", "serve"], env=env, cwd=str(REPO)
+        )
         self.client = Client(params, read_timeout_seconds=a.request_timeout)
         self.a = a
 
@@ -214,11 +253,19 @@ class Server:
         finally:
             reap_servers()
 
-    async def generate(self, prompt: str, size: str, seed: int, output_format: str = "png", preview: str = "none",
-                       **extra: Any) -> dict:
+    async def generate(
+        self, prompt: str, size: str, seed: int, output_format: str = "png", preview: str = "none", **extra: Any
+    ) -> dict:
         w, h = (int(v) for v in size.split("x"))
-        args = {"prompt": prompt, "width": w, "height": h, "seed": seed, "output_format": output_format,
-                "preview": preview, **extra}
+        args = {
+            "prompt": prompt,
+            "width": w,
+            "height": h,
+            "seed": seed,
+            "output_format": output_format,
+            "preview": preview,
+            **extra,
+        }
         args.setdefault("steps", self.a.steps)
         t = time.perf_counter()
         res = await self.client.call_tool("generate_image", args)
@@ -227,14 +274,25 @@ class Server:
             raise RuntimeError(f"generate_image failed: {res.content}")
         sc = res.structured_content or {}
         inline = sum(len(getattr(b, "data", "") or "") for b in res.content if getattr(b, "type", "") == "image")
-        return {"wall_s": wall, "since_start_s": time.perf_counter() - self.t0, "timings": sc.get("timings", {}),
-                "queue_wait_s": sc.get("queue_wait_seconds"), "size_bytes": sc["images"][0]["size_bytes"],
-                "preview_b64_bytes": inline}
+        return {
+            "wall_s": wall,
+            "since_start_s": time.perf_counter() - self.t0,
+            "timings": sc.get("timings", {}),
+            "queue_wait_s": sc.get("queue_wait_seconds"),
+            "size_bytes": sc["images"][0]["size_bytes"],
+            "preview_b64_bytes": inline,
+        }
 
 
 def runtime_table(a: argparse.Namespace, compile_cache: Path, **extra: Any) -> dict[str, Any]:
-    return {"optimize": a.optimize, "dtype": "float32" if a.tiny else a.dtype, "compile_cache": compile_cache,
-            "idle_unload_seconds": 0, "job_timeout_seconds": a.request_timeout, **extra}
+    return {
+        "optimize": a.optimize,
+        "dtype": "float32" if a.tiny else a.dtype,
+        "compile_cache": compile_cache,
+        "idle_unload_seconds": 0,
+        "job_timeout_seconds": a.request_timeout,
+        **extra,
+    }
 
 
 def timings_ms(results: list[dict]) -> dict[str, float]:
@@ -264,12 +322,22 @@ async def latency(srv: Server, a: argparse.Namespace, prompts: list[str]) -> lis
                 for _ in range(a.runs):
                     rs.append(await srv.generate(prompts[k % len(prompts)], size, k, fmt, preview))
                     k += 1
-                rows.append(emit({"section": "latency", "size": size, "output_format": fmt, "preview": preview,
-                                  "runs": len(rs), "client_ms": median_ms([r["wall_s"] for r in rs]),
-                                  "client_ms_all": [round(r["wall_s"] * 1000, 2) for r in rs],
-                                  "server_timings_ms": timings_ms(rs),
-                                  "size_bytes": int(statistics.median(r["size_bytes"] for r in rs)),
-                                  "preview_b64_bytes": int(statistics.median(r["preview_b64_bytes"] for r in rs))}))
+                rows.append(
+                    emit(
+                        {
+                            "section": "latency",
+                            "size": size,
+                            "output_format": fmt,
+                            "preview": preview,
+                            "runs": len(rs),
+                            "client_ms": median_ms([r["wall_s"] for r in rs]),
+                            "client_ms_all": [round(r["wall_s"] * 1000, 2) for r in rs],
+                            "server_timings_ms": timings_ms(rs),
+                            "size_bytes": int(statistics.median(r["size_bytes"] for r in rs)),
+                            "preview_b64_bytes": int(statistics.median(r["preview_b64_bytes"] for r in rs)),
+                        }
+                    )
+                )
     return rows
 
 
@@ -291,12 +359,22 @@ async def throughput(srv: Server, a: argparse.Namespace, prompts: list[str]) -> 
         for i in range(a.images):
             tg.start_soon(one, i)
     wall = time.perf_counter() - t
-    return emit({"section": "throughput", "size": size, "concurrency": a.concurrency, "images": len(results),
-                 "output_format": "png", "preview": "thumbnail", "wall_s": round(wall, 3),
-                 "images_per_s": round(len(results) / wall, 3), "per_image_ms": round(wall / len(results) * 1000, 2),
-                 "client_ms_median": median_ms([r["wall_s"] for r in results]),
-                 "queue_wait_ms_median": median_ms([r["queue_wait_s"] or 0.0 for r in results]),
-                 "server_timings_ms": timings_ms(results)})
+    return emit(
+        {
+            "section": "throughput",
+            "size": size,
+            "concurrency": a.concurrency,
+            "images": len(results),
+            "output_format": "png",
+            "preview": "thumbnail",
+            "wall_s": round(wall, 3),
+            "images_per_s": round(len(results) / wall, 3),
+            "per_image_ms": round(wall / len(results) * 1000, 2),
+            "client_ms_median": median_ms([r["wall_s"] for r in results]),
+            "queue_wait_ms_median": median_ms([r["queue_wait_s"] or 0.0 for r in results]),
+            "server_timings_ms": timings_ms(results),
+        }
+    )
 
 
 async def first_image(a: argparse.Namespace, prompts: list[str]) -> dict:
@@ -309,8 +387,12 @@ async def first_image(a: argparse.Namespace, prompts: list[str]) -> dict:
         with anyio.fail_after(a.section_timeout):
             async with Server(a, reg) as srv:
                 r = await srv.generate(prompts[0], a.sizes[0], 0)
-        out[label] = {"initialize_s": round(srv.open_s, 3), "first_image_s": round(r["since_start_s"], 3),
-                      "call_s": round(r["wall_s"], 3), "server_timings_ms": timings_ms([r])}
+        out[label] = {
+            "initialize_s": round(srv.open_s, 3),
+            "first_image_s": round(r["since_start_s"], 3),
+            "call_s": round(r["wall_s"], 3),
+            "server_timings_ms": timings_ms([r]),
+        }
     return emit(out)
 
 
@@ -334,15 +416,28 @@ class Sampler:
     def once(self) -> float:
         if self._read is not None:
             return self._read()
-        out = subprocess.run(["nvidia-smi", "-i", str(self.gpu), "--query-gpu=memory.used",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "-i", str(self.gpu), "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return float(out.stdout.split()[0])
 
     def __enter__(self) -> Sampler:
         if self._read is None:
-            self._proc = subprocess.Popen(["nvidia-smi", "-i", str(self.gpu), "--query-gpu=memory.used",
-                                           "--format=csv,noheader,nounits", f"--loop-ms={int(self.period * 1000)}"],
-                                          stdout=subprocess.PIPE, text=True)
+            self._proc = subprocess.Popen(
+                [
+                    "nvidia-smi",
+                    "-i",
+                    str(self.gpu),
+                    "--query-gpu=memory.used",
+                    "--format=csv,noheader,nounits",
+                    f"--loop-ms={int(self.period * 1000)}",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -372,22 +467,39 @@ async def memory(a: argparse.Namespace, prompts: list[str], cache: Path) -> list
         return [emit({"section": "memory", "skipped": "CPU run (--tiny): no device memory to sample"})]
     rows = []
     for mode, extra in MEMORY_MODES.items():
-        reg = write_registry(a.workdir / f"registry-mem-{mode}.toml", a.weights,
-                             runtime_table(a, cache, **extra))
+        reg = write_registry(a.workdir / f"registry-mem-{mode}.toml", a.weights, runtime_table(a, cache, **extra))
         sampler = Sampler(a.gpu_index)
         baseline = sampler.once()
-        row: dict[str, Any] = {"section": "memory", "mode": mode, "runtime": extra, "model": "z-image-base",
-                               "size": "1024x1024", "steps": a.memory_steps, "guidance": 4.0,
-                               "sampler": sampler.source, "baseline_mib": baseline}
+        row: dict[str, Any] = {
+            "section": "memory",
+            "mode": mode,
+            "runtime": extra,
+            "model": "z-image-base",
+            "size": "1024x1024",
+            "steps": a.memory_steps,
+            "guidance": 4.0,
+            "sampler": sampler.source,
+            "baseline_mib": baseline,
+        }
         try:
             with sampler, anyio.fail_after(a.section_timeout):
                 async with Server(a, reg) as srv:
-                    r = await srv.generate(prompts[0], "1024x1024", 0, model="z-image-base", steps=a.memory_steps,
-                                           guidance=4.0, negative_prompt=NEGATIVE)
-            row.update(peak_mib=max(sampler.samples), peak_over_baseline_gib=round((max(sampler.samples) - baseline)
-                                                                                    / 1024, 2),
-                       samples=len(sampler.samples), first_image_s=round(r["since_start_s"], 3),
-                       server_timings_ms=timings_ms([r]))
+                    r = await srv.generate(
+                        prompts[0],
+                        "1024x1024",
+                        0,
+                        model="z-image-base",
+                        steps=a.memory_steps,
+                        guidance=4.0,
+                        negative_prompt=NEGATIVE,
+                    )
+            row.update(
+                peak_mib=max(sampler.samples),
+                peak_over_baseline_gib=round((max(sampler.samples) - baseline) / 1024, 2),
+                samples=len(sampler.samples),
+                first_image_s=round(r["since_start_s"], 3),
+                server_timings_ms=timings_ms([r]),
+            )
         except Exception as e:  # noqa: BLE001 - one mode failing (fp8 unsupported, OOM) keeps the other rows
             row["error"] = f"{type(e).__name__}: {e}"[:500]
         rows.append(emit(row))
@@ -418,24 +530,33 @@ def table(out: dict) -> str:
     for r in out.get("latency", []):
         e = engine.get(r["size"])
         em = e["engine_ms"] if e else None
-        lines.append(f"| {r['size']} {r['output_format']} preview={r['preview']} | {r['client_ms']:.1f} | "
-                     f"{r['server_timings_ms'].get('total', float('nan')):.1f} | {em if em is not None else '-'} | "
-                     f"{r['client_ms'] / em:.2f}× |" if em else
-                     f"| {r['size']} {r['output_format']} preview={r['preview']} | {r['client_ms']:.1f} | "
-                     f"{r['server_timings_ms'].get('total', float('nan')):.1f} | - | - |")
+        lines.append(
+            f"| {r['size']} {r['output_format']} preview={r['preview']} | {r['client_ms']:.1f} | "
+            f"{r['server_timings_ms'].get('total', float('nan')):.1f} | {em if em is not None else '-'} | "
+            f"{r['client_ms'] / em:.2f}× |"
+            if em
+            else f"| {r['size']} {r['output_format']} preview={r['preview']} | {r['client_ms']:.1f} | "
+            f"{r['server_timings_ms'].get('total', float('nan')):.1f} | - | - |"
+        )
     if "latency" not in out:
         lines += [f"| engine {s} | - | - | {e['engine_ms']:.1f} | - |" for s, e in engine.items()]
     if t := out.get("throughput"):
-        lines.append(f"| throughput {t['size']} x{t['images']} @ {t['concurrency']} in flight | "
-                     f"{t['per_image_ms']:.1f}/image | {t['images_per_s']:.2f} images/s | - | - |")
+        lines.append(
+            f"| throughput {t['size']} x{t['images']} @ {t['concurrency']} in flight | "
+            f"{t['per_image_ms']:.1f}/image | {t['images_per_s']:.2f} images/s | - | - |"
+        )
     if f := out.get("first_image"):
         for k in ("cold", "warm"):
-            lines.append(f"| first image {k} | {f[k]['first_image_s'] * 1000:.0f} (initialize "
-                         f"{f[k]['initialize_s'] * 1000:.0f}) | - | - | - |")
+            lines.append(
+                f"| first image {k} | {f[k]['first_image_s'] * 1000:.0f} (initialize "
+                f"{f[k]['initialize_s'] * 1000:.0f}) | - | - | - |"
+            )
     for m in out.get("memory", []):
         if "peak_mib" in m:
-            lines.append(f"| memory {m['mode']} | peak {m['peak_mib'] / 1024:.2f} GiB "
-                         f"(+{m['peak_over_baseline_gib']:.2f}) | - | - | - |")
+            lines.append(
+                f"| memory {m['mode']} | peak {m['peak_mib'] / 1024:.2f} GiB "
+                f"(+{m['peak_over_baseline_gib']:.2f}) | - | - | - |"
+            )
         else:
             lines.append(f"| memory {m.get('mode', '')} | {m.get('skipped') or m.get('error')} | - | - | - |")
     durations = out.get("durations_s", {})
@@ -451,10 +572,21 @@ async def run_sections(a: argparse.Namespace) -> dict:
     durations: dict[str, float] = {}
     out["durations_s"] = durations
     t = time.perf_counter()
-    out["setup"] = emit({"setup": {
-        **ensure_weights(a.weights, a.tiny, a.build_timeout), "device": a.device, "optimize": a.optimize,
-        "dtype": "float32" if a.tiny else a.dtype, "steps": a.steps, "runs": a.runs, "warmup": a.warmup,
-        "sizes": a.sizes, "sections": a.sections}})
+    out["setup"] = emit(
+        {
+            "setup": {
+                **ensure_weights(a.weights, a.tiny, a.build_timeout),
+                "device": a.device,
+                "optimize": a.optimize,
+                "dtype": "float32" if a.tiny else a.dtype,
+                "steps": a.steps,
+                "runs": a.runs,
+                "warmup": a.warmup,
+                "sizes": a.sizes,
+                "sections": a.sections,
+            }
+        }
+    )
     durations["weights"] = round(time.perf_counter() - t, 1)
     prompts = pick_prompts(a.weights)
     out["setup"]["setup"]["prompts"] = len(prompts)
@@ -474,10 +606,32 @@ async def run_sections(a: argparse.Namespace) -> dict:
                     durations["throughput"] = round(time.perf_counter() - t2, 1)
     if "engine" in a.sections:
         t = time.perf_counter()
-        eng = child("engine", ["--weights", str(a.weights), "--device", a.device, "--dtype", a.dtype,
-                               "--optimize", a.optimize, "--steps", str(a.steps), "--runs", str(a.runs),
-                               "--warmup", str(a.warmup), "--compile-cache", str(a.compile_cache),
-                               "--prompts", json.dumps(prompts), "--sizes", *a.sizes], a.section_timeout)
+        eng = child(
+            "engine",
+            [
+                "--weights",
+                str(a.weights),
+                "--device",
+                a.device,
+                "--dtype",
+                a.dtype,
+                "--optimize",
+                a.optimize,
+                "--steps",
+                str(a.steps),
+                "--runs",
+                str(a.runs),
+                "--warmup",
+                str(a.warmup),
+                "--compile-cache",
+                str(a.compile_cache),
+                "--prompts",
+                json.dumps(prompts),
+                "--sizes",
+                *a.sizes,
+            ],
+            a.section_timeout,
+        )
         for r in eng["rows"]:
             emit({"section": "engine", "load_s": eng["load_s"], **r})
         out["engine"] = eng
@@ -487,11 +641,20 @@ async def run_sections(a: argparse.Namespace) -> dict:
             for e in eng["rows"]:
                 for r in out["latency"]:
                     if r["size"] == e["size"]:
-                        out["ratios"].append(emit({
-                            "section": "ratio", "size": r["size"], "output_format": r["output_format"],
-                            "preview": r["preview"], "client_over_engine": round(r["client_ms"] / e["engine_ms"], 3),
-                            "server_total_over_engine": round(r["server_timings_ms"].get("total", 0)
-                                                              / e["engine_ms"], 3)}))
+                        out["ratios"].append(
+                            emit(
+                                {
+                                    "section": "ratio",
+                                    "size": r["size"],
+                                    "output_format": r["output_format"],
+                                    "preview": r["preview"],
+                                    "client_over_engine": round(r["client_ms"] / e["engine_ms"], 3),
+                                    "server_total_over_engine": round(
+                                        r["server_timings_ms"].get("total", 0) / e["engine_ms"], 3
+                                    ),
+                                }
+                            )
+                        )
     if "first_image" in a.sections:
         t = time.perf_counter()
         out["first_image"] = await first_image(a, prompts)
@@ -509,13 +672,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     tmp = Path(tempfile.gettempdir()) / "zimage-bench"
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny presets on the CPU (smoke run)")
-    ap.add_argument("--weights", type=Path, default=None,
-                    help="weights folder, built once and reused (default: $TMPDIR/zimage-bench/weights-{full,tiny})")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="registry files, outputs, compile caches (default: $TMPDIR/zimage-bench/run-{full,tiny})")
+    ap.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights folder, built once and reused (default: $TMPDIR/zimage-bench/weights-{full,tiny})",
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="registry files, outputs, compile caches (default: $TMPDIR/zimage-bench/run-{full,tiny})",
+    )
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    ap.add_argument("--sizes", nargs="+", default=None, help="WxH; the first one is also the throughput and "
-                    "first-image size (default 1024x1024 512x512; tiny 256x256)")
+    ap.add_argument(
+        "--sizes",
+        nargs="+",
+        default=None,
+        help="WxH; the first one is also the throughput and first-image size (default 1024x1024 512x512; tiny 256x256)",
+    )
     ap.add_argument("--formats", nargs="+", choices=["png", "webp", "jpeg"], default=["png", "webp", "jpeg"])
     ap.add_argument("--previews", nargs="+", choices=["thumbnail", "none", "full"], default=["thumbnail", "none"])
     ap.add_argument("--runs", type=int, default=None, help="timed requests per row (default 5; tiny 3)")
@@ -523,15 +698,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=8, help="Turbo steps (the variant default)")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--images", type=int, default=8, help="throughput: images in all")
-    ap.add_argument("--memory-steps", type=int, default=10,
-                    help="Base steps of the memory rows' generation (CFG 4; peak memory does not grow with steps)")
-    ap.add_argument("--optimize", choices=["auto", "compile", "fuse", "off"], default="auto",
-                    help="the [runtime] optimize of the server and the engine's optimize_mode (server default)")
+    ap.add_argument(
+        "--memory-steps",
+        type=int,
+        default=10,
+        help="Base steps of the memory rows' generation (CFG 4; peak memory does not grow with steps)",
+    )
+    ap.add_argument(
+        "--optimize",
+        choices=["auto", "compile", "fuse", "off"],
+        default="auto",
+        help="the [runtime] optimize of the server and the engine's optimize_mode (server default)",
+    )
     ap.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
     ap.add_argument("--gpu-index", type=int, default=0, help="device the memory sampler reads")
     ap.add_argument("--request-timeout", type=float, default=None, help="seconds per call (default 600; tiny 120)")
-    ap.add_argument("--section-timeout", type=float, default=None, help="seconds per server process or child "
-                    "(default 900; tiny 300)")
+    ap.add_argument(
+        "--section-timeout",
+        type=float,
+        default=None,
+        help="seconds per server process or child (default 900; tiny 300)",
+    )
     ap.add_argument("--build-timeout", type=float, default=1200)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--_child", choices=["build", "engine"], default=None, help=argparse.SUPPRESS)

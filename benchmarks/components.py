@@ -20,12 +20,32 @@ from zimage_mcp.engine.pipelines.text_to_image import ZImagePipeline
 from zimage_mcp.engine.text.qwen3 import TextEncoder
 from zimage_mcp.engine.vae.model import AutoencoderKL
 
-QWEN3_4B = dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                intermediate_size=9728, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=40960,
-                vocab_size=151936, tie_word_embeddings=True)
-QWEN3_TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                  intermediate_size=64, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=1024,
-                  vocab_size=2048, tie_word_embeddings=True)
+QWEN3_4B = dict(
+    hidden_size=2560,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=9728,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    max_position_embeddings=40960,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+)
+QWEN3_TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    max_position_embeddings=1024,
+    vocab_size=2048,
+    tie_word_embeddings=True,
+)
 
 
 @dataclass
@@ -60,8 +80,13 @@ def _on(device: torch.device, build):
         return build()
 
 
-def build(tiny: bool, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0,
-          vae_dtype: torch.dtype | None = None) -> Components:
+def build(
+    tiny: bool,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    vae_dtype: torch.dtype | None = None,
+) -> Components:
     from diffusers import AutoencoderKL as RefVAE
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
     from diffusers import ZImagePipeline as RefPipe
@@ -94,12 +119,14 @@ def build(tiny: bool, device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
     ref_te = _on(dev, lambda: Qwen3Model(qcfg)).to(dtype).eval()
     _init_(ref_te, seed + 2)
     # ours runs the same weights minus the last layer and the final norm (features = layer 34's output)
-    ours_cfg = Qwen3Config(**{**(QWEN3_TINY if tiny else QWEN3_4B),
-                              "num_hidden_layers": qcfg.num_hidden_layers - 1})
+    ours_cfg = Qwen3Config(**{**(QWEN3_TINY if tiny else QWEN3_4B), "num_hidden_layers": qcfg.num_hidden_layers - 1})
     with torch.device("meta"):
         te = Qwen3Model(ours_cfg)
-    sd = {k: v for k, v in ref_te.state_dict().items()
-          if not k.startswith(f"layers.{qcfg.num_hidden_layers - 1}.") and k != "norm.weight"}
+    sd = {
+        k: v
+        for k, v in ref_te.state_dict().items()
+        if not k.startswith(f"layers.{qcfg.num_hidden_layers - 1}.") and k != "norm.weight"
+    }
     te.load_state_dict(sd, strict=False, assign=True)
     te.norm = torch.nn.Identity()
     te.rotary_emb = type(ref_te.rotary_emb)(ours_cfg).to(dev)  # buffers are not weights: rebuild off meta
@@ -110,7 +137,12 @@ def build(tiny: bool, device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
     tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
 
     ours = ZImagePipeline(dit, vae, TextEncoder(te, tokenizer), shift=3.0)
-    ref = RefPipe(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=ref_vae, text_encoder=ref_te,
-                  tokenizer=tokenizer, transformer=ref_dit)
+    ref = RefPipe(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=ref_vae,
+        text_encoder=ref_te,
+        tokenizer=tokenizer,
+        transformer=ref_dit,
+    )
     ref.set_progress_bar_config(disable=True)
     return Components(ours=ours, ref=ref, device=dev, dtype=dtype, tiny=tiny)

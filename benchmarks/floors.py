@@ -61,8 +61,11 @@ def kernel_floor_ms(cfg: TransformerConfig, img_tokens: int, cap_tokens: int, de
         w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
         gemm_ms += count * _time_ms(lambda a=a, w=w: F.linear(a, w))
     best = {}
-    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+    for name, backend in (
+        ("cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ):
         total = 0.0
         try:
             for count, s in _attn_shapes(cfg, img_tokens, cap_tokens):
@@ -73,9 +76,15 @@ def kernel_floor_ms(cfg: TransformerConfig, img_tokens: int, cap_tokens: int, de
         except RuntimeError:
             continue
     attn_name = min(best, key=best.get)
-    return {"gemm_ms": gemm_ms, "attention_ms": best[attn_name], "attention_backend": attn_name,
-            "attention_all_ms": best, "kernel_floor_ms": gemm_ms + best[attn_name], "peak_tflops": peak_tflops(),
-            "tflop_per_forward": flops(cfg, img_tokens, cap_tokens) / 1e12}
+    return {
+        "gemm_ms": gemm_ms,
+        "attention_ms": best[attn_name],
+        "attention_backend": attn_name,
+        "attention_all_ms": best,
+        "kernel_floor_ms": gemm_ms + best[attn_name],
+        "peak_tflops": peak_tflops(),
+        "tflop_per_forward": flops(cfg, img_tokens, cap_tokens) / 1e12,
+    }
 
 
 def flop_floor_ms(cfg: TransformerConfig, img_tokens: int, cap_tokens: int, tflops: float) -> float:

@@ -20,8 +20,11 @@ from components import build  # noqa: E402
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     a, b = a.float(), b.float()
-    return {"rel_err": float((a - b).norm() / b.norm()), "max_abs": float((a - b).abs().max()),
-            "ref_rms": float(b.pow(2).mean().sqrt())}
+    return {
+        "rel_err": float((a - b).norm() / b.norm()),
+        "max_abs": float((a - b).abs().max()),
+        "ref_rms": float(b.pow(2).mean().sqrt()),
+    }
 
 
 @torch.inference_mode()
@@ -68,10 +71,18 @@ def controlnet_check(c, size: int, gen: torch.Generator) -> dict:
     if c.tiny:
         ccfg = tiny_controlnet_config("2.1")
     else:
-        ccfg = ControlNetConfig(control_layers_places=tuple(range(0, 30, 2)), control_refiner_layers_places=(0, 1),
-                                control_in_dim=33, add_control_noise_refiner="control_noise_refiner",
-                                dim=base_cfg.dim, n_refiner_layers=2, n_heads=base_cfg.n_heads,
-                                n_kv_heads=base_cfg.n_kv_heads, norm_eps=base_cfg.norm_eps, qk_norm=True)
+        ccfg = ControlNetConfig(
+            control_layers_places=tuple(range(0, 30, 2)),
+            control_refiner_layers_places=(0, 1),
+            control_in_dim=33,
+            add_control_noise_refiner="control_noise_refiner",
+            dim=base_cfg.dim,
+            n_refiner_layers=2,
+            n_heads=base_cfg.n_heads,
+            n_kv_heads=base_cfg.n_kv_heads,
+            norm_eps=base_cfg.norm_eps,
+            qk_norm=True,
+        )
     kwargs = {k: v for k, v in ccfg.to_json_dict().items() if not k.startswith("_")}
     with torch.device(c.device):
         ref_cn = ZImageControlNetModel(**kwargs).to(c.dtype).eval()
@@ -121,8 +132,14 @@ def omni_check(c, size: int, gen: torch.Generator) -> dict:
     sig = torch.randn(16, 16, cfg.siglip_feat_dim, generator=gen).to(c.device, c.dtype)
     x = torch.randn(1, 16, lat, lat, generator=gen).to(c.device, c.dtype)
     t = torch.full((1,), 0.3, device=c.device)
-    want = ref([[cond_img.unsqueeze(1), x[0].unsqueeze(1)]], t, caps, siglip_feats=[[sig, None]],
-               image_noise_mask=[[0, 1]], return_dict=False)[0][0].squeeze(1)
+    want = ref(
+        [[cond_img.unsqueeze(1), x[0].unsqueeze(1)]],
+        t,
+        caps,
+        siglip_feats=[[sig, None]],
+        image_noise_mask=[[0, 1]],
+        return_dict=False,
+    )[0][0].squeeze(1)
     got = ours.forward_omni(x, t, ours.prepare_omni(caps, [cond_img], [sig], (lat, lat)))[0]
     return {"check": f"omni_forward_{size}px_1_reference", **rel(got, want)}
 

@@ -70,9 +70,11 @@ def profile_kernels(fn: Callable[[], object], reps: int, out: Path | None, label
     if out is not None:
         text = "\n".join(f"{ms:9.3f} ms  x{n:<4d} {name[:160]}" for ms, n, name in rows[:60])
         (out / f"{label}.txt").write_text(text + "\n")
-    return {"gpu_ms_by_class": {k: round(v, 3) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
-            "gpu_ms_total": round(sum(classes.values()), 3),
-            "top": [[round(ms, 3), n, name[:120]] for ms, n, name in rows[:12]]}
+    return {
+        "gpu_ms_by_class": {k: round(v, 3) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
+        "gpu_ms_total": round(sum(classes.values()), 3),
+        "top": [[round(ms, 3), n, name[:120]] for ms, n, name in rows[:12]],
+    }
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -102,8 +104,9 @@ def text_section(c: Components, runs: int) -> dict:
         r["first_graph_call_ms_incl_capture"] = (time.perf_counter() - t) * 1000
         r["graph_ms"] = timed(lambda: (te.clear_cache(), te.encode([PROMPT])), c.device, runs)
         r["graph_vs_eager_rel_err"] = rel(graphed, eager)
-        r["graph_batch2_ms"] = timed(lambda: (te.clear_cache(), te.encode([PROMPT, "blurry, low quality"])),
-                                     c.device, runs)
+        r["graph_batch2_ms"] = timed(
+            lambda: (te.clear_cache(), te.encode([PROMPT, "blurry, low quality"])), c.device, runs
+        )
         r["cached_ms"] = timed(lambda: te.encode([PROMPT]), c.device, runs)
         r["graph_shapes"] = [list(s) for s in te.graph_shapes]
         r.update(text_compiled_experiment(c, runs, eager))
@@ -122,7 +125,10 @@ def text_compiled_experiment(c: Components, runs: int, eager: torch.Tensor) -> d
     te.use_cuda_graphs(False)
     prof = profile_kernels(lambda: (te.clear_cache(), te.encode([PROMPT])), 2, None, "text_kernels")
     r["eager_gpu_ms_by_class"], r["eager_gpu_ms_total"], r["eager_top"] = (
-        prof["gpu_ms_by_class"], prof["gpu_ms_total"], prof["top"][:8])
+        prof["gpu_ms_by_class"],
+        prof["gpu_ms_total"],
+        prof["top"][:8],
+    )
     bf16_model = te.model
     te.model = copy.deepcopy(bf16_model).float()
     te.clear_cache()
@@ -132,9 +138,11 @@ def text_compiled_experiment(c: Components, runs: int, eager: torch.Tensor) -> d
     torch.cuda.empty_cache()
     r["eager_bf16_vs_fp32_rel_err"] = rel(eager, fp32.to(eager.dtype))
     long_prompt = ", ".join([PROMPT] * 3)  # another length bucket: does a new length recompile?
-    variants = {"static": {"dynamic": False},
-                "static_emulate": {"dynamic": False, "options": {"emulate_precision_casts": True}},
-                "dynamic_emulate": {"dynamic": True, "options": {"emulate_precision_casts": True}}}
+    variants = {
+        "static": {"dynamic": False},
+        "static_emulate": {"dynamic": False, "options": {"emulate_precision_casts": True}},
+        "dynamic_emulate": {"dynamic": True, "options": {"emulate_precision_casts": True}},
+    }
     for name, kwargs in variants.items():
         v: dict = {}
         try:
@@ -153,8 +161,9 @@ def text_compiled_experiment(c: Components, runs: int, eager: torch.Tensor) -> d
                     v["vs_fp32_rel_err"] = rel(got, fp32.to(got.dtype))
             v["ms"] = timed(lambda: (te.clear_cache(), te.encode([PROMPT])), c.device, runs)
             v["long_ms"] = timed(lambda: (te.clear_cache(), te.encode([long_prompt])), c.device, runs)
-            v["batch2_ms"] = timed(lambda: (te.clear_cache(), te.encode([PROMPT, "blurry, low quality"])),
-                                   c.device, runs)
+            v["batch2_ms"] = timed(
+                lambda: (te.clear_cache(), te.encode([PROMPT, "blurry, low quality"])), c.device, runs
+            )
         except Exception as e:  # one variant failing must not cost the others
             v["error"] = f"{type(e).__name__}: {e}"[:500]
         finally:
@@ -247,8 +256,11 @@ def fp8_section(c: Components, runs: int, out: Path | None, size: int = 1024) ->
         r["latent_rel_err"] = rel(fp8.latents, base.latents)
         r["image_psnr_db"] = psnr(pipe.decode_pixels(fp8.latents), base_px)
         pipe.text_encoder.clear_cache()
-        r["fp8_e2e_ms"] = timed(lambda: (pipe.text_encoder.clear_cache(),
-                                         pipe.generate(PROMPT, "", size, size, 8, 0.0, seed=0)), c.device, runs)
+        r["fp8_e2e_ms"] = timed(
+            lambda: (pipe.text_encoder.clear_cache(), pipe.generate(PROMPT, "", size, size, 8, 0.0, seed=0)),
+            c.device,
+            runs,
+        )
     return r
 
 
@@ -360,6 +372,7 @@ def step_cache_section(c: Components, size: int, base_steps: int, thresholds: tu
     runs = (("base", base_steps, 4.0, "blurry, low quality, watermark"), ("turbo", 8, 0.0, ""))
     with torch.inference_mode():
         for name, steps, guidance, neg in runs:
+
             def gen(neg: str = neg, steps: int = steps, guidance: float = guidance) -> object:
                 pipe.text_encoder.clear_cache()
                 return pipe.generate(PROMPT, neg, size, size, steps, guidance, seed=0)
@@ -381,10 +394,13 @@ def step_cache_section(c: Components, size: int, base_steps: int, thresholds: tu
                 cache = pipe.last_step_cache
                 assert cache is not None
                 r[f"{name}_{label}"] = {
-                    "ms": (time.perf_counter() - start) * 1000, "steps": cache.steps, "skipped": cache.skipped,
+                    "ms": (time.perf_counter() - start) * 1000,
+                    "steps": cache.steps,
+                    "skipped": cache.skipped,
                     "latent_rel_err": rel(cached.latents, plain.latents),
                     "image_psnr_db": psnr(pipe.decode_pixels(cached.latents), plain_px),
-                    "changes": [round(x, 4) for x in cache.changes]}
+                    "changes": [round(x, 4) for x in cache.changes],
+                }
         pipe.step_cache = 0.0
     return r
 
@@ -400,8 +416,11 @@ def shapes_section(c: Components, runs: int, tiny: bool) -> dict:
     r: dict = {}
     with torch.inference_mode():
         feats = c.ours.encode_prompts([PROMPT])
-        for name, dynamic, rope_kernel in (("static", False, fused), ("dynamic", True, fused),
-                                           ("dynamic_no_rope_kernel", True, False)):
+        for name, dynamic, rope_kernel in (
+            ("static", False, fused),
+            ("dynamic", True, fused),
+            ("dynamic_no_rope_kernel", True, False),
+        ):
             try:
                 torch._dynamo.reset()
                 dit.use_fused_rope(rope_kernel)
@@ -413,8 +432,10 @@ def shapes_section(c: Components, runs: int, tiny: bool) -> dict:
                     def fwd(x: torch.Tensor = x, t: torch.Tensor = t, cond: object = cond) -> object:
                         return dit.forward_prepared(x, t, cond)
 
-                    r[f"{name}_{w}x{h}"] = {"first_call_ms": first_call_ms(fwd, c.device),
-                                            "ms": timed(fwd, c.device, runs)}
+                    r[f"{name}_{w}x{h}"] = {
+                        "first_call_ms": first_call_ms(fwd, c.device),
+                        "ms": timed(fwd, c.device, runs),
+                    }
                 r[f"{name}_graphs"] = stats["unique_graphs"] - before
             except Exception as e:  # noqa: BLE001 - recorded; the next variant still runs
                 r[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
@@ -487,12 +508,24 @@ def e2e_gaps_section(c: Components, size: int) -> dict:
     top = []
     for gap, at, before, after in gaps[:15]:
         inside = [n for t, n in host if at <= t < at + gap][:6]
-        top.append({"gap_ms": round(gap / 1000, 3), "at_ms": round((at - kernels[0][0]) / 1000, 1),
-                    "after_kernel": before[:80], "before_kernel": after[:80], "host_ops": inside})
-    return {"wall_ms": round(wall / 1000, 2), "gpu_busy_ms": round(busy / 1000, 2),
-            "gpu_idle_ms": round((wall - busy) / 1000, 2), "kernels": len(kernels),
-            "gaps_over_0.1ms": sum(g[0] > 100 for g in gaps),
-            "idle_in_gaps_over_0.1ms": round(sum(g[0] for g in gaps if g[0] > 100) / 1000, 2), "top_gaps": top}
+        top.append(
+            {
+                "gap_ms": round(gap / 1000, 3),
+                "at_ms": round((at - kernels[0][0]) / 1000, 1),
+                "after_kernel": before[:80],
+                "before_kernel": after[:80],
+                "host_ops": inside,
+            }
+        )
+    return {
+        "wall_ms": round(wall / 1000, 2),
+        "gpu_busy_ms": round(busy / 1000, 2),
+        "gpu_idle_ms": round((wall - busy) / 1000, 2),
+        "kernels": len(kernels),
+        "gaps_over_0.1ms": sum(g[0] > 100 for g in gaps),
+        "idle_in_gaps_over_0.1ms": round(sum(g[0] for g in gaps if g[0] > 100) / 1000, 2),
+        "top_gaps": top,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -500,14 +533,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--sections", nargs="*", default=["text", "dit", "dit_variants", "vae", "e2e",
-                                                          "step_cache", "low_vram", "fp8", "low_vram_fp8"])
+    ap.add_argument(
+        "--sections",
+        nargs="*",
+        default=["text", "dit", "dit_variants", "vae", "e2e", "step_cache", "low_vram", "fp8", "low_vram_fp8"],
+    )
     ap.add_argument("--compile-tiny", action="store_true", help="--tiny: run the compile sections on the CPU too")
-    ap.add_argument("--max-autotune", action="store_true",
-                    help="dit_variants: also compile the blocks with mode=max-autotune-no-cudagraphs (minutes)")
-    ap.add_argument("--server-setup", action="store_true",
-                    help="set up our engine with engine.speed.optimize (as the server does) instead of the "
-                         "experiments' baseline (fused projections + compiled blocks only)")
+    ap.add_argument(
+        "--max-autotune",
+        action="store_true",
+        help="dit_variants: also compile the blocks with mode=max-autotune-no-cudagraphs (minutes)",
+    )
+    ap.add_argument(
+        "--server-setup",
+        action="store_true",
+        help="set up our engine with engine.speed.optimize (as the server does) instead of the "
+        "experiments' baseline (fused projections + compiled blocks only)",
+    )
     args = ap.parse_args(argv)
     dev = "cpu" if args.tiny else "cuda"
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -515,8 +557,13 @@ def main(argv: list[str] | None = None) -> dict:
         args.out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     c = build(args.tiny, dev, dtype)
-    report: dict = {"setup": {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-                              "torch": torch.__version__, "build_s": round(time.perf_counter() - t, 1)}}
+    report: dict = {
+        "setup": {
+            "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "build_s": round(time.perf_counter() - t, 1),
+        }
+    }
     size = 256 if args.tiny else 1024
     from zimage_mcp.engine.dit.attention import best_backend
 
@@ -535,6 +582,7 @@ def main(argv: list[str] | None = None) -> dict:
     def e2e() -> dict:
         with torch.inference_mode():
             c.ours.text_encoder.clear_cache()
+
             def once() -> object:
                 c.ours.text_encoder.clear_cache()
                 return c.ours.generate(PROMPT, "", size, size, 8, 0.0, seed=0)

@@ -26,19 +26,24 @@ async def run(size: int | None, steps: int | None, registry: str | None, out_dir
     sizes = {"width": size, "height": size} if size else {}
     step = {"steps": steps} if steps else {}
     async with Client(server) as client:
+
         async def progress(done: float, total: float | None, message: str | None) -> None:
             print(f"  {done:.0f}/{total or 0:.0f} {message or ''}", file=sys.stderr)
 
-        first = await client.call_tool("generate_image", {"prompt": "a quiet harbour at dawn", **sizes, **step,
-                                                          "seed": 1},
-                                       progress_callback=progress)
+        first = await client.call_tool(
+            "generate_image",
+            {"prompt": "a quiet harbour at dawn", **sizes, **step, "seed": 1},
+            progress_callback=progress,
+        )
         if first.is_error:
             raise SystemExit(first.content[0].text)
         image = first.structured_content["images"][0]
         print("generated", image["id"], image["path"])
-        edited = await client.call_tool("edit_image", {"image": image["id"], "instruction": "the same harbour at night",
-                                                       "strength": 0.7, **step, "seed": 2},
-                                        progress_callback=progress)
+        edited = await client.call_tool(
+            "edit_image",
+            {"image": image["id"], "instruction": "the same harbour at night", "strength": 0.7, **step, "seed": 2},
+            progress_callback=progress,
+        )
         if edited.is_error:
             raise SystemExit(edited.content[0].text)
         info = edited.structured_content
@@ -47,8 +52,11 @@ async def run(size: int | None, steps: int | None, registry: str | None, out_dir
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--registry", default=os.environ.get("ZIMAGE_MCP_REGISTRY"),
-                    help="registry file for the server (ZIMAGE_MCP_REGISTRY)")
+    ap.add_argument(
+        "--registry",
+        default=os.environ.get("ZIMAGE_MCP_REGISTRY"),
+        help="registry file for the server (ZIMAGE_MCP_REGISTRY)",
+    )
     ap.add_argument("--out-dir", help="where the server saves images (ZIMAGE_MCP_OUTPUT_DIR)")
     ap.add_argument("--size", type=int, help="width and height (the variant's default when omitted)")
     ap.add_argument("--steps", type=int, help="denoising steps (the variant's default when omitted)")

@@ -1,7 +1,7 @@
 """Direct engine use, no MCP: load a Z-Image folder and write a PNG.
 
-    python examples/generate_turbo.py --model-dir ~/models/Z-Image-Turbo --prompt "a red fox in snow"
-    python examples/generate_turbo.py --tiny --prompt "a lighthouse"   # a random tiny model, CPU, seconds
+python examples/generate_turbo.py --model-dir ~/models/Z-Image-Turbo --prompt "a red fox in snow"
+python examples/generate_turbo.py --tiny --prompt "a lighthouse"   # a random tiny model, CPU, seconds
 """
 
 from __future__ import annotations
@@ -31,8 +31,14 @@ def main() -> None:
     if args.model_dir is None:
         ap.error("give --model-dir or --tiny")
     pipe = load_pipeline(args.model_dir)
-    out = pipe.generate(args.prompt, width=args.size, height=args.size, steps=args.steps, seed=args.seed,
-                        on_step=lambda i, n: print(f"step {i}/{n}", flush=True))
+    out = pipe.generate(
+        args.prompt,
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+        seed=args.seed,
+        on_step=lambda i, n: print(f"step {i}/{n}", flush=True),
+    )
     out.images[0].save(args.out)
     print(f"saved {args.out} (seed {out.seeds[0]}, {out.timings['total']:.2f} s)")
 

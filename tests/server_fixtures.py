@@ -115,7 +115,10 @@ def start_http_server(settings: Settings, port: int, **env: str) -> subprocess.P
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "zimage_mcp", "serve", "--transport", "http", "--port", str(port)],
-        env=server_env(settings, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        env=server_env(settings, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run(script: str, *args: str) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--tiny", *args],
-                         capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--tiny", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
@@ -44,8 +50,11 @@ def test_bench_lora_tiny_restores_and_counts() -> None:
 
 @pytest.mark.slow
 def test_profile_engine_tiny_measures_fp8_against_bf16() -> None:
-    rows = {k: v for r in _run("profile_engine.py", "--runs", "1", "--sections", "text", "dit", "fp8",
-                                                     "step_cache", "warm_up") for k, v in r.items()}
+    rows = {
+        k: v
+        for r in _run("profile_engine.py", "--runs", "1", "--sections", "text", "dit", "fp8", "step_cache", "warm_up")
+        for k, v in r.items()
+    }
     assert "error" not in rows["fp8"], rows["fp8"]
     assert rows["text"]["eager_ms"] > 0 and rows["dit"]["forward_ms"] > 0
     # fp8 GEMM weights change the result a little, never wildly (tiny random model, 4 steps at 256^2)
@@ -70,15 +79,32 @@ def test_profile_engine_tiny_compares_static_and_dynamic_shapes() -> None:
 @pytest.mark.slow
 def test_bench_server_tiny_measures_the_real_server(tmp_path: Path) -> None:
     out = tmp_path / "server.json"
-    rows = _run("bench_server.py", "--sections", "latency", "engine", "throughput", "--runs", "1", "--warmup", "1",
-                "--images", "4", "--weights", str(tmp_path / "weights"), "--workdir", str(tmp_path / "run"),
-                "--json", str(out))
+    rows = _run(
+        "bench_server.py",
+        "--sections",
+        "latency",
+        "engine",
+        "throughput",
+        "--runs",
+        "1",
+        "--warmup",
+        "1",
+        "--images",
+        "4",
+        "--weights",
+        str(tmp_path / "weights"),
+        "--workdir",
+        str(tmp_path / "run"),
+        "--json",
+        str(out),
+    )
     data = json.loads(out.read_text())
     assert {"setup", "server_start", "latency", "throughput", "engine", "ratios", "durations_s"} <= set(data)
     assert (tmp_path / "weights" / "model_index.json").is_file()  # diffusers' save_pretrained layout
     latency = data["latency"]
     assert {(r["output_format"], r["preview"]) for r in latency} == {
-        (f, p) for f in ("png", "webp", "jpeg") for p in ("thumbnail", "none")}
+        (f, p) for f in ("png", "webp", "jpeg") for p in ("thumbnail", "none")
+    }
     assert all(r["runs"] == 1 and r["client_ms"] > 0 and r["server_timings_ms"]["total"] > 0 for r in latency)
     assert all(r["preview_b64_bytes"] > 0 for r in latency if r["preview"] == "thumbnail")
     t = data["throughput"]

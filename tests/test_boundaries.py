@@ -20,8 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "zimage_mcp"
 BUILTINS = ROOT / "plugins" / "zimage_builtins"
 TORCH_FREE_THIRD_PARTY = {"pluggy", "platformdirs", "PIL"}
-SERVER_THIRD_PARTY = TORCH_FREE_THIRD_PARTY | {"mcp", "mcp_types", "pydantic", "anyio", "starlette", "uvicorn", "httpx",
-                                               "httpx2", "sse_starlette"}
+SERVER_THIRD_PARTY = TORCH_FREE_THIRD_PARTY | {
+    "mcp",
+    "mcp_types",
+    "pydantic",
+    "anyio",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "httpx2",
+    "sse_starlette",
+}
 ENGINE_THIRD_PARTY = {"torch", "triton", "safetensors", "transformers", "tokenizers", "numpy", "PIL", "cv2"}
 
 
@@ -37,13 +46,22 @@ class Rule:
 RULES = (
     Rule(PACKAGE / "engine", ("zimage_mcp.engine",), frozenset(ENGINE_THIRD_PARTY)),
     Rule(PACKAGE / "contract", ("zimage_mcp.contract",), frozenset({"PIL"})),
-    Rule(PACKAGE / "registry", ("zimage_mcp.contract", "zimage_mcp.registry", "zimage_mcp"),
-         frozenset(TORCH_FREE_THIRD_PARTY)),
+    Rule(
+        PACKAGE / "registry",
+        ("zimage_mcp.contract", "zimage_mcp.registry", "zimage_mcp"),
+        frozenset(TORCH_FREE_THIRD_PARTY),
+    ),
     Rule(PACKAGE / "store", ("zimage_mcp.contract", "zimage_mcp.store"), frozenset({"PIL"})),
-    Rule(PACKAGE / "server", ("zimage_mcp.contract", "zimage_mcp.registry", "zimage_mcp.store", "zimage_mcp.server",
-                              "zimage_mcp"), frozenset(SERVER_THIRD_PARTY)),
-    Rule(BUILTINS, ("zimage_mcp.contract", "zimage_mcp.registry.hookspecs", "zimage_mcp.engine", "zimage_builtins",
-                    "zimage_mcp"), frozenset(ENGINE_THIRD_PARTY | TORCH_FREE_THIRD_PARTY)),
+    Rule(
+        PACKAGE / "server",
+        ("zimage_mcp.contract", "zimage_mcp.registry", "zimage_mcp.store", "zimage_mcp.server", "zimage_mcp"),
+        frozenset(SERVER_THIRD_PARTY),
+    ),
+    Rule(
+        BUILTINS,
+        ("zimage_mcp.contract", "zimage_mcp.registry.hookspecs", "zimage_mcp.engine", "zimage_builtins", "zimage_mcp"),
+        frozenset(ENGINE_THIRD_PARTY | TORCH_FREE_THIRD_PARTY),
+    ),
 )
 # The package root: __init__ (the lazy hookimpl export), __main__ and cli, which may use anything.
 ROOT_MODULES = {"__init__.py", "__main__.py", "cli.py"}
@@ -147,6 +165,7 @@ def test_no_import_circles() -> None:
                 name = name.rpartition(".")[0]
             if name and name != _name(path):
                 graph[_name(path)].add(name)
+
     # A package's own __init__ re-exporting its submodules is not a circle through them.
     def edges(module: str) -> set[str]:
         return {m for m in graph[module] if not module.startswith(m + ".") and not m.startswith(module + ".")}
@@ -160,7 +179,7 @@ def test_no_import_circles() -> None:
         stack.append(module)
         for nxt in sorted(edges(module)):
             if state.get(nxt) == 1:
-                cycles.append([*stack[stack.index(nxt):], nxt])
+                cycles.append([*stack[stack.index(nxt) :], nxt])
             elif nxt not in state:
                 walk(nxt)
         stack.pop()
@@ -189,8 +208,15 @@ assert not bad, bad
 
 @pytest.mark.parametrize(
     "module",
-    ["zimage_mcp.server", "zimage_mcp.registry", "zimage_mcp.store", "zimage_mcp.contract", "zimage_mcp.cli",
-     "zimage_builtins.engine_variants", "zimage_builtins.lora_dir"],
+    [
+        "zimage_mcp.server",
+        "zimage_mcp.registry",
+        "zimage_mcp.store",
+        "zimage_mcp.contract",
+        "zimage_mcp.cli",
+        "zimage_builtins.engine_variants",
+        "zimage_builtins.lora_dir",
+    ],
 )
 def test_the_torch_free_side_leaves_torch_out(module: str) -> None:
     """Indirect imports too: what a module pulls in at import time, in a fresh interpreter."""

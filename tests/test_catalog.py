@@ -118,13 +118,16 @@ def test_bad_user_table_is_named_and_the_builtin_variant_is_kept(tmp_path: Path,
 
 
 def test_a_typo_drops_only_that_key_and_keeps_the_users_other_values(tmp_path: Path) -> None:
-    user = write(tmp_path / "registry.toml", """
+    user = write(
+        tmp_path / "registry.toml",
+        """
         [variants.z-image-turbo]
         titel = "x"
         [variants.z-image-turbo.defaults]
         stepz = 4
         steps = 6
-        """)
+        """,
+    )
     catalog = load_catalog(user)
     assert catalog.problems == (
         f"{user}: [variants.z-image-turbo] titel: unknown key (allowed: plugin, title, kind, description, aliases, "

@@ -64,8 +64,23 @@ def test_lora_inspect_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_generate_direct(env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "direct.png"
-    code = main(["generate", "--prompt", "a cup", "--width", "256", "--height", "256", "--steps", "2",
-                 "--seed", "3", "--out", str(out)])
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "a cup",
+            "--width",
+            "256",
+            "--height",
+            "256",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     info = json.loads(captured.out)

@@ -30,22 +30,31 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "zimage_mcp", *args], capture_output=True, text=True,
-                          env=env or cli_env(), timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "zimage_mcp", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def assert_short_error(done: subprocess.CompletedProcess[str], *needles: str, max_lines: int = 2) -> None:
     assert done.returncode != 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    error = done.stderr[done.stderr.index("zimage-mcp:"):].strip().splitlines()
+    error = done.stderr[done.stderr.index("zimage-mcp:") :].strip().splitlines()
     assert 1 <= len(error) <= max_lines, done.stderr
     for needle in needles:
         assert needle in done.stderr, done.stderr
 
 
 def test_missing_registry_is_one_or_two_lines_in_either_position() -> None:
-    for done in (cli("list", env=cli_env(ZIMAGE_MCP_REGISTRY="/nope.toml")),
-                 cli("--registry", "/nope.toml", "list"), cli("list", "--registry", "/nope.toml")):
+    for done in (
+        cli("list", env=cli_env(ZIMAGE_MCP_REGISTRY="/nope.toml")),
+        cli("--registry", "/nope.toml", "list"),
+        cli("list", "--registry", "/nope.toml"),
+    ):
         assert_short_error(done, "/nope.toml", "does not exist", "--registry")
         assert "`zimage-mcp " not in done.stderr and "huggingface-cli" not in done.stderr  # hints that run
     debug = cli("list", "--registry", "/nope.toml", "--log-level", "DEBUG")
@@ -67,8 +76,9 @@ def test_attach_with_a_wrong_token(tmp_path: Path, tiny_model_dir: Path) -> None
     port = free_port()
     proc = start_http_server(settings, port, ZIMAGE_MCP_TOKEN="right-token")
     try:
-        done = cli("serve", "--attach", f"http://127.0.0.1:{port}/mcp", env=cli_env(ZIMAGE_MCP_TOKEN="wrong"),
-                   timeout=60)
+        done = cli(
+            "serve", "--attach", f"http://127.0.0.1:{port}/mcp", env=cli_env(ZIMAGE_MCP_TOKEN="wrong"), timeout=60
+        )
     finally:
         stop(proc)
     assert_short_error(done, "the daemon refused the token: set ZIMAGE_MCP_TOKEN")
@@ -95,9 +105,28 @@ def tiny_env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:  # noqa: F
 def test_generate_takes_the_tools_options_and_gallery_lists_newest_first(
     tmp_path: Path, tiny_env: dict[str, str]
 ) -> None:
-    done = cli("generate", "--prompt", "a lighthouse", "--negative-prompt", "fog", "--count", "2", "--format",
-               "webp", "--seed", "5", "--steps", "2", "--guidance", "0", "--out", str(tmp_path / "x.webp"),
-               "--log-level", "WARNING", env=tiny_env)
+    done = cli(
+        "generate",
+        "--prompt",
+        "a lighthouse",
+        "--negative-prompt",
+        "fog",
+        "--count",
+        "2",
+        "--format",
+        "webp",
+        "--seed",
+        "5",
+        "--steps",
+        "2",
+        "--guidance",
+        "0",
+        "--out",
+        str(tmp_path / "x.webp"),
+        "--log-level",
+        "WARNING",
+        env=tiny_env,
+    )
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert [i["seed"] for i in info["images"]] == [5, 6]
@@ -147,7 +176,7 @@ def test_list_and_plugins_show_failed_plugins_with_their_reason(tmp_path: Path, 
         done = cli(command, env=env)
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr
-        problems = done.stdout[done.stdout.index("problems:"):]
+        problems = done.stdout[done.stdout.index("problems:") :]
         assert "broken_plugin" in problems and "needs libfoo" in problems, done.stdout
     rows = json.loads(cli("plugins", "--json", env=env).stdout)
     assert any(r["name"] == "broken_plugin" and r["status"] == "failed" for r in rows)

@@ -41,6 +41,7 @@ async def test_sigkill_while_writing_loses_no_reported_image(settings: Settings)
     proc = start_http_server(settings, port)
     reported: list[str] = []
     try:
+
         async def writer(n: int) -> None:
             async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=60) as client:
                 for i in range(40):

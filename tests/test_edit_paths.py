@@ -85,15 +85,21 @@ async def test_control_edit_runs_the_paired_controlnet(server) -> None:
     hint = _gradient(inputs / "hint.png")
     async with Client(srv) as client:
         parent = await _first_id(client)
-        res = await client.call_tool("edit_image", {
-            "image": parent, "prompt": "the same street at night", "seed": 3,
-            "control": {"type": "canny", "image": hint, "scale": 0.8},
-        })
+        res = await client.call_tool(
+            "edit_image",
+            {
+                "image": parent,
+                "prompt": "the same street at night",
+                "seed": 3,
+                "control": {"type": "canny", "image": hint, "scale": 0.8},
+            },
+        )
         assert not res.is_error, res.content
         info = res.structured_content
         assert info["mode"] == "control" and info["parent"] == parent
-        plain = await client.call_tool("generate_image", {"prompt": "the same street at night", "seed": 3,
-                                                          "width": 256, "height": 256})
+        plain = await client.call_tool(
+            "generate_image", {"prompt": "the same street at night", "seed": 3, "width": 256, "height": 256}
+        )
         a = Image.open(info["images"][0]["path"])
         b = Image.open(plain.structured_content["images"][0]["path"])
         assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() > 0  # the hint changed the image
@@ -105,8 +111,9 @@ async def test_unsupported_hint_type_is_a_clear_error(server) -> None:
     hint = _gradient(inputs / "hint.png")
     async with Client(srv) as client:
         parent = await _first_id(client)
-        res = await client.call_tool("edit_image", {"image": parent, "prompt": "x",
-                                                    "control": {"type": "thermal", "image": hint}})
+        res = await client.call_tool(
+            "edit_image", {"image": parent, "prompt": "x", "control": {"type": "thermal", "image": hint}}
+        )
         assert res.is_error and "thermal" in res.content[0].text
 
 
@@ -116,8 +123,16 @@ async def test_reference_edit_runs_the_omni_variant(server) -> None:
     ref = _gradient(inputs / "ref.png")
     async with Client(srv) as client:
         parent = await _first_id(client)
-        res = await client.call_tool("edit_image", {"image": parent, "instruction": "put the square on a table",
-                                                    "model": "edit", "reference_images": [ref], "seed": 5})
+        res = await client.call_tool(
+            "edit_image",
+            {
+                "image": parent,
+                "instruction": "put the square on a table",
+                "model": "edit",
+                "reference_images": [ref],
+                "seed": 5,
+            },
+        )
         assert not res.is_error, res.content
         info = res.structured_content
         assert info["mode"] == "reference" and info["model"] == "z-image-edit" and info["parent"] == parent
@@ -132,8 +147,9 @@ async def test_inpaint_keeps_unmasked_pixels(server) -> None:
     Image.fromarray(mask).save(inputs / "mask.png")
     async with Client(srv) as client:
         parent = await _first_id(client)
-        res = await client.call_tool("edit_image", {"image": parent, "prompt": "a red door", "seed": 2,
-                                                    "mask": str(inputs / "mask.png")})
+        res = await client.call_tool(
+            "edit_image", {"image": parent, "prompt": "a red door", "seed": 2, "mask": str(inputs / "mask.png")}
+        )
         assert not res.is_error, res.content
         src = np.asarray(Image.open(next(Path(out).rglob(f"{parent}.png"))))
         out = np.asarray(Image.open(res.structured_content["images"][0]["path"]))
@@ -164,8 +180,11 @@ async def test_img2img_runs_in_the_engine(server) -> None:
     srv, inputs, out = server
     async with Client(srv) as client:
         parent = await _first_id(client)
-        info = _ok(await client.call_tool("edit_image", {"image": parent, "instruction": "make it blue",
-                                                         "strength": 0.5, "seed": 7}))
+        info = _ok(
+            await client.call_tool(
+                "edit_image", {"image": parent, "instruction": "make it blue", "strength": 0.5, "seed": 7}
+            )
+        )
         assert info["mode"] == "img2img" and info["parent"] == parent and info["edit"]["strength"] == 0.5
         src = np.asarray(Image.open(next(Path(out).rglob(f"{parent}.png"))), np.int16)
         got = np.asarray(Image.open(info["images"][0]["path"]), np.int16)
@@ -179,8 +198,9 @@ async def test_photo_canny_detects_edges_in_the_engine(server) -> None:
     async with Client(srv) as client:
         parent = await _first_id(client)
         args = {"image": parent, "prompt": "the same street at night", "seed": 3}
-        detected = _ok(await client.call_tool("edit_image", {**args, "control": {"type": "photo-canny",
-                                                                                 "image": photo}}))
+        detected = _ok(
+            await client.call_tool("edit_image", {**args, "control": {"type": "photo-canny", "image": photo}})
+        )
         raw = _ok(await client.call_tool("edit_image", {**args, "control": {"type": "canny", "image": photo}}))
         assert detected["mode"] == raw["mode"] == "control"
         a = np.asarray(Image.open(detected["images"][0]["path"]), np.int16)
@@ -196,11 +216,16 @@ async def test_unsupported_edits_are_refused_by_name(server) -> None:
     async with Client(srv) as client:
         parent = await _first_id(client)
         for field, value in (("mask", str(mask)), ("strength", 0.5)):
-            text = _error(await client.call_tool("edit_image", {"image": parent, "prompt": "x", "model": "edit",
-                                                                field: value}))
+            text = _error(
+                await client.call_tool("edit_image", {"image": parent, "prompt": "x", "model": "edit", field: value})
+            )
             assert f"{field}: variant 'z-image-edit' edits by instruction (edit modes: reference)" in text
-        text = _error(await client.call_tool("edit_image", {"image": parent, "prompt": "x", "model": "edit",
-                                                            "control": {"type": "canny", "image": parent}}))
+        text = _error(
+            await client.call_tool(
+                "edit_image",
+                {"image": parent, "prompt": "x", "model": "edit", "control": {"type": "canny", "image": parent}},
+            )
+        )
         assert "control" in text and "z-image-edit" in text
         assert _ok(await client.call_tool("list_models", {}))  # still serving
 
@@ -220,8 +245,11 @@ async def test_omni_generates_several_images_with_consecutive_seeds(server) -> N
 
 
 @pytest.mark.anyio
-async def test_a_lora_changes_an_omni_edit(tmp_path: Path, tiny_model_dir: Path,  # noqa: F811
-                                           edit_models: tuple[Path, Path]) -> None:
+async def test_a_lora_changes_an_omni_edit(
+    tmp_path: Path,
+    tiny_model_dir: Path,  # noqa: F811
+    edit_models: tuple[Path, Path],
+) -> None:
     from tests.engine.lora_dialects import write_peft_lora
 
     (tmp_path / "loras").mkdir()
@@ -230,8 +258,13 @@ async def test_a_lora_changes_an_omni_edit(tmp_path: Path, tiny_model_dir: Path,
     ref = _gradient(inputs / "ref.png")
     async with Client(srv) as client:
         parent = await _first_id(client)
-        args = {"image": parent, "instruction": "put the square on a table", "model": "edit",
-                "reference_images": [ref], "seed": 5}
+        args = {
+            "image": parent,
+            "instruction": "put the square on a table",
+            "model": "edit",
+            "reference_images": [ref],
+            "seed": 5,
+        }
         plain = _ok(await client.call_tool("edit_image", args))
         styled = _ok(await client.call_tool("edit_image", {**args, "loras": [{"name": "sharpen", "scale": 1.0}]}))
         again = _ok(await client.call_tool("edit_image", args))  # the LoRA comes off after its request
@@ -241,16 +274,23 @@ async def test_a_lora_changes_an_omni_edit(tmp_path: Path, tiny_model_dir: Path,
 
 
 @pytest.mark.anyio
-async def test_vram_budget_evicts_the_least_recently_used_variant(tmp_path: Path, tiny_model_dir: Path,  # noqa: F811
-                                                                  edit_models: tuple[Path, Path]) -> None:
+async def test_vram_budget_evicts_the_least_recently_used_variant(
+    tmp_path: Path,
+    tiny_model_dir: Path,  # noqa: F811
+    edit_models: tuple[Path, Path],
+) -> None:
     # a budget below either tiny model: loading one variant unloads the other
     srv, inputs, out = _server(tmp_path, tiny_model_dir, edit_models, vram_budget_gb=1e-6)
     ref = _gradient(inputs / "ref.png")
     async with Client(srv) as client:
         parent = await _first_id(client)
         assert (await _loaded(client))["z-image-turbo"] is True
-        _ok(await client.call_tool("edit_image", {"image": parent, "instruction": "x", "model": "edit",
-                                                  "reference_images": [ref], "seed": 1}))
+        _ok(
+            await client.call_tool(
+                "edit_image",
+                {"image": parent, "instruction": "x", "model": "edit", "reference_images": [ref], "seed": 1},
+            )
+        )
         assert await _loaded(client) == {"z-image-turbo": False, "z-image-edit": True}
         await _first_id(client)  # turbo again: loads, and the edit variant makes room
         assert await _loaded(client) == {"z-image-turbo": True, "z-image-edit": False}
@@ -258,7 +298,9 @@ async def test_vram_budget_evicts_the_least_recently_used_variant(tmp_path: Path
 
 @pytest.mark.anyio
 async def test_idle_unloader_frees_the_model_and_a_later_request_reloads_it(
-    tmp_path: Path, tiny_model_dir: Path, edit_models: tuple[Path, Path],  # noqa: F811
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    edit_models: tuple[Path, Path],  # noqa: F811
 ) -> None:
     srv, inputs, out = _server(tmp_path, tiny_model_dir, edit_models, idle_unload_seconds=0.2)
     async with Client(srv) as client:

@@ -32,8 +32,13 @@ path = "{tiny_model_dir.as_posix()}"
         sd[f"transformer.layers.0.attention.{t}.lora_A.weight"] = torch.randn(4, 64, generator=gen)
         sd[f"transformer.layers.0.attention.{t}.lora_B.weight"] = torch.randn(64, 4, generator=gen)
     save_file(sd, str(loras / "style.safetensors"))
-    save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 99),
-               "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(64, 4)}, str(loras / "alien.safetensors"))
+    save_file(
+        {
+            "transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 99),
+            "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(64, 4),
+        },
+        str(loras / "alien.safetensors"),
+    )
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     settings = make_settings(tmp_path, reg, inputs, lora_dir=loras)
@@ -85,8 +90,9 @@ def test_loras_on_fp8_weights_are_a_request_error_and_plain_generation_goes_on(r
     backend.pipe.transformer.to_fp8()  # what [runtime] fp8 = true does on a GPU (fp8 matmuls also run on the CPU)
     try:
         with pytest.raises(InvalidRequestError, match=r"loras.*\[runtime\] fp8 = true.*set fp8 = false"):
-            backend.generate(_request(loras=(LoraRef(name="style", file=target[1].file, scale=0.9),)),
-                             _noop, lambda: False)
+            backend.generate(
+                _request(loras=(LoraRef(name="style", file=target[1].file, scale=0.9),)), _noop, lambda: False
+            )
         assert backend.generate(_request(), _noop, lambda: False).images
     finally:
         registry.unload_all()  # the next test gets a fresh bf16 backend
@@ -96,8 +102,11 @@ def test_a_lora_for_another_shape_is_a_request_error_and_leaves_the_model_alone(
     backend = registry.backend("z-image-turbo")
     alien = registry.resolve_lora("alien")
     before = {k: v.clone() for k, v in backend.pipe.transformer.state_dict().items()}
-    with pytest.raises(InvalidRequestError, match=r"loras.*LoRA 'alien' does not fit z-image-turbo \(Z-Image-Turbo\); "
-                       r"it fits: .*; it was applied to z-image-turbo"):
+    with pytest.raises(
+        InvalidRequestError,
+        match=r"loras.*LoRA 'alien' does not fit z-image-turbo \(Z-Image-Turbo\); "
+        r"it fits: .*; it was applied to z-image-turbo",
+    ):
         backend.generate(_request(loras=(LoraRef(name="alien", file=alien.file, scale=1.0),)), _noop, lambda: False)
     after = backend.pipe.transformer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -105,7 +114,8 @@ def test_a_lora_for_another_shape_is_a_request_error_and_leaves_the_model_alone(
 
 
 def test_low_vram_mode_keeps_the_text_encoder_on_the_host_and_tiles_the_vae(
-    tmp_path: Path, tiny_model_dir: Path  # noqa: F811
+    tmp_path: Path,
+    tiny_model_dir: Path,  # noqa: F811
 ) -> None:
     from zimage_builtins.engine_backend import build_backend
 
@@ -113,8 +123,9 @@ def test_low_vram_mode_keeps_the_text_encoder_on_the_host_and_tiles_the_vae(
 
     registry = Registry.from_settings(make_settings(tmp_path, _turbo_registry(tmp_path, tiny_model_dir), tmp_path))
     spec = registry.resolve("turbo").spec
-    backend = build_backend(spec, BackendContext(device="cpu", dtype="float32", offload_text_encoder=True,
-                                                 step_cache=0.08))
+    backend = build_backend(
+        spec, BackendContext(device="cpu", dtype="float32", offload_text_encoder=True, step_cache=0.08)
+    )
     try:
         assert backend.pipe.offload_text_encoder and backend.pipe.vae_tiling and backend.pipe.step_cache == 0.08
         assert backend.pipe.text_encoder.device.type == "cpu"
@@ -124,7 +135,9 @@ def test_low_vram_mode_keeps_the_text_encoder_on_the_host_and_tiles_the_vae(
 
 
 def test_fp8_without_fp8_tensor_cores_is_a_load_error_naming_the_setting(
-    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
 ) -> None:
     from zimage_builtins.engine_backend import build_backend
 

@@ -21,11 +21,18 @@ from zimage_mcp.server import build_server
 
 EXAMPLES = 40  # per tool
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40))
-wild = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                          st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                    max_leaves=6)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+)
+wild = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6,
+)
 sizes = st.one_of(st.sampled_from([256, 0, -16, 255, 272, 10**6]), st.integers(-5000, 5000), wild)
 prompts = st.one_of(st.sampled_from(["a cat", "一只猫", "cat\x00\x1b", "", " "]), st.text(max_size=60), wild)
 lora_entry = st.fixed_dictionaries({"name": st.text(max_size=10)}, optional={"scale": st.floats(-10, 10)})
@@ -40,14 +47,35 @@ COMMON = {
     "preview": st.one_of(st.sampled_from(["none", "thumbnail", "full", "big"]), wild),
     "wait": st.one_of(st.booleans(), wild),
 }
-GENERATE = {**COMMON, "negative_prompt": st.one_of(st.none(), st.text(max_size=30), wild), "width": sizes,
-            "height": sizes, "count": st.one_of(st.integers(-2, 6), wild)}
-EDIT = {**COMMON, "instruction": prompts, "strength": st.one_of(st.floats(-1, 2), wild),
-        "mask": st.one_of(st.sampled_from(["{img}", "/etc/passwd", "../x.png", "ffffffffffff"]), wild),
-        "control": st.one_of(st.fixed_dictionaries({"type": st.text(max_size=8), "image": st.just("{img}")}), wild),
-        "reference_images": st.one_of(st.lists(st.sampled_from(["{img}", "/etc/hosts"]), max_size=3), wild)}
-IMAGES = st.one_of(st.sampled_from(["{img}", "zimage://images/000000000000", "/etc/passwd", "file:///etc/passwd",
-                                    "{inputs}/../x.png", "data:image/png;base64,AAAA", "{inputs}"]), wild)
+GENERATE = {
+    **COMMON,
+    "negative_prompt": st.one_of(st.none(), st.text(max_size=30), wild),
+    "width": sizes,
+    "height": sizes,
+    "count": st.one_of(st.integers(-2, 6), wild),
+}
+EDIT = {
+    **COMMON,
+    "instruction": prompts,
+    "strength": st.one_of(st.floats(-1, 2), wild),
+    "mask": st.one_of(st.sampled_from(["{img}", "/etc/passwd", "../x.png", "ffffffffffff"]), wild),
+    "control": st.one_of(st.fixed_dictionaries({"type": st.text(max_size=8), "image": st.just("{img}")}), wild),
+    "reference_images": st.one_of(st.lists(st.sampled_from(["{img}", "/etc/hosts"]), max_size=3), wild),
+}
+IMAGES = st.one_of(
+    st.sampled_from(
+        [
+            "{img}",
+            "zimage://images/000000000000",
+            "/etc/passwd",
+            "file:///etc/passwd",
+            "{inputs}/../x.png",
+            "data:image/png;base64,AAAA",
+            "{inputs}",
+        ]
+    ),
+    wild,
+)
 
 
 def _args(draw: Any, fields: dict[str, Any], required: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +138,14 @@ def _check(env: dict[str, Any], tool: str, args: dict[str, Any], fields: set[str
 
 
 # generate only: no shrinking (a failing example is reported as drawn), no explicit or replayed examples
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
-                    suppress_health_check=list(HealthCheck))
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def _fuzz(env: dict[str, Any], tool: str, strategy: Any, fields: set[str]) -> None:
@@ -125,8 +159,9 @@ def _fuzz(env: dict[str, Any], tool: str, strategy: Any, fields: set[str]) -> No
     example()
     assert len(outcomes) == EXAMPLES  # every example ran and got a well-formed answer
     assert "refused" in outcomes  # the fuzzing reached the validation, not only the happy path
-    after = env["client"].call("generate_image", {"prompt": "after the storm", "width": 256, "height": 256,
-                                                  "steps": 2, "preview": "none"})
+    after = env["client"].call(
+        "generate_image", {"prompt": "after the storm", "width": 256, "height": 256, "steps": 2, "preview": "none"}
+    )
     assert not after.is_error, result_text(after)
 
 

@@ -24,8 +24,12 @@ from zimage_mcp.registry.settings import Settings
 from zimage_mcp.server.attach import daemon_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
@@ -40,8 +44,11 @@ async def test_generate_over_http_with_progress_and_metrics(
         progress.append(value)
 
     async with Client(f"{base}/mcp", mode=mode) as client:
-        result = await client.call_tool("generate_image", {"prompt": "a boat", "width": 256, "height": 256,
-                                                           "steps": 2}, progress_callback=on_progress)
+        result = await client.call_tool(
+            "generate_image",
+            {"prompt": "a boat", "width": 256, "height": 256, "steps": 2},
+            progress_callback=on_progress,
+        )
         bad = await client.call_tool("generate_image", {"prompt": "a boat", "model": "nope"})
     assert not result.is_error, result.content
     assert bad.is_error

@@ -115,6 +115,7 @@ async def test_cancelling_the_caller_stops_the_worker() -> None:
 
     started = threading.Event()
     async with anyio.create_task_group() as tg:
+
         async def caller() -> None:
             await jobs.run_inline(job, _wait_for_stop(started), report)
 

@@ -98,8 +98,11 @@ async def test_eight_clients_ten_requests_each(daemon: tuple[str, Any]) -> None:
                     cancelled = await client.call_tool("cancel_job", {"job_id": queued.structured_content["job_id"]})
                     outcomes["cancel_" + cancelled.structured_content["status"]] += 1
                 else:
-                    args = {"bad_model": {**VALID, "model": "sdxl"}, "bad_type": {**VALID, "width": "wide"},
-                            "bad_size": {**VALID, "width": 100}}[kind]
+                    args = {
+                        "bad_model": {**VALID, "model": "sdxl"},
+                        "bad_type": {**VALID, "width": "wide"},
+                        "bad_size": {**VALID, "width": 100},
+                    }[kind]
                     result = await client.call_tool("generate_image", args)
                     assert result.is_error
                     errors[kind] += 1
@@ -163,7 +166,9 @@ async def test_eight_clients_ten_requests_each(daemon: tuple[str, Any]) -> None:
 
     latencies.sort()
     p95 = latencies[int(0.95 * (len(latencies) - 1))]
-    print(f"\nLOAD: requests={(CLIENTS + 3 * (CLIENTS // 2)) * PER_CLIENT} ok={outcomes['ok']} failures={dict(errors)} "
-          f"cancels={ {k: v for k, v in outcomes.items() if k.startswith('cancel')} } "
-          f"p50={statistics.median(latencies):.2f}s p95={p95:.2f}s wall={wall:.1f}s "
-          f"growth={growth_mib:.1f}MiB, flattest of the last two rounds +{flattest_mib:.1f}MiB")
+    print(
+        f"\nLOAD: requests={(CLIENTS + 3 * (CLIENTS // 2)) * PER_CLIENT} ok={outcomes['ok']} failures={dict(errors)} "
+        f"cancels={ {k: v for k, v in outcomes.items() if k.startswith('cancel')} } "
+        f"p50={statistics.median(latencies):.2f}s p95={p95:.2f}s wall={wall:.1f}s "
+        f"growth={growth_mib:.1f}MiB, flattest of the last two rounds +{flattest_mib:.1f}MiB"
+    )

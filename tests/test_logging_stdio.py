@@ -23,7 +23,7 @@ from zimage_mcp.registry.settings import Settings
 
 pytestmark = pytest.mark.slow
 
-CHATTY = textwrap.dedent('''
+CHATTY = textwrap.dedent("""
     import logging, os, sys
     from dataclasses import replace
     from zimage_mcp import hookimpl
@@ -47,7 +47,7 @@ CHATTY = textwrap.dedent('''
         log.warning("CHATTY log in hook")
         for item in catalog.variants_for("zimage_engine"):
             register(replace(item.spec, id="chatty-turbo", title="chatty"), factory, aliases=())
-''')
+""")
 
 
 def _install_chatty(root: Path) -> Path:
@@ -70,15 +70,48 @@ def test_stdout_is_protocol_only_with_a_chatty_plugin(settings: Settings, tmp_pa
     site = _install_chatty(tmp_path)
     env = server_env(settings, ZIMAGE_MCP_LOG_LEVEL="INFO")
     env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
-    proc = subprocess.Popen([sys.executable, "-m", "zimage_mcp", "serve"], env=env, cwd=REPO,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zimage_mcp", "serve"],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
-        _send(proc, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}})
+        _send(
+            proc,
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "0"},
+                },
+            },
+        )
         _send(proc, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-        _send(proc, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "generate_image", "arguments": {"prompt": "a tree", "model": "chatty-turbo", "width": 256,
-                                                    "height": 256, "steps": 2, "preview": "none"}}})
+        _send(
+            proc,
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {
+                    "name": "generate_image",
+                    "arguments": {
+                        "prompt": "a tree",
+                        "model": "chatty-turbo",
+                        "width": 256,
+                        "height": 256,
+                        "steps": 2,
+                        "preview": "none",
+                    },
+                },
+            },
+        )
         assert proc.stdout is not None
         lines: list[str] = []
         deadline = time.monotonic() + 90
@@ -105,8 +138,17 @@ def test_stdout_is_protocol_only_with_a_chatty_plugin(settings: Settings, tmp_pa
     assert "CHATTY" not in "".join(stdout_lines)
     answer = next(json.loads(ln) for ln in stdout_lines if json.loads(ln).get("id") == 2)
     assert not answer["result"].get("isError"), answer
-    for where in ("print at import", "sys.stdout at import", "fd1 at import", "log at import", "print in hook",
-                  "log in hook", "print in factory", "fd1 in factory", "log in factory"):
+    for where in (
+        "print at import",
+        "sys.stdout at import",
+        "fd1 at import",
+        "log at import",
+        "print in hook",
+        "log in hook",
+        "print in factory",
+        "fd1 in factory",
+        "log in factory",
+    ):
         assert f"CHATTY {where}" in stderr, (where, stderr[-3000:])
     factory_log = next(ln for ln in stderr.splitlines() if "CHATTY log in factory" in ln)
     assert "[req 2]" in factory_log  # the log line carries the MCP request id of the tool call

@@ -53,10 +53,15 @@ def test_folder_becomes_loras(lora_dir: Path) -> None:
 def test_every_refusal_is_listed_with_its_reason(lora_dir: Path) -> None:
     registry = Registry.from_settings(Settings.from_env({}, lora_dir=lora_dir))
     problems = "\n".join(registry.problems())
-    assert f"{lora_dir / 'badkey.toml'}: scael: unknown key (allowed: base, scale, trigger_words, description)" in problems
+    assert (
+        f"{lora_dir / 'badkey.toml'}: scael: unknown key (allowed: base, scale, trigger_words, description)" in problems
+    )
     assert f'{lora_dir / "badtype.json"}: scale: must be a number, got "strong"' in problems
     assert "both.json both exist; keep one sidecar" in problems
-    assert "LoRA 'orphan-base' (plugin 'zimage_lora_dir') refused: base variant 'flux-dev' does not exist; valid: z-image-turbo" in problems
+    assert (
+        "LoRA 'orphan-base' (plugin 'zimage_lora_dir') refused: base variant 'flux-dev' does not exist; valid: z-image-turbo"
+        in problems
+    )
     for pickle in ("old.ckpt", "weights.pt", "adapter.bin", "model.pth"):
         assert f"LoRA {pickle} (plugin 'zimage_lora_dir') refused: pickle formats are never loaded" in problems
     assert "notes.txt" not in problems and "nested" not in problems and "hidden" not in problems

@@ -16,8 +16,13 @@ from zimage_mcp.registry.settings import Settings
 
 
 def _lora(path: Path) -> None:
-    save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 64),
-               "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(64, 4)}, str(path))
+    save_file(
+        {
+            "transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 64),
+            "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(64, 4),
+        },
+        str(path),
+    )
 
 
 def _touch_later(path: Path) -> None:  # coarse-mtime filesystems: make the change visible

@@ -29,9 +29,21 @@ def test_demo_then_generate_then_the_mcp_client(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     assert "a cat" in cli("gallery", env=env_next).stdout
 
-    client = subprocess.run([sys.executable, str(REPO / "examples" / "client_call.py"), "--registry", str(registry),
-                             "--out-dir", str(tmp_path / "mcp-out")], capture_output=True, text=True, timeout=300,
-                            env=cli_env(), cwd=tmp_path)  # no hand edits: defaults come from the tiny registry
+    client = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "client_call.py"),
+            "--registry",
+            str(registry),
+            "--out-dir",
+            str(tmp_path / "mcp-out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+        cwd=tmp_path,
+    )  # no hand edits: defaults come from the tiny registry
     assert client.returncode == 0, client.stderr[-3000:]
     lines = client.stdout.splitlines()
     generated = next(line for line in lines if line.startswith("generated")).split()[1]

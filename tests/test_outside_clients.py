@@ -90,11 +90,16 @@ def node() -> Path:
     """Node 22 from tests/outside/node_modules (npm's ``node`` package), installed by ``npm ci`` when needed."""
     npm = shutil.which("npm")
     if npm is None:
-        pytest.fail("npm is not on PATH: the outside-client tests need Node.js and npm (any Node >= 18 to run "
-                    "npm; Node 22 itself comes from tests/outside/package-lock.json). Install them, e.g. "
-                    "`apt-get install nodejs npm`.")
+        pytest.fail(
+            "npm is not on PATH: the outside-client tests need Node.js and npm (any Node >= 18 to run "
+            "npm; Node 22 itself comes from tests/outside/package-lock.json). Install them, e.g. "
+            "`apt-get install nodejs npm`."
+        )
     digest = _lock_digest()
-    lock_path = Path(tempfile.gettempdir()) / f"zimage-outside-npm-{hashlib.sha256(str(OUTSIDE).encode()).hexdigest()[:12]}.lock"
+    lock_path = (
+        Path(tempfile.gettempdir())
+        / f"zimage-outside-npm-{hashlib.sha256(str(OUTSIDE).encode()).hexdigest()[:12]}.lock"
+    )
     with open(lock_path, "w") as lock:  # one npm ci at a time (parallel pytest workers, two checkouts' runs)
         fcntl.flock(lock, fcntl.LOCK_EX)
         installed = STAMP.read_text().strip() if STAMP.is_file() else ""
@@ -102,20 +107,29 @@ def node() -> Path:
             started = time.monotonic()
             print(f"npm ci in {OUTSIDE} (node_modules missing or stale)", file=sys.stderr)
             try:
-                done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=OUTSIDE, stdin=subprocess.DEVNULL,
-                                      capture_output=True, timeout=NPM_CI_TIMEOUT)
+                done = subprocess.run(
+                    [npm, "ci", "--no-audit", "--no-fund"],
+                    cwd=OUTSIDE,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=NPM_CI_TIMEOUT,
+                )
             except subprocess.TimeoutExpired as exc:
                 pytest.fail(f"npm ci in {OUTSIDE} took longer than {NPM_CI_TIMEOUT} s:\n{_tail(exc.stderr)}")
             if done.returncode != 0:
-                pytest.fail(f"npm ci in {OUTSIDE} failed (exit {done.returncode}):\n{_tail(done.stdout)}\n{_tail(done.stderr)}")
+                pytest.fail(
+                    f"npm ci in {OUTSIDE} failed (exit {done.returncode}):\n{_tail(done.stdout)}\n{_tail(done.stderr)}"
+                )
             STAMP.write_text(digest + "\n")
             print(f"npm ci done in {time.monotonic() - started:.1f} s", file=sys.stderr)
     binary = NODE_MODULES / ".bin" / "node"
     try:
         version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
     except OSError as exc:
-        pytest.fail(f"{binary} does not run ({exc}): the `node` package's install script did not fetch the binary; "
-                    f"delete {NODE_MODULES} and run `npm ci` in {OUTSIDE} to see why")
+        pytest.fail(
+            f"{binary} does not run ({exc}): the `node` package's install script did not fetch the binary; "
+            f"delete {NODE_MODULES} and run `npm ci` in {OUTSIDE} to see why"
+        )
     if not version.startswith("v22."):
         pytest.fail(f"{binary} is {version!r}, expected Node 22 as pinned in {OUTSIDE / 'package.json'}")
     return binary
@@ -137,8 +151,15 @@ def server_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env.update(HF_HOME=str(home / "hf"), HF_HUB_OFFLINE="1")
     model = root / "tiny"
     try:
-        made = subprocess.run([sys.executable, "-m", "zimage_mcp", "make-tiny", str(model)], env=env, cwd=root,
-                              capture_output=True, text=True, timeout=MAKE_TINY_TIMEOUT, stdin=subprocess.DEVNULL)
+        made = subprocess.run(
+            [sys.executable, "-m", "zimage_mcp", "make-tiny", str(model)],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=MAKE_TINY_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"zimage-mcp make-tiny took longer than {MAKE_TINY_TIMEOUT} s")
     assert made.returncode == 0, f"zimage-mcp make-tiny failed:\n{_tail(made.stderr)}"
@@ -199,9 +220,23 @@ def _start_daemon(env: dict[str, str], log: Path, token: str | None) -> tuple[st
         env["ZIMAGE_MCP_TOKEN"] = token
     with open(log, "wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "zimage_mcp", "serve", "--transport", "http", "--host", "127.0.0.1",
-             "--port", str(port)],
-            env=env, cwd=log.parent, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "zimage_mcp",
+                "serve",
+                "--transport",
+                "http",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            cwd=log.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
@@ -217,7 +252,9 @@ def _start_daemon(env: dict[str, str], log: Path, token: str | None) -> tuple[st
                         return f"{base}/mcp", proc
             except (urllib.error.URLError, OSError):
                 time.sleep(0.2)
-        raise AssertionError(f"the HTTP daemon did not answer within {SERVER_START_TIMEOUT} s:\n{_tail(log.read_bytes())}")
+        raise AssertionError(
+            f"the HTTP daemon did not answer within {SERVER_START_TIMEOUT} s:\n{_tail(log.read_bytes())}"
+        )
     except BaseException:
         _kill(proc)
         raise
@@ -243,14 +280,24 @@ def daemon_without_token(server_env: dict[str, str], tmp_path: Path) -> Iterator
 
 def _run_node(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     """Run a node command in its own process group; the whole group is killed on time-out or error."""
-    proc = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill(proc)
         out, err = proc.communicate()
-        raise AssertionError(f"{args[1:3]} took longer than {timeout} s\nstdout:\n{_tail(out)}\nstderr:\n{_tail(err)}") from None
+        raise AssertionError(
+            f"{args[1:3]} took longer than {timeout} s\nstdout:\n{_tail(out)}\nstderr:\n{_tail(err)}"
+        ) from None
     finally:
         _kill(proc)
         try:  # a stdio server the client spawned is in the same process group: never leave it behind
@@ -270,33 +317,67 @@ def _baseline() -> list[str]:
 def test_conformance_suite(node: Path, server_env: dict[str, str], daemon_without_token: str, tmp_path: Path) -> None:
     results = tmp_path / "conformance"
     env = {k: v for k, v in server_env.items() if not k.startswith("ZIMAGE_MCP_")}
-    done = _run_node([str(node), str(CONFORMANCE_JS), "server", "--url", daemon_without_token,
-                      "--expected-failures", str(BASELINE), "-o", str(results)], env, tmp_path, CONFORMANCE_TIMEOUT)
+    done = _run_node(
+        [
+            str(node),
+            str(CONFORMANCE_JS),
+            "server",
+            "--url",
+            daemon_without_token,
+            "--expected-failures",
+            str(BASELINE),
+            "-o",
+            str(results),
+        ],
+        env,
+        tmp_path,
+        CONFORMANCE_TIMEOUT,
+    )
     checks: dict[str, list[dict]] = {}
     for folder in sorted(results.iterdir()):
         scenario = re.sub(r"^server-|-\d{4}-\d{2}-\d{2}T[\d-]+Z$", "", folder.name)
         checks[scenario] = json.loads((folder / "checks.json").read_text())
-    failing = {name: [f"{c['id']}: {c.get('errorMessage')}" for c in found if c["status"] == "FAILURE"]
-               for name, found in checks.items()}
+    failing = {
+        name: [f"{c['id']}: {c.get('errorMessage')}" for c in found if c["status"] == "FAILURE"]
+        for name, found in checks.items()
+    }
     bad = {name: failing.get(name, ["did not run"]) for name in APPLICABLE if failing.get(name, ["did not run"])}
     assert not bad, f"applicable conformance scenarios failed: {json.dumps(bad, indent=2)}\n{_tail(done.stdout)}"
     unknown = set(checks) - set(APPLICABLE) - set(PASS_WITHOUT_APPLYING) - set(_baseline())
     assert not unknown, f"scenarios this test does not know (classify them in tests/outside): {sorted(unknown)}"
-    assert done.returncode == 0, (f"conformance exited {done.returncode} (a baseline entry now passes, or an "
-                                  f"unexpected failure):\n{_tail(done.stdout)}\n{_tail(done.stderr)}")
+    assert done.returncode == 0, (
+        f"conformance exited {done.returncode} (a baseline entry now passes, or an "
+        f"unexpected failure):\n{_tail(done.stdout)}\n{_tail(done.stderr)}"
+    )
 
 
 # -- the TypeScript SDK client ---------------------------------------------------------------------------
 
 
 def _client(node: Path, env: dict[str, str], cwd: Path, transport_args: list[str]) -> dict:
-    done = _run_node([str(node), str(OUTSIDE / "client.mjs"), "--size", str(SIZE), "--steps", str(STEPS),
-                      "--deadline-ms", str((CLIENT_TIMEOUT - 30) * 1000), *transport_args], env, cwd, CLIENT_TIMEOUT)
+    done = _run_node(
+        [
+            str(node),
+            str(OUTSIDE / "client.mjs"),
+            "--size",
+            str(SIZE),
+            "--steps",
+            str(STEPS),
+            "--deadline-ms",
+            str((CLIENT_TIMEOUT - 30) * 1000),
+            *transport_args,
+        ],
+        env,
+        cwd,
+        CLIENT_TIMEOUT,
+    )
     try:
         summary = json.loads(done.stdout)
     except json.JSONDecodeError:
-        raise AssertionError(f"client.mjs exited {done.returncode} without a JSON summary\nstdout:\n{_tail(done.stdout)}"
-                             f"\nstderr:\n{_tail(done.stderr)}") from None
+        raise AssertionError(
+            f"client.mjs exited {done.returncode} without a JSON summary\nstdout:\n{_tail(done.stdout)}"
+            f"\nstderr:\n{_tail(done.stderr)}"
+        ) from None
     summary["_exit"] = done.returncode
     summary["_stderr_tail"] = _tail(done.stderr, 1500)
     return summary
@@ -308,14 +389,23 @@ def _assert_round_trip(summary: dict) -> None:
     report = json.dumps(failed, indent=2)[:6000]
     assert summary["_exit"] == 0 and not failed, (
         f"TypeScript SDK client over {summary['transport']}: exit {summary['_exit']}, failed checks:\n{report}"
-        f"\nserver/client stderr tail:\n{summary['_stderr_tail']}")
-    assert names == ["initialize", "list_tools", "generate_image", "progress_notifications", "read_resource",
-                     "edit_image", "misspelled_argument_refused"], names
+        f"\nserver/client stderr tail:\n{summary['_stderr_tail']}"
+    )
+    assert names == [
+        "initialize",
+        "list_tools",
+        "generate_image",
+        "progress_notifications",
+        "read_resource",
+        "edit_image",
+        "misspelled_argument_refused",
+    ], names
     assert summary["progress"] > 0
 
 
-def test_typescript_sdk_client_over_http(node: Path, server_env: dict[str, str], daemon_with_token: str,
-                                         tmp_path: Path) -> None:
+def test_typescript_sdk_client_over_http(
+    node: Path, server_env: dict[str, str], daemon_with_token: str, tmp_path: Path
+) -> None:
     env = {k: v for k, v in server_env.items() if not k.startswith("ZIMAGE_MCP_")}
     env["ZIMAGE_MCP_TOKEN"] = TOKEN  # client.mjs sends it as 'Authorization: Bearer ...'
     summary = _client(node, env, tmp_path, ["http", daemon_with_token])

@@ -127,8 +127,11 @@ def test_tests_never_autoload_entry_points(fake_dist: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "plugins", "variant_ids"),
     [
-        ("zimage_engine,fake_plugin", ["zimage_engine", "fake_plugin"],
-         ["z-image-turbo", "z-image-base", "z-image-edit", "lora:fake-lora"]),
+        (
+            "zimage_engine,fake_plugin",
+            ["zimage_engine", "fake_plugin"],
+            ["z-image-turbo", "z-image-base", "z-image-edit", "lora:fake-lora"],
+        ),
         ("fake-zimage-plugin", ["fake_plugin", "broken_plugin"], []),  # a distribution name loads its plugins
         ("", [], []),
     ],

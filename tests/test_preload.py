@@ -34,8 +34,9 @@ async def _preloaded(server: ZImageServer, timeout: float = 120) -> dict[str, st
     return server.state.preload
 
 
-async def test_preloaded_variant_is_loaded_before_any_request(tmp_path: Path, registry_file: Path,
-                                                              input_dir: Path) -> None:
+async def test_preloaded_variant_is_loaded_before_any_request(
+    tmp_path: Path, registry_file: Path, input_dir: Path
+) -> None:
     server = build_server(make_settings(tmp_path, registry_file, input_dir, preload=("z-image-turbo",)))
     async with Client(server) as client:
         assert await _preloaded(server) == {"z-image-turbo": "ready"}
@@ -45,8 +46,9 @@ async def test_preloaded_variant_is_loaded_before_any_request(tmp_path: Path, re
         assert not result.is_error
 
 
-async def test_a_request_at_start_is_served_while_preloading(tmp_path: Path, registry_file: Path,
-                                                              input_dir: Path) -> None:
+async def test_a_request_at_start_is_served_while_preloading(
+    tmp_path: Path, registry_file: Path, input_dir: Path
+) -> None:
     server = build_server(make_settings(tmp_path, registry_file, input_dir, preload=("z-image-turbo",)))
     async with Client(server) as client:
         result = await client.call_tool("generate_image", {"prompt": "a cat", **SMALL})
@@ -55,11 +57,13 @@ async def test_a_request_at_start_is_served_while_preloading(tmp_path: Path, reg
     assert not server.state.jobs.lock.held
 
 
-async def test_bad_preloads_are_reported_and_the_server_serves(tmp_path: Path, registry_file: Path, input_dir: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_bad_preloads_are_reported_and_the_server_serves(
+    tmp_path: Path, registry_file: Path, input_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="zimage_mcp.server.preload")
-    settings = make_settings(tmp_path, registry_file, input_dir, preload=("no-such-model", "z-image-turbo"),
-                             warm_sizes=("256x250",))
+    settings = make_settings(
+        tmp_path, registry_file, input_dir, preload=("no-such-model", "z-image-turbo"), warm_sizes=("256x250",)
+    )
     server = build_server(settings)
     async with Client(server) as client:
         outcome = await _preloaded(server)
@@ -70,8 +74,9 @@ async def test_bad_preloads_are_reported_and_the_server_serves(tmp_path: Path, r
         assert not (await client.call_tool("generate_image", {"prompt": "a cat", **SMALL})).is_error
 
 
-async def test_shutdown_stops_a_preload_waiting_for_the_gpu(tmp_path: Path, registry_file: Path,
-                                                            input_dir: Path) -> None:
+async def test_shutdown_stops_a_preload_waiting_for_the_gpu(
+    tmp_path: Path, registry_file: Path, input_dir: Path
+) -> None:
     registry = Registry.from_settings(make_settings(tmp_path, registry_file, input_dir))
     lock, stopping = FifoLock(), threading.Event()
     assert lock.try_acquire()  # a job holds the GPU

@@ -32,8 +32,9 @@ async def test_prompts_are_listed_and_rendered(settings: Settings, mode: str) ->
         assert "generate_image" in shot.messages[0].content.text and "a red mug" in shot.messages[0].content.text
 
 
-async def test_unknown_prompt_is_invalid_params(settings: Settings, mode: str,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_unknown_prompt_is_invalid_params(
+    settings: Settings, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     async with Client(build_server(settings), mode=mode) as client:
         with pytest.raises(MCPError) as caught:

@@ -109,7 +109,10 @@ def test_duplicates_first_registered_wins() -> None:
     first, second = Factory(), Factory()
     registry = registry_with(
         ("one", variants_plugin((spec("v-a"), first, ("a",)), (spec("v-b"), first, ("shared",)))),
-        ("two", variants_plugin((spec("v-a"), second, ()), (spec("v-c"), second, ("shared", "c")), (spec("a"), second, ()))),
+        (
+            "two",
+            variants_plugin((spec("v-a"), second, ()), (spec("v-c"), second, ("shared", "c")), (spec("a"), second, ())),
+        ),
     )
     assert [e.spec.id for e in registry.variants()] == ["v-a", "v-b", "v-c"]
     assert registry.resolve("v-a").plugin == "one" and registry.resolve("shared").spec.id == "v-b"
@@ -127,7 +130,10 @@ def test_a_builtin_beats_a_plugin_reusing_its_id() -> None:
     pm.register(variants_plugin((spec("z-image-turbo"), Factory(), ("turbo",))), name="impostor")
     registry = Registry.from_settings(Settings.from_env({}), pm)
     assert registry.resolve("turbo").plugin == "zimage_engine"
-    assert "duplicate variant 'z-image-turbo': kept the one from plugin 'zimage_engine', ignored plugin 'impostor'" in registry.problems()
+    assert (
+        "duplicate variant 'z-image-turbo': kept the one from plugin 'zimage_engine', ignored plugin 'impostor'"
+        in registry.problems()
+    )
 
 
 def test_a_plugin_that_raises_is_listed_failed_and_others_work() -> None:
@@ -186,7 +192,15 @@ def test_lora_refusals_from_any_plugin() -> None:
             register("ok", "/l/other.safetensors")
             register("nobase", "/l/nb.safetensors", base="missing")
 
-    registry = registry_with(("vars", variants_plugin((spec("v-a"), Factory(), ()),)), ("p", Plugin()))
+    registry = registry_with(
+        (
+            "vars",
+            variants_plugin(
+                (spec("v-a"), Factory(), ()),
+            ),
+        ),
+        ("p", Plugin()),
+    )
     assert [lora.name for lora in registry.loras()] == ["ok"]
     assert registry.problems() == [
         "LoRA 'pickled' (plugin 'p') refused: /l/x.ckpt: pickle formats are never loaded",
@@ -254,8 +268,12 @@ def test_backend_is_built_lazily_once_and_gets_the_context() -> None:
     assert registry.backend("v-a") is backend and factory.builds == 1 and registry.is_loaded("v-a")
     from zimage_mcp.registry.settings import default_compile_cache_dir
 
-    assert registry.backend_context() == BackendContext(device="cpu", dtype="float32", hf_home=registry.settings.hf_home,
-                                                        compile_cache_dir=str(default_compile_cache_dir()))
+    assert registry.backend_context() == BackendContext(
+        device="cpu",
+        dtype="float32",
+        hf_home=registry.settings.hf_home,
+        compile_cache_dir=str(default_compile_cache_dir()),
+    )
 
 
 def test_factory_gets_the_located_snapshot(tmp_path: Path) -> None:
@@ -293,7 +311,15 @@ def test_lora_variant_shares_the_base_backend() -> None:
             register("style", "/l/style.safetensors", base="v-a")
 
     factory = Factory()
-    registry = registry_with(("p", variants_plugin((spec("v-a"), factory, ()),)), ("l", Loras()))
+    registry = registry_with(
+        (
+            "p",
+            variants_plugin(
+                (spec("v-a"), factory, ()),
+            ),
+        ),
+        ("l", Loras()),
+    )
     entry = registry.resolve("lora:style")
     assert (entry.spec.kind, entry.spec.base, entry.spec.lora, entry.plugin) == ("lora", "v-a", "style", "l")
     assert registry.backend("lora:style") is registry.backend("v-a") and factory.builds == 1

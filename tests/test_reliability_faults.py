@@ -94,8 +94,11 @@ def _plugin(turbo: Any, probe: Probe) -> object:
     class FaultPlugin:
         @hookimpl
         def zimage_register_variants(self, register: Any, catalog: Any) -> None:
-            for vid, factory in (("oom-engine", oom_factory), ("slow-engine", slow_factory),
-                                 ("broken-engine", broken_factory)):
+            for vid, factory in (
+                ("oom-engine", oom_factory),
+                ("slow-engine", slow_factory),
+                ("broken-engine", broken_factory),
+            ):
                 register(replace(turbo, id=vid, title=vid), factory, aliases=())
 
     return FaultPlugin()

@@ -27,8 +27,12 @@ from zimage_mcp.server.http_app import GuardMiddleware
 from zimage_mcp.server.metrics import Metrics
 
 pytestmark = pytest.mark.slow
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 TOKEN = "correct-horse-battery-staple"
 
@@ -67,8 +71,17 @@ def test_non_loopback_bind_without_token_is_refused(capsys: pytest.CaptureFixtur
     assert "ZIMAGE_MCP_TOKEN" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://localhost.evil.example",
-                                    "http://127.0.0.1.nip.io", "file://", "http://[::2]"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        "null",
+        "http://localhost.evil.example",
+        "http://127.0.0.1.nip.io",
+        "file://",
+        "http://[::2]",
+    ],
+)
 def test_foreign_origin_gets_403(daemon: tuple[str, Any, int], origin: str) -> None:
     base, _, _ = daemon
     auth = {**HEADERS, "Authorization": f"Bearer {TOKEN}", "Origin": origin}
@@ -77,8 +90,9 @@ def test_foreign_origin_gets_403(daemon: tuple[str, Any, int], origin: str) -> N
     assert httpx2.post(f"{base}/mcp", json=INIT, headers=ok, timeout=5).status_code == 200
 
 
-@pytest.mark.parametrize("auth", [None, "Bearer nope", f"Basic {TOKEN}", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}",
-                                  "Bearer", ""])
+@pytest.mark.parametrize(
+    "auth", [None, "Bearer nope", f"Basic {TOKEN}", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer", ""]
+)
 def test_missing_or_wrong_token_gets_401(daemon: tuple[str, Any, int], auth: str | None) -> None:
     base, _, _ = daemon
     headers = dict(HEADERS) if auth is None else {**HEADERS, "Authorization": auth}

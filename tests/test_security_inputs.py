@@ -36,6 +36,7 @@ SERVED: list[str] = []  # ids of the follow-up generations (all must exist at th
 
 def _png_header_claiming(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims ``width`` x ``height`` (1-bit gray) with a tiny, truncated IDAT: a bomb on paper."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
@@ -125,8 +126,12 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("model-huge", G, {"model": "m" * 5000}, ["model", "at most 200 characters"]),
     ("lora-unknown", G, {"loras": [{"name": "nope", "scale": 1.0}]}, ["loras", "nope", "valid LoRAs"]),
     ("lora-scale-high", G, {"loras": [{"name": "nope", "scale": 9}]}, ["loras[0].scale", "less than or equal to 4"]),
-    ("lora-scale-low", G, {"loras": [{"name": "nope", "scale": -5}]},
-     ["loras[0].scale", "greater than or equal to -4"]),
+    (
+        "lora-scale-low",
+        G,
+        {"loras": [{"name": "nope", "scale": -5}]},
+        ["loras[0].scale", "greater than or equal to -4"],
+    ),
     ("lora-extra-key", G, {"loras": [{"name": "nope", "weight": 1}]}, ["loras[0].weight", "unknown name"]),
     ("output-format", G, {"output_format": "gif"}, ["output_format", "'png', 'webp' or 'jpeg'"]),
     ("preview-mode", G, {"preview": "huge"}, ["preview", "'none', 'thumbnail' or 'full'"]),
@@ -160,14 +165,22 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("image-truncated", E, {"image": "{inputs}/truncated.png"}, ["image", "not a readable image"]),
     ("image-bomb", E, {"image": "{inputs}/bomb.png"}, ["image", "too large", "64 MP"]),
     ("image-missing-file", E, {"image": "{inputs}/nope.png"}, ["image", "does not exist"]),
-    ("image-base64", E, {"image": "data:image/png;base64," + base64.b64encode(b"\x89PNG").decode()},
-     ["image", "no base64 or URLs"]),
+    (
+        "image-base64",
+        E,
+        {"image": "data:image/png;base64," + base64.b64encode(b"\x89PNG").decode()},
+        ["image", "no base64 or URLs"],
+    ),
     ("image-url", E, {"image": "https://example.com/cat.png"}, ["image", "no base64 or URLs"]),
     ("image-empty", E, {"image": ""}, ["image", "image id"]),
     ("mask-mismatch", E, {"image": IMG, "mask": "{inputs}/mask_wrong.png"}, ["mask", "same size or aspect ratio"]),
     ("mask-outside", E, {"image": IMG, "mask": "{outside}/secret.png"}, ["mask", "outside the allowed folders"]),
-    ("control-outside", E, {"image": IMG, "control": {"type": "canny", "image": "{outside}/secret.png"}},
-     ["control", "img2img"]),
+    (
+        "control-outside",
+        E,
+        {"image": IMG, "control": {"type": "canny", "image": "{outside}/secret.png"}},
+        ["control", "img2img"],
+    ),
     ("strength-zero", E, {"image": IMG, "strength": 0}, ["strength", "greater than 0"]),
     ("strength-high", E, {"image": IMG, "strength": 1.5}, ["strength", "less than or equal to 1"]),
     ("edit-no-prompt", E, {"image": IMG, "prompt": None}, ["prompt", "required"]),
@@ -186,8 +199,9 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
 
 
 @pytest.mark.parametrize("tool, args, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_named_and_server_keeps_serving(env: dict[str, Any], tool: str, args: dict[str, Any],
-                                                     words: list[str]) -> None:
+def test_bad_input_is_named_and_server_keeps_serving(
+    env: dict[str, Any], tool: str, args: dict[str, Any], words: list[str]
+) -> None:
     client: SyncClient = env["client"]
     base = {"prompt": "x", "width": 256, "height": 256, "steps": 2} if tool == G else {}
     if tool == E:
@@ -216,8 +230,9 @@ def test_animated_gif_and_cmyk_are_converted(env: dict[str, Any], name: str) -> 
         assert out.mode == "RGB" and out.size == (256, 256)
 
 
-@pytest.mark.parametrize("prompt", ["一只红色的狐狸 在雪地里 🦊", "赤い狐、雪の中。 붉은 여우",
-                                    "fox\x00 in\x1b snow\x07"])
+@pytest.mark.parametrize(
+    "prompt", ["一只红色的狐狸 在雪地里 🦊", "赤い狐、雪の中。 붉은 여우", "fox\x00 in\x1b snow\x07"]
+)
 def test_cjk_accepted_and_control_characters_stripped(env: dict[str, Any], prompt: str) -> None:
     result = env["client"].call(G, {**OK, "prompt": prompt})
     assert not result.is_error, result_text(result)
@@ -303,13 +318,17 @@ def test_pickles_are_never_loaded(env: dict[str, Any], tmp_path: Path, tiny_mode
     shard.write_bytes(evil)
 
     def table(vid: str, weights: str) -> str:
-        return (f"[variants.{vid}.weights]\n{weights}\n[variants.{vid}.limits]\nmin_side = 256\nmax_side = 256\n"
-                f"[variants.{vid}.defaults]\nwidth = 256\nheight = 256\nsteps = 2\n")
+        return (
+            f"[variants.{vid}.weights]\n{weights}\n[variants.{vid}.limits]\nmin_side = 256\nmax_side = 256\n"
+            f"[variants.{vid}.defaults]\nwidth = 256\nheight = 256\nsteps = 2\n"
+        )
 
     registry_file = tmp_path / "evil.toml"
-    registry_file.write_text(table("z-image-turbo", f'path = "{tiny_model_dir.as_posix()}"')
-                             + table("z-image-base", f'path = "{sneaky.as_posix()}"')
-                             + table("z-image-edit", f'single_file = "{ckpt.as_posix()}"'))
+    registry_file.write_text(
+        table("z-image-turbo", f'path = "{tiny_model_dir.as_posix()}"')
+        + table("z-image-base", f'path = "{sneaky.as_posix()}"')
+        + table("z-image-edit", f'single_file = "{ckpt.as_posix()}"')
+    )
     settings = module_settings_like(env["settings"], registry_file=registry_file, lora_dir=loras)
     registry = Registry.from_settings(settings)
     # the tables are taken (an ignored table was how this test once passed without reaching a pickle)
@@ -318,8 +337,16 @@ def test_pickles_are_never_loaded(env: dict[str, Any], tmp_path: Path, tiny_mode
     with SyncClient(build_server(settings, registry)) as client:
         listed = client.call("list_models", {})
         base = client.call(G, {**OK, "model": "z-image-base"})
-        edit = client.call(E, {"image": str(env["inputs"] / "ok.png"), "prompt": "x", "model": "z-image-edit",
-                               "reference_images": [str(env["inputs"] / "ok.png")], "steps": 2})
+        edit = client.call(
+            E,
+            {
+                "image": str(env["inputs"] / "ok.png"),
+                "prompt": "x",
+                "model": "z-image-edit",
+                "reference_images": [str(env["inputs"] / "ok.png")],
+                "steps": 2,
+            },
+        )
         used = client.call(G, {**OK, "loras": [{"name": "sneaky"}]})
         made = client.call(G, OK)
     assert not listed.is_error

@@ -43,8 +43,20 @@ async def test_tool_schemas(settings: Settings, mode: str) -> None:
     gen = tools["generate_image"]
     props = gen.input_schema["properties"]
     assert gen.input_schema["required"] == ["prompt"]
-    for name in ("model", "negative_prompt", "width", "height", "steps", "guidance", "seed", "count", "loras",
-                 "output_format", "preview", "wait"):
+    for name in (
+        "model",
+        "negative_prompt",
+        "width",
+        "height",
+        "steps",
+        "guidance",
+        "seed",
+        "count",
+        "loras",
+        "output_format",
+        "preview",
+        "wait",
+    ):
         assert name in props, name
     assert "multiples of 16" in (gen.description or "") and "z-image-turbo" in (gen.description or "")
     assert set(gen.output_schema["properties"]) >= {"images", "seed", "model", "timings", "job_id", "parent"}
@@ -63,8 +75,9 @@ async def test_generate_content_budget_progress_and_files(settings: Settings, mo
         progress.append((value, total, message))
 
     async with Client(build_server(settings), mode=mode) as client:
-        result = await client.call_tool("generate_image", {"prompt": "a red fox", **SMALL},
-                                        progress_callback=on_progress)
+        result = await client.call_tool(
+            "generate_image", {"prompt": "a red fox", **SMALL}, progress_callback=on_progress
+        )
     assert not result.is_error, _text(result)
     assert [b.type for b in result.content] == ["text", "text", "image", "resource_link"]
     data = result.structured_content
@@ -88,10 +101,12 @@ async def test_generate_content_budget_progress_and_files(settings: Settings, mo
 
 async def test_preview_modes_and_formats(settings: Settings) -> None:
     async with Client(build_server(settings)) as client:
-        none = await client.call_tool("generate_image", {"prompt": "x", **SMALL, "preview": "none",
-                                                         "output_format": "webp"})
-        full = await client.call_tool("generate_image", {"prompt": "x", **SMALL, "preview": "full", "count": 2,
-                                                         "output_format": "jpeg"})
+        none = await client.call_tool(
+            "generate_image", {"prompt": "x", **SMALL, "preview": "none", "output_format": "webp"}
+        )
+        full = await client.call_tool(
+            "generate_image", {"prompt": "x", **SMALL, "preview": "full", "count": 2, "output_format": "jpeg"}
+        )
     assert [b.type for b in none.content] == ["text", "text", "resource_link"]
     assert none.structured_content["images"][0]["mime_type"] == "image/webp"
     assert [b.type for b in full.content].count("image") == 2
@@ -162,8 +177,11 @@ async def test_cancellation_frees_the_gpu_lock(settings: Settings, mode: str) ->
         assert not warm.is_error
         started = time.monotonic()
         with pytest.raises(MCPError):
-            await client.call_tool("generate_image", {"prompt": "slow", "width": 256, "height": 256, "steps": 100},
-                                   read_timeout_seconds=0.3)
+            await client.call_tool(
+                "generate_image",
+                {"prompt": "slow", "width": 256, "height": 256, "steps": 100},
+                read_timeout_seconds=0.3,
+            )
         assert time.monotonic() - started < 5
         started = time.monotonic()
         after = await client.call_tool("generate_image", {"prompt": "next", **SMALL})
@@ -185,8 +203,9 @@ async def test_wait_false_then_get_job(settings: Settings, mode: str) -> None:
         assert done.structured_content["job_id"] == job_id and done.structured_content["images"]
         missing = await client.call_tool("get_job", {"job_id": "nope"})
         assert missing.is_error and "job_id" in _text(missing)
-        slow = await client.call_tool("generate_image", {"prompt": "slow", "width": 256, "height": 256,
-                                                         "steps": 100, "wait": False})
+        slow = await client.call_tool(
+            "generate_image", {"prompt": "slow", "width": 256, "height": 256, "steps": 100, "wait": False}
+        )
         cancelled = await client.call_tool("cancel_job", {"job_id": slow.structured_content["job_id"]})
         assert cancelled.structured_content["status"] == "cancelled"
 
@@ -195,11 +214,13 @@ async def test_edit_an_earlier_result_by_id(settings: Settings, mode: str) -> No
     async with Client(build_server(settings), mode=mode) as client:
         made = await client.call_tool("generate_image", {"prompt": "a house", **SMALL})
         parent = made.structured_content["images"][0]["id"]
-        control = await client.call_tool("edit_image", {"image": parent, "prompt": "x",
-                                                        "control": {"type": "canny", "image": parent}})
+        control = await client.call_tool(
+            "edit_image", {"image": parent, "prompt": "x", "control": {"type": "canny", "image": parent}}
+        )
         assert control.is_error and "control" in _text(control) and "img2img" in _text(control)
-        edited = await client.call_tool("edit_image", {"image": parent, "instruction": "make it blue",
-                                                       "strength": 0.5, "steps": 2, "seed": 7})
+        edited = await client.call_tool(
+            "edit_image", {"image": parent, "instruction": "make it blue", "strength": 0.5, "steps": 2, "seed": 7}
+        )
         assert not edited.is_error, _text(edited)
         data = edited.structured_content
         assert data["parent"] == parent and data["mode"] == "img2img" and data["edit"]["strength"] == 0.5

@@ -41,12 +41,19 @@ def _plugin(model_dir: Path, base_spec: Any) -> object:
     class FailingVariants:
         @hookimpl
         def zimage_register_variants(self, register: Any, catalog: Any) -> None:
-            for vid, exc in (("oom-test", OutOfMemoryError("CUDA out of memory at 64x64")),
-                             ("crash-test", RuntimeError("kaboom\nsecret traceback line")),
-                             ("edit-test", UnsupportedEditError("img2img is not implemented in the engine"))):
-                spec = replace(base_spec, id=vid, title=vid, kind="turbo",
-                               weights=WeightsLocation(path=str(model_dir)),
-                               capabilities=Capabilities(img2img=True))
+            for vid, exc in (
+                ("oom-test", OutOfMemoryError("CUDA out of memory at 64x64")),
+                ("crash-test", RuntimeError("kaboom\nsecret traceback line")),
+                ("edit-test", UnsupportedEditError("img2img is not implemented in the engine")),
+            ):
+                spec = replace(
+                    base_spec,
+                    id=vid,
+                    title=vid,
+                    kind="turbo",
+                    weights=WeightsLocation(path=str(model_dir)),
+                    capabilities=Capabilities(img2img=True),
+                )
                 register(spec, lambda s, ctx, e=exc: Failing(e), aliases=())
 
     return FailingVariants()
@@ -64,7 +71,9 @@ async def test_backend_errors_are_tool_errors(server_with_failures: Any) -> None
     args = {"prompt": "x", "width": 256, "height": 256, "steps": 2}
     async with Client(server_with_failures) as client:
         oom = await client.call_tool("generate_image", {**args, "model": "oom-test"})
-        assert oom.is_error and "out of GPU memory" in oom.content[0].text and "Lower width/height" in oom.content[0].text
+        assert (
+            oom.is_error and "out of GPU memory" in oom.content[0].text and "Lower width/height" in oom.content[0].text
+        )
         crash = await client.call_tool("generate_image", {**args, "model": "crash-test"})
         text = crash.content[0].text
         assert crash.is_error and "RuntimeError" in text and "kaboom" in text and "secret" not in text

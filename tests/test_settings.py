@@ -96,8 +96,10 @@ def test_former_knob_variables_warn_and_name_their_runtime_key(caplog: pytest.Lo
     assert (s.max_queue, s.fp8, s.compile_cache_dir) == (32, False, None)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 3
-    assert any(w.startswith("ZIMAGE_MCP_MAX_QUEUE is no longer read: set max_queue in the [runtime] table of")
-               for w in warnings)
+    assert any(
+        w.startswith("ZIMAGE_MCP_MAX_QUEUE is no longer read: set max_queue in the [runtime] table of")
+        for w in warnings
+    )
     assert any("ZIMAGE_MCP_COMPILE_CACHE" in w and "set compile_cache in the [runtime] table" in w for w in warnings)
 
 

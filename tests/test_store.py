@@ -77,9 +77,13 @@ def test_png_and_sidecar_hold_no_absolute_path(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "store")
     parent = store.save(_png(), "png", {"created": "1"})
     outside = tmp_path / "private" / "holiday.png"
-    edit = {"mode": "inpaint", "source": str(outside), "mask": f"file://{tmp_path}/private/mask.png",
-            "control": {"type": "canny", "image": str(parent.path), "scale": 1.0},
-            "reference_images": [parent.id, str(outside)]}
+    edit = {
+        "mode": "inpaint",
+        "source": str(outside),
+        "mask": f"file://{tmp_path}/private/mask.png",
+        "control": {"type": "canny", "image": str(parent.path), "scale": 1.0},
+        "reference_images": [parent.id, str(outside)],
+    }
     child = store.save(_png(), "png", {"created": "2", "parent": None, "edit": edit, "path": "/somewhere/x.png"})
     with Image.open(child.path) as img:
         chunk = img.text["parameters"]

@@ -34,14 +34,18 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.mark.parametrize(("tool", "args", "bad", "hint"), [
-    ("generate_image", {"prompt": "x", "widht": 512}, "widht", "width"),
-    ("generate_image", {"prompt": "x", "sede": 5}, "sede", "seed"),
-    ("edit_image", {"image": "0123456789ab", "prompt": "x", "strenght": 0.9}, "strenght", "strength"),
-    ("get_job", {"job_id": "abc", "wait_secs": 1}, "wait_secs", "wait_seconds"),
-])
-async def test_unknown_argument_names_are_refused(settings: Settings, mode: str, tool: str, args: dict[str, Any],
-                                                  bad: str, hint: str) -> None:
+@pytest.mark.parametrize(
+    ("tool", "args", "bad", "hint"),
+    [
+        ("generate_image", {"prompt": "x", "widht": 512}, "widht", "width"),
+        ("generate_image", {"prompt": "x", "sede": 5}, "sede", "seed"),
+        ("edit_image", {"image": "0123456789ab", "prompt": "x", "strenght": 0.9}, "strenght", "strength"),
+        ("get_job", {"job_id": "abc", "wait_secs": 1}, "wait_secs", "wait_seconds"),
+    ],
+)
+async def test_unknown_argument_names_are_refused(
+    settings: Settings, mode: str, tool: str, args: dict[str, Any], bad: str, hint: str
+) -> None:
     async with Client(build_server(settings), mode=mode) as client:
         result = await client.call_tool(tool, args)
         text = result_text(result)
@@ -65,17 +69,26 @@ async def test_unknown_nested_name_is_named(settings: Settings) -> None:
     assert result.is_error and "loras[0].scael: unknown name (did you mean 'scale'?)" in text, text
 
 
-@pytest.mark.parametrize(("args", "line"), [
-    ({"width": "big"}, 'width: must be a valid integer (a multiple of 16 within the variant\'s limits, '
-                       'typically 256 to 2048), got "big"'),
-    ({"loras": [{"name": "a", "scale": "hi"}]}, 'loras[0].scale: must be a valid number (adapter strength, usually '
-                                                '0.5-1.2), got "hi"'),
-    ({"output_format": "gif"}, "output_format: must be one of 'png', 'webp' or 'jpeg', got \"gif\""),
-    ({"seed": -1}, "seed: must be greater than or equal to 0"),
-    ({"count": 9}, "count: must be less than or equal to 4"),
-])
-async def test_validation_errors_are_one_plain_sentence_per_field(settings: Settings, mode: str,
-                                                                  args: dict[str, Any], line: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            {"width": "big"},
+            "width: must be a valid integer (a multiple of 16 within the variant's limits, "
+            'typically 256 to 2048), got "big"',
+        ),
+        (
+            {"loras": [{"name": "a", "scale": "hi"}]},
+            'loras[0].scale: must be a valid number (adapter strength, usually 0.5-1.2), got "hi"',
+        ),
+        ({"output_format": "gif"}, "output_format: must be one of 'png', 'webp' or 'jpeg', got \"gif\""),
+        ({"seed": -1}, "seed: must be greater than or equal to 0"),
+        ({"count": 9}, "count: must be less than or equal to 4"),
+    ],
+)
+async def test_validation_errors_are_one_plain_sentence_per_field(
+    settings: Settings, mode: str, args: dict[str, Any], line: str
+) -> None:
     async with Client(build_server(settings), mode=mode) as client:
         result = await client.call_tool("generate_image", {"prompt": "x", **args})
     text = result_text(result)
@@ -101,18 +114,30 @@ async def test_errors_never_echo_whole_inputs(settings: Settings) -> None:
         assert "A" * 250 not in text and "B" * 250 not in text and "Z" * 250 not in text
 
 
-@pytest.mark.parametrize("prompt", ["\u200b", "\u200b\u200c\u200d", "\u2060 \ufeff", "\u202a\u202e\u2066\u2069",
-                                    "\u00a0\u3000", "\x00\x07 \t\n", "\u200e\u200f\u061c"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "\u200b",
+        "\u200b\u200c\u200d",
+        "\u2060 \ufeff",
+        "\u202a\u202e\u2066\u2069",
+        "\u00a0\u3000",
+        "\x00\x07 \t\n",
+        "\u200e\u200f\u061c",
+    ],
+)
 async def test_invisible_prompts_are_empty(settings: Settings, prompt: str) -> None:
     async with Client(build_server(settings)) as client:
         result = await client.call_tool("generate_image", {"prompt": prompt, **SMALL})
         text = result_text(result)
         assert result.is_error and text.startswith("Error executing tool generate_image: prompt: must not be empty")
-        made = await client.call_tool("generate_image", {"prompt": "a cat", "negative_prompt": "\u200b\u202e",
-                                                         "wait": False, **SMALL})
+        made = await client.call_tool(
+            "generate_image", {"prompt": "a cat", "negative_prompt": "\u200b\u202e", "wait": False, **SMALL}
+        )
         assert not made.is_error and made.structured_content["negative_prompt"] == ""
-        emoji = await client.call_tool("generate_image", {"prompt": "\U0001f468\u200d\U0001f469", "wait": False,
-                                                          **SMALL})
+        emoji = await client.call_tool(
+            "generate_image", {"prompt": "\U0001f468\u200d\U0001f469", "wait": False, **SMALL}
+        )
         assert not emoji.is_error and emoji.structured_content["prompt"] == "\U0001f468\u200d\U0001f469"
 
 
@@ -144,16 +169,18 @@ async def test_lora_variant_is_recorded_in_loras(lora_settings: Settings, mode: 
 
 
 @pytest.mark.parametrize(("extra", "field"), [({"strength": 0.5}, "strength"), ({"mask": "m.png"}, "mask")])
-async def test_edit_variant_refuses_mask_and_strength(settings: Settings, input_dir: Path, mode: str,
-                                                      extra: dict[str, Any], field: str) -> None:
+async def test_edit_variant_refuses_mask_and_strength(
+    settings: Settings, input_dir: Path, mode: str, extra: dict[str, Any], field: str
+) -> None:
     source = input_dir / "src.png"
     Image.new("RGB", (256, 256), (10, 200, 10)).save(source)
     if "mask" in extra:
         Image.new("L", (256, 256), 255).save(input_dir / "m.png")
         extra = {"mask": str(input_dir / "m.png")}
     async with Client(build_server(settings), mode=mode) as client:
-        result = await client.call_tool("edit_image", {"image": str(source), "prompt": "make it blue",
-                                                       "model": "z-image-edit", **extra})
+        result = await client.call_tool(
+            "edit_image", {"image": str(source), "prompt": "make it blue", "model": "z-image-edit", **extra}
+        )
     text = result_text(result)
     assert result.is_error and f"{field}:" in text and "z-image-edit" in text and "reference" in text, text
     assert "reference_images" in text  # what the variant does take

@@ -147,9 +147,12 @@ class EngineBackend:
         if self.pipe is None:
             raise BackendLoadError(f"{self.spec.id} was unloaded")
         if request.loras and self.pipe.transformer.precision == "fp8":
-            raise InvalidRequestError("loras", "LoRAs need the bf16 weights, and this server runs with fp8 "
-                                      "weights ([runtime] fp8 = true in your registry file); set fp8 = false "
-                                      "there and restart to use LoRAs")
+            raise InvalidRequestError(
+                "loras",
+                "LoRAs need the bf16 weights, and this server runs with fp8 "
+                "weights ([runtime] fp8 = true in your registry file); set fp8 = false "
+                "there and restart to use LoRAs",
+            )
         try:
             self.loras.set_adapters([(ref.file, ref.scale) for ref in request.loras])
         except EngineWeightsError as e:
@@ -176,8 +179,14 @@ class EngineBackend:
         except InvalidArgument as e:
             raise _invalid(e) from e
         size = out.images[0].size
-        return GenerationResult(images=[_png(im) for im in out.images], seeds=out.seeds, width=size[0], height=size[1],
-                                timings=dict(out.timings), notes=list(out.notes))
+        return GenerationResult(
+            images=[_png(im) for im in out.images],
+            seeds=out.seeds,
+            width=size[0],
+            height=size[1],
+            timings=dict(out.timings),
+            notes=list(out.notes),
+        )
 
     def _lora_mismatch(self, request: GenerationRequest, err: Exception) -> str:
         """The engine's error with the LoRA named, what it fits (from its shapes) and what it was applied to."""
@@ -190,28 +199,62 @@ class EngineBackend:
             fits = inspect_lora(Path(ref.file))["base"]
         except Exception:  # noqa: BLE001 - the file may be unreadable; the engine's message still stands
             fits = "unknown"
-        return (f"LoRA {ref.name!r} does not fit {self.spec.id} ({self.spec.title}); it fits: {fits}; "
-                f"it was applied to {self.spec.id}. Details: {err}")
+        return (
+            f"LoRA {ref.name!r} does not fit {self.spec.id} ({self.spec.title}); it fits: {fits}; "
+            f"it was applied to {self.spec.id}. Details: {err}"
+        )
 
     def _run(self, r: GenerationRequest, on_step: StepCallback, should_stop: StopCheck) -> GenerationOutput:
         if r.mode is None:
             return self.pipe.generate(
-                r.prompt, negative_prompt=r.negative_prompt, width=r.width, height=r.height, steps=r.steps,
-                guidance=r.guidance, seed=r.seed, cfg_truncation=r.cfg_truncation,
-                cfg_normalization=r.cfg_normalization, count=r.count, shift=r.shift, on_step=on_step,
+                r.prompt,
+                negative_prompt=r.negative_prompt,
+                width=r.width,
+                height=r.height,
+                steps=r.steps,
+                guidance=r.guidance,
+                seed=r.seed,
+                cfg_truncation=r.cfg_truncation,
+                cfg_normalization=r.cfg_normalization,
+                count=r.count,
+                shift=r.shift,
+                on_step=on_step,
                 should_stop=should_stop,
             )
         if r.mode == "img2img" and r.image is not None:
             return img2img(
-                self.pipe, r.image, r.prompt, strength=r.strength, negative_prompt=r.negative_prompt, steps=r.steps,
-                guidance=r.guidance, seed=r.seed, count=r.count, cfg_truncation=r.cfg_truncation,
-                cfg_normalization=r.cfg_normalization, shift=r.shift, on_step=on_step, should_stop=should_stop,
+                self.pipe,
+                r.image,
+                r.prompt,
+                strength=r.strength,
+                negative_prompt=r.negative_prompt,
+                steps=r.steps,
+                guidance=r.guidance,
+                seed=r.seed,
+                count=r.count,
+                cfg_truncation=r.cfg_truncation,
+                cfg_normalization=r.cfg_normalization,
+                shift=r.shift,
+                on_step=on_step,
+                should_stop=should_stop,
             )
         if r.mode == "inpaint" and r.image is not None and r.mask is not None:
             return inpaint(
-                self.pipe, r.image, r.mask, r.prompt, strength=r.strength, negative_prompt=r.negative_prompt,
-                steps=r.steps, guidance=r.guidance, seed=r.seed, count=r.count, cfg_truncation=r.cfg_truncation,
-                cfg_normalization=r.cfg_normalization, shift=r.shift, on_step=on_step, should_stop=should_stop,
+                self.pipe,
+                r.image,
+                r.mask,
+                r.prompt,
+                strength=r.strength,
+                negative_prompt=r.negative_prompt,
+                steps=r.steps,
+                guidance=r.guidance,
+                seed=r.seed,
+                count=r.count,
+                cfg_truncation=r.cfg_truncation,
+                cfg_normalization=r.cfg_normalization,
+                shift=r.shift,
+                on_step=on_step,
+                should_stop=should_stop,
             )
         if r.mode == "control" and r.control is not None:
             return self._control(r, on_step, should_stop)
@@ -225,21 +268,51 @@ class EngineBackend:
         assert r.control is not None
         hint, detect = r.control.type, False
         if hint.startswith("photo-"):  # "photo-canny": compute the edge map from a photo (OpenCV)
-            hint, detect = hint[len("photo-"):], True
+            hint, detect = hint[len("photo-") :], True
         if r.mask is not None and r.image is not None:
             return control_inpaint(
-                self.pipe, self.controlnet(), r.image, r.mask, r.control.image, r.prompt,
-                negative_prompt=r.negative_prompt, steps=r.steps, guidance=r.guidance, seed=r.seed, count=r.count,
-                cfg_truncation=r.cfg_truncation, cfg_normalization=r.cfg_normalization, shift=r.shift,
-                controlnet_conditioning_scale=r.control.scale, hint=hint, detect=detect, width=r.width,
-                height=r.height, on_step=on_step, should_stop=should_stop,
+                self.pipe,
+                self.controlnet(),
+                r.image,
+                r.mask,
+                r.control.image,
+                r.prompt,
+                negative_prompt=r.negative_prompt,
+                steps=r.steps,
+                guidance=r.guidance,
+                seed=r.seed,
+                count=r.count,
+                cfg_truncation=r.cfg_truncation,
+                cfg_normalization=r.cfg_normalization,
+                shift=r.shift,
+                controlnet_conditioning_scale=r.control.scale,
+                hint=hint,
+                detect=detect,
+                width=r.width,
+                height=r.height,
+                on_step=on_step,
+                should_stop=should_stop,
             )
         return control_generate(
-            self.pipe, self.controlnet(), r.control.image, r.prompt,
-            negative_prompt=r.negative_prompt, steps=r.steps, guidance=r.guidance, seed=r.seed, count=r.count,
-            cfg_truncation=r.cfg_truncation, cfg_normalization=r.cfg_normalization, shift=r.shift,
-            controlnet_conditioning_scale=r.control.scale, hint=hint, detect=detect, width=r.width,
-            height=r.height, on_step=on_step, should_stop=should_stop,
+            self.pipe,
+            self.controlnet(),
+            r.control.image,
+            r.prompt,
+            negative_prompt=r.negative_prompt,
+            steps=r.steps,
+            guidance=r.guidance,
+            seed=r.seed,
+            count=r.count,
+            cfg_truncation=r.cfg_truncation,
+            cfg_normalization=r.cfg_normalization,
+            shift=r.shift,
+            controlnet_conditioning_scale=r.control.scale,
+            hint=hint,
+            detect=detect,
+            width=r.width,
+            height=r.height,
+            on_step=on_step,
+            should_stop=should_stop,
         )
 
 
@@ -262,10 +335,23 @@ class OmniBackend(EngineBackend):
         if r.mode != "reference" or r.image is None:
             raise UnsupportedEditError(f"{self.spec.id} edits from reference images only (mode 'reference')")
         images = [r.image, *r.reference_images]
-        outs = [self.pipe.edit(r.prompt, images, negative_prompt=r.negative_prompt, steps=r.steps, guidance=r.guidance,
-                               seed=r.seed + i, cfg_truncation=r.cfg_truncation, cfg_normalization=r.cfg_normalization,
-                               shift=r.shift, max_images=self.spec.limits.max_reference_images or 4,
-                               on_step=on_step, should_stop=should_stop) for i in range(r.count)]
+        outs = [
+            self.pipe.edit(
+                r.prompt,
+                images,
+                negative_prompt=r.negative_prompt,
+                steps=r.steps,
+                guidance=r.guidance,
+                seed=r.seed + i,
+                cfg_truncation=r.cfg_truncation,
+                cfg_normalization=r.cfg_normalization,
+                shift=r.shift,
+                max_images=self.spec.limits.max_reference_images or 4,
+                on_step=on_step,
+                should_stop=should_stop,
+            )
+            for i in range(r.count)
+        ]
         first = outs[0]
         for o in outs[1:]:
             first.images += o.images

@@ -43,8 +43,15 @@ def diffusers_transformer(seed: int) -> ZImageTransformer2DModel:
     return model
 
 
-def write_peft_lora(directory: Path, *, rank: int = 4, alpha: float = 8.0, seed: int = 0,
-                    target: str = TARGET_REGEX, name: str = "lora.safetensors") -> Path:
+def write_peft_lora(
+    directory: Path,
+    *,
+    rank: int = 4,
+    alpha: float = 8.0,
+    seed: int = 0,
+    target: str = TARGET_REGEX,
+    name: str = "lora.safetensors",
+) -> Path:
     """A diffusers-format LoRA (``transformer.`` keys, LoraConfig in the header) with random A and B."""
     model = diffusers_transformer(1000 + seed)
     torch.manual_seed(seed)
@@ -55,8 +62,9 @@ def write_peft_lora(directory: Path, *, rank: int = 4, alpha: float = 8.0, seed:
             if "lora_B" in n:
                 p.normal_(0.0, 0.3)
     layers = get_peft_model_state_dict(model, adapter_name="made")
-    ZImagePipeline.save_lora_weights(directory, transformer_lora_layers=layers, weight_name=name,
-                                     transformer_lora_adapter_metadata=config.to_dict())
+    ZImagePipeline.save_lora_weights(
+        directory, transformer_lora_layers=layers, weight_name=name, transformer_lora_adapter_metadata=config.to_dict()
+    )
     return Path(directory) / name
 
 
@@ -83,8 +91,11 @@ def _blocks(mods: Modules) -> list[str]:
 def to_ai_toolkit(mods: Modules, alpha: float) -> dict[str, Tensor]:
     sd: dict[str, Tensor] = {}
     for n, (a, b) in mods.items():
-        sd |= {f"diffusion_model.{n}.lora_A.weight": a, f"diffusion_model.{n}.lora_B.weight": b,
-               f"diffusion_model.{n}.alpha": _alpha(alpha)}
+        sd |= {
+            f"diffusion_model.{n}.lora_A.weight": a,
+            f"diffusion_model.{n}.lora_B.weight": b,
+            f"diffusion_model.{n}.alpha": _alpha(alpha),
+        }
     return sd
 
 
@@ -115,8 +126,11 @@ def to_comfyui(mods: Modules, alpha: float) -> dict[str, Tensor]:
     """``diffusion_model.<ComfyUI name>.lora_down/up.weight`` + ``.alpha`` (fused qkv, bare out)."""
     sd: dict[str, Tensor] = {}
     for n, (a, b, al) in _native(mods, alpha).items():
-        sd |= {f"diffusion_model.{n}.lora_down.weight": a, f"diffusion_model.{n}.lora_up.weight": b,
-               f"diffusion_model.{n}.alpha": _alpha(al)}
+        sd |= {
+            f"diffusion_model.{n}.lora_down.weight": a,
+            f"diffusion_model.{n}.lora_up.weight": b,
+            f"diffusion_model.{n}.alpha": _alpha(al),
+        }
     return sd
 
 
@@ -130,16 +144,27 @@ def to_dot(mods: Modules, alpha: float, *, duplicates: bool = True) -> dict[str,
     if duplicates:
         for block in _blocks(mods):
             a, b = _fuse_qkv(mods, block)
-            sd |= {f"diffusion_model.{block}.attention.qkv.lora.down.weight": a,
-                   f"diffusion_model.{block}.attention.qkv.lora.up.weight": b * (alpha / a.shape[0] * 3)}
+            sd |= {
+                f"diffusion_model.{block}.attention.qkv.lora.down.weight": a,
+                f"diffusion_model.{block}.attention.qkv.lora.up.weight": b * (alpha / a.shape[0] * 3),
+            }
             a, b = mods[f"{block}.attention.to_out.0"]
-            sd |= {f"diffusion_model.{block}.attention.out.lora.down.weight": a.clone(),
-                   f"diffusion_model.{block}.attention.out.lora.up.weight": b * (alpha / a.shape[0])}
+            sd |= {
+                f"diffusion_model.{block}.attention.out.lora.down.weight": a.clone(),
+                f"diffusion_model.{block}.attention.out.lora.up.weight": b * (alpha / a.shape[0]),
+            }
     return sd
 
 
-def lokr_state_dict(model: torch.nn.Module, target: str = ATTN_REGEX, *, factor: int = 4, rank: int | None = None,
-                    alpha: float = 2.0, seed: int = 0) -> dict[str, Tensor]:
+def lokr_state_dict(
+    model: torch.nn.Module,
+    target: str = ATTN_REGEX,
+    *,
+    factor: int = 4,
+    rank: int | None = None,
+    alpha: float = 2.0,
+    seed: int = 0,
+) -> dict[str, Tensor]:
     """ai-toolkit LoKr: ``diffusion_model.<name>.lokr_w1`` + ``lokr_w2`` (or ``lokr_w2_a/_b`` with ``rank``)."""
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, Tensor] = {}

@@ -55,8 +55,15 @@ def _pixels(pipe, latents: torch.Tensor) -> np.ndarray:
 
 
 def _ref_args(guidance: float, seed: int) -> dict:
-    return dict(negative_prompt=NEG, width=SIZE, height=SIZE, num_inference_steps=STEPS, guidance_scale=guidance,
-                generator=torch.Generator("cpu").manual_seed(seed), output_type="np")
+    return dict(
+        negative_prompt=NEG,
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np",
+    )
 
 
 @pytest.mark.parametrize(("release", "guidance"), [("2.0", 0.0), ("2.0", 4.0), ("2.1", 0.0), ("2.1", 4.0), ("v1", 0.0)])
@@ -64,8 +71,18 @@ def test_control_generate_matches_diffusers(pipes, tmp_path: Path, release: str,
     ours, components = pipes
     cn_dir = make_tiny_controlnet(tmp_path / "cn", release, seed=int(guidance) + 10)
     control = _noise_image(1)
-    out = control_generate(ours, load_controlnet(cn_dir), control, PROMPT, negative_prompt=NEG, width=SIZE,
-                           height=SIZE, steps=STEPS, guidance=guidance, seed=5)
+    out = control_generate(
+        ours,
+        load_controlnet(cn_dir),
+        control,
+        PROMPT,
+        negative_prompt=NEG,
+        width=SIZE,
+        height=SIZE,
+        steps=STEPS,
+        guidance=guidance,
+        seed=5,
+    )
     want = _ref_pipe(components, cn_dir, inpaint=False)(PROMPT, control_image=control, **_ref_args(guidance, 5)).images
     got = _pixels(ours, out.latents)
     assert got.shape == want.shape == (1, SIZE, SIZE, 3)
@@ -80,8 +97,20 @@ def test_control_inpaint_matches_diffusers(pipes, tmp_path: Path, release: str, 
     ours, components = pipes
     cn_dir = make_tiny_controlnet(tmp_path / "cn", release, seed=20)
     image, mask, control = _noise_image(2), _mask(), _noise_image(3)
-    out = control_inpaint(ours, load_controlnet(cn_dir), image, mask, control, PROMPT, negative_prompt=NEG,
-                          width=SIZE, height=SIZE, steps=STEPS, guidance=guidance, seed=9)
+    out = control_inpaint(
+        ours,
+        load_controlnet(cn_dir),
+        image,
+        mask,
+        control,
+        PROMPT,
+        negative_prompt=NEG,
+        width=SIZE,
+        height=SIZE,
+        steps=STEPS,
+        guidance=guidance,
+        seed=9,
+    )
     ref = _ref_pipe(components, cn_dir, inpaint=True)
     want = ref(PROMPT, image=image, mask_image=mask, control_image=control, **_ref_args(guidance, 9)).images
     assert np.abs(_pixels(ours, out.latents) - want).max() <= 1e-4
@@ -116,9 +145,18 @@ def test_key_audit_names_file_and_keys(tmp_path: Path) -> None:
 
 def test_dim_mismatch_names_both_dims(pipes) -> None:
     ours, _ = pipes
-    cfg = ControlNetConfig(control_layers_places=(0, 1), control_refiner_layers_places=(0,), control_in_dim=33,
-                           add_control_noise_refiner="control_noise_refiner", dim=128, n_refiner_layers=1,
-                           n_heads=4, n_kv_heads=4, norm_eps=1e-5, qk_norm=True)
+    cfg = ControlNetConfig(
+        control_layers_places=(0, 1),
+        control_refiner_layers_places=(0,),
+        control_in_dim=33,
+        add_control_noise_refiner="control_noise_refiner",
+        dim=128,
+        n_refiner_layers=1,
+        n_heads=4,
+        n_kv_heads=4,
+        norm_eps=1e-5,
+        qk_norm=True,
+    )
     with pytest.raises(ValueError, match="ControlNet dim 128 does not match the base transformer dim 64"):
         control_generate(ours, ZImageControlNet(cfg), _noise_image(0), PROMPT, steps=1)
 
@@ -147,10 +185,19 @@ def test_callbacks_and_cancellation(pipes, tmp_path: Path) -> None:
     ours, _ = pipes
     cn = load_controlnet(make_tiny_controlnet(tmp_path / "cn", "2.1", seed=6))
     seen: list[tuple[int, int]] = []
-    out = control_generate(ours, cn, _noise_image(0), PROMPT, steps=2, seed=1, count=2,
-                           on_step=lambda i, n: seen.append((i, n)))
+    out = control_generate(
+        ours, cn, _noise_image(0), PROMPT, steps=2, seed=1, count=2, on_step=lambda i, n: seen.append((i, n))
+    )
     assert seen == [(1, 2), (2, 2)] and out.seeds == [1, 2] and out.images[0].size == (SIZE, SIZE)
     with pytest.raises(GenerationCancelled):
-        control_generate(ours, cn, _noise_image(0), PROMPT, steps=3, seed=1, should_stop=lambda: len(seen) >= 3,
-                         on_step=lambda i, n: seen.append((i, n)))
+        control_generate(
+            ours,
+            cn,
+            _noise_image(0),
+            PROMPT,
+            steps=3,
+            seed=1,
+            should_stop=lambda: len(seen) >= 3,
+            on_step=lambda i, n: seen.append((i, n)),
+        )
     assert len(seen) == 3

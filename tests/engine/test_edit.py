@@ -37,8 +37,15 @@ def test_img2img_matches_diffusers(tiny_dir: Path, ours, source: Image.Image, st
 
     ref = ZImageImg2ImgPipeline.from_pretrained(tiny_dir, dtype=torch.float32)
     ref.set_progress_bar_config(disable=True)
-    want = ref(PROMPT, image=source, strength=strength, num_inference_steps=steps, guidance_scale=0.0,
-               generator=torch.Generator("cpu").manual_seed(9), output_type="np").images
+    want = ref(
+        PROMPT,
+        image=source,
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=0.0,
+        generator=torch.Generator("cpu").manual_seed(9),
+        output_type="np",
+    ).images
     out = img2img(ours, source, PROMPT, strength=strength, steps=steps, guidance=0.0, seed=9)
     assert np.abs(_pixels(ours, out) - want).max() <= 1e-4
 
@@ -48,8 +55,16 @@ def test_img2img_with_cfg_matches_diffusers(tiny_dir: Path, ours, source: Image.
 
     ref = ZImageImg2ImgPipeline.from_pretrained(tiny_dir, dtype=torch.float32)
     ref.set_progress_bar_config(disable=True)
-    want = ref(PROMPT, image=source, strength=0.7, num_inference_steps=5, guidance_scale=3.0, negative_prompt="ugly",
-               generator=torch.Generator("cpu").manual_seed(2), output_type="np").images
+    want = ref(
+        PROMPT,
+        image=source,
+        strength=0.7,
+        num_inference_steps=5,
+        guidance_scale=3.0,
+        negative_prompt="ugly",
+        generator=torch.Generator("cpu").manual_seed(2),
+        output_type="np",
+    ).images
     out = img2img(ours, source, PROMPT, strength=0.7, steps=5, guidance=3.0, negative_prompt="ugly", seed=2)
     assert np.abs(_pixels(ours, out) - want).max() <= 1e-4
 
@@ -59,7 +74,7 @@ def _random_mask(seed: int) -> Image.Image:
     m = np.zeros((256, 256), np.uint8)
     for _ in range(3):
         x, y, w, h = rng.integers(0, 200, 4)
-        m[y:y + 16 + h // 4, x:x + 16 + w // 4] = 255
+        m[y : y + 16 + h // 4, x : x + 16 + w // 4] = 255
     return Image.fromarray(m)
 
 
@@ -70,8 +85,16 @@ def test_inpaint_matches_diffusers(tiny_dir: Path, ours, source: Image.Image, st
     mask = _random_mask(int(strength * 100))
     ref = ZImageInpaintPipeline.from_pretrained(tiny_dir, dtype=torch.float32)
     ref.set_progress_bar_config(disable=True)
-    want = ref(PROMPT, image=source, mask_image=mask, strength=strength, num_inference_steps=4, guidance_scale=0.0,
-               generator=torch.Generator("cpu").manual_seed(4), output_type="np").images
+    want = ref(
+        PROMPT,
+        image=source,
+        mask_image=mask,
+        strength=strength,
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        generator=torch.Generator("cpu").manual_seed(4),
+        output_type="np",
+    ).images
     out = inpaint(ours, source, mask, PROMPT, strength=strength, steps=4, guidance=0.0, seed=4, paste_back=False)
     assert np.abs(_pixels(ours, out) - want).max() <= 1e-4
 

@@ -24,7 +24,9 @@ def _copy(tiny_dir: Path, tmp_path: Path) -> Path:
 def test_layout_is_the_published_one(tiny_dir: Path) -> None:
     files = find_diffusers_folder(tiny_dir)
     assert [p.name for p in files.transformer] == [
-        "diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"]
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+    ]
     index = json.loads((tiny_dir / "transformer" / "diffusion_pytorch_model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set().union(*(load_file(f).keys() for f in files.transformer))
     index = json.loads((tiny_dir / "model_index.json").read_text())
@@ -60,8 +62,10 @@ def test_a_sharded_vae_loads_every_shard(tiny_dir: Path, tmp_path: Path) -> None
     sharded = load_pipeline(make_tiny(tmp_path / "m", vae_shards=3), device="cpu")
     assert len(find_diffusers_folder(tmp_path / "m").vae) == 3
     single = load_pipeline(tiny_dir, device="cpu")
-    assert all(torch.equal(a, b) for a, b in zip(sharded.vae.state_dict().values(),
-                                                 single.vae.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(sharded.vae.state_dict().values(), single.vae.state_dict().values(), strict=True)
+    )
     (tmp_path / "m" / "vae" / "diffusion_pytorch_model-00003-of-00003.safetensors").unlink()
     with pytest.raises(WeightsError, match="shards that are missing"):
         load_pipeline(tmp_path / "m", device="cpu")

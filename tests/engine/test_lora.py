@@ -24,9 +24,16 @@ FFN = TINY.ffn_hidden
 def _mods(seed: int = 0, rank: int = R) -> dict[str, tuple[Tensor, Tensor]]:
     """A LoRA on every target kind of both main layers and both refiners, as {name: (A, B)}."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {"attention.to_q": (D, D), "attention.to_k": (D, D), "attention.to_v": (D, D),
-              "attention.to_out.0": (D, D), "feed_forward.w1": (FFN, D), "feed_forward.w2": (D, FFN),
-              "feed_forward.w3": (FFN, D), "adaLN_modulation.0": (4 * D, TINY.adaln_dim)}
+    shapes = {
+        "attention.to_q": (D, D),
+        "attention.to_k": (D, D),
+        "attention.to_v": (D, D),
+        "attention.to_out.0": (D, D),
+        "feed_forward.w1": (FFN, D),
+        "feed_forward.w2": (D, FFN),
+        "feed_forward.w3": (FFN, D),
+        "adaLN_modulation.0": (4 * D, TINY.adaln_dim),
+    }
     mods = {}
     for block in ("layers.0", "layers.1", "noise_refiner.0", "context_refiner.0"):
         for sub, (out, inp) in shapes.items():
@@ -71,8 +78,10 @@ def _expect(lora_deltas: dict, name: str, a: Tensor, b: Tensor, scale: float) ->
 
 def test_diffusers_peft_keys_with_header_alpha() -> None:
     mods = _mods()
-    meta = {"lora_adapter_metadata": '{"transformer.r": 4, "transformer.lora_alpha": 8, '
-            '"transformer.alpha_pattern": {"layers.1.attention.to_q": 2}}'}
+    meta = {
+        "lora_adapter_metadata": '{"transformer.r": 4, "transformer.lora_alpha": 8, '
+        '"transformer.alpha_pattern": {"layers.1.attention.to_q": 2}}'
+    }
     lora = normalize_lora(_peft(mods), meta)
     assert lora.dialect == "diffusers" and len(lora.deltas["transformer"]) == len(mods)
     assert all(isinstance(d, LoraDelta) for d in lora.deltas["transformer"].values())
@@ -84,8 +93,10 @@ def test_diffusers_peft_keys_with_header_alpha() -> None:
 
 def test_peft_raw_dump_default_names() -> None:
     a, b = torch.randn(R, D), torch.randn(D, R)
-    sd = {"base_model.model.layers.0.attention.to_k.lora_A.default.weight": a,
-          "base_model.model.layers.0.attention.to_k.lora_B.default.weight": b}
+    sd = {
+        "base_model.model.layers.0.attention.to_k.lora_A.default.weight": a,
+        "base_model.model.layers.0.attention.to_k.lora_B.default.weight": b,
+    }
     _expect(normalize_lora(sd).deltas["transformer"], "layers.0.attention.to_k", a, b, 1.0)
 
 
@@ -93,25 +104,37 @@ def test_ai_toolkit_keys() -> None:
     mods = _mods()
     lora = normalize_lora(to_ai_toolkit(mods, ALPHA))
     assert lora.dialect == "ai-toolkit"
-    _expect(lora.deltas["transformer"], "noise_refiner.0.adaLN_modulation.0",
-            *mods["noise_refiner.0.adaLN_modulation.0"], ALPHA / R)
+    _expect(
+        lora.deltas["transformer"],
+        "noise_refiner.0.adaLN_modulation.0",
+        *mods["noise_refiner.0.adaLN_modulation.0"],
+        ALPHA / R,
+    )
 
 
 def test_kohya_fused_qkv_splits_into_row_blocks() -> None:
     a, b, alpha = torch.randn(R, D), torch.randn(3 * D, R), torch.tensor(6.0)
-    sd = {"lora_unet_layers_1_attention_qkv.lora_down.weight": a, "lora_unet_layers_1_attention_qkv.lora_up.weight": b,
-          "lora_unet_layers_1_attention_qkv.alpha": alpha,
-          "lora_unet_noise_refiner_0_attention_out.lora_down.weight": a,
-          "lora_unet_noise_refiner_0_attention_out.lora_up.weight": b[:D],
-          "lora_unet_context_refiner_0_feed_forward_w2.lora_down.weight": torch.randn(R, FFN),
-          "lora_unet_context_refiner_0_feed_forward_w2.lora_up.weight": torch.randn(D, R)}
+    sd = {
+        "lora_unet_layers_1_attention_qkv.lora_down.weight": a,
+        "lora_unet_layers_1_attention_qkv.lora_up.weight": b,
+        "lora_unet_layers_1_attention_qkv.alpha": alpha,
+        "lora_unet_noise_refiner_0_attention_out.lora_down.weight": a,
+        "lora_unet_noise_refiner_0_attention_out.lora_up.weight": b[:D],
+        "lora_unet_context_refiner_0_feed_forward_w2.lora_down.weight": torch.randn(R, FFN),
+        "lora_unet_context_refiner_0_feed_forward_w2.lora_up.weight": torch.randn(D, R),
+    }
     lora = normalize_lora(sd)
     deltas = lora.deltas["transformer"]
     assert lora.dialect == "kohya"
-    assert set(deltas) == {"layers.1.attention.to_q", "layers.1.attention.to_k", "layers.1.attention.to_v",
-                           "noise_refiner.0.attention.to_out.0", "context_refiner.0.feed_forward.w2"}
+    assert set(deltas) == {
+        "layers.1.attention.to_q",
+        "layers.1.attention.to_k",
+        "layers.1.attention.to_v",
+        "noise_refiner.0.attention.to_out.0",
+        "context_refiner.0.feed_forward.w2",
+    }
     for i, p in enumerate("qkv"):
-        _expect(deltas, f"layers.1.attention.to_{p}", a, b[i * D:(i + 1) * D], 6.0 / R)
+        _expect(deltas, f"layers.1.attention.to_{p}", a, b[i * D : (i + 1) * D], 6.0 / R)
     _expect(deltas, "noise_refiner.0.attention.to_out.0", a, b[:D], 1.0)
 
 
@@ -122,10 +145,12 @@ def test_comfyui_native_keys() -> None:
     assert set(lora.deltas["transformer"]) == set(mods)
     _expect(lora.deltas["transformer"], "layers.1.attention.to_v", *mods["layers.1.attention.to_v"], ALPHA / R)
     a, b = torch.randn(R, D), torch.randn(2 * 2 * 16, R)
-    sd = {"diffusion_model.final_layer.linear.lora_down.weight": a,
-          "diffusion_model.final_layer.linear.lora_up.weight": b,
-          "diffusion_model.x_embedder.lora_down.weight": b.T.contiguous(),
-          "diffusion_model.x_embedder.lora_up.weight": a.T.contiguous()}
+    sd = {
+        "diffusion_model.final_layer.linear.lora_down.weight": a,
+        "diffusion_model.final_layer.linear.lora_up.weight": b,
+        "diffusion_model.x_embedder.lora_down.weight": b.T.contiguous(),
+        "diffusion_model.x_embedder.lora_up.weight": a.T.contiguous(),
+    }
     assert set(normalize_lora(sd).deltas["transformer"]) == {"all_final_layer.2-1.linear", "all_x_embedder.2-1"}
 
 
@@ -270,12 +295,24 @@ def test_truncated_file(tmp_path: Path) -> None:
 def test_text_encoder_lora_needs_and_uses_a_text_encoder(tmp_path: Path) -> None:
     from transformers import Qwen3Config, Qwen3Model
 
-    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+    cfg = Qwen3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
     te = Qwen3Model(cfg).eval()
     a, b = torch.randn(R, 32), torch.randn(32, R)
-    path = save({"text_encoder.layers.0.self_attn.q_proj.lora_A.weight": a,
-                 "text_encoder.layers.0.self_attn.q_proj.lora_B.weight": b}, tmp_path / "te.safetensors")
+    path = save(
+        {
+            "text_encoder.layers.0.self_attn.q_proj.lora_A.weight": a,
+            "text_encoder.layers.0.self_attn.q_proj.lora_B.weight": b,
+        },
+        tmp_path / "te.safetensors",
+    )
     with pytest.raises(WeightsError, match="no text_encoder was given"):
         LoraManager(_model()).set_adapters([(path, 1.0)])
     w0 = te.layers[0].self_attn.q_proj.weight.detach().clone()
@@ -289,15 +326,19 @@ def test_text_encoder_lora_needs_and_uses_a_text_encoder(tmp_path: Path) -> None
 # --- inspection -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dialect,writer,ranks,alphas", [
-    ("ai-toolkit", lambda m: to_ai_toolkit(m, ALPHA), [R], [ALPHA]),
-    ("kohya", lambda m: to_kohya(m, ALPHA), [R, 3 * R], [ALPHA, 3 * ALPHA]),  # fused qkv: 3x rank, 3x alpha
-    ("comfyui", lambda m: to_comfyui(m, ALPHA), [R, 3 * R], [ALPHA, 3 * ALPHA]),
-    ("dot", lambda m: to_dot(m, ALPHA), [R], []),  # alpha folded into the up weights
-    ("diffusers", _peft, [R], []),  # no header metadata here
-])
-def test_inspect_each_dialect(tmp_path: Path, dialect: str, writer: Callable, ranks: list[int],
-                              alphas: list[float]) -> None:
+@pytest.mark.parametrize(
+    "dialect,writer,ranks,alphas",
+    [
+        ("ai-toolkit", lambda m: to_ai_toolkit(m, ALPHA), [R], [ALPHA]),
+        ("kohya", lambda m: to_kohya(m, ALPHA), [R, 3 * R], [ALPHA, 3 * ALPHA]),  # fused qkv: 3x rank, 3x alpha
+        ("comfyui", lambda m: to_comfyui(m, ALPHA), [R, 3 * R], [ALPHA, 3 * ALPHA]),
+        ("dot", lambda m: to_dot(m, ALPHA), [R], []),  # alpha folded into the up weights
+        ("diffusers", _peft, [R], []),  # no header metadata here
+    ],
+)
+def test_inspect_each_dialect(
+    tmp_path: Path, dialect: str, writer: Callable, ranks: list[int], alphas: list[float]
+) -> None:
     info = inspect_lora(save(writer(_mods()), tmp_path / "x.safetensors"))
     assert info["dialect"] == dialect and info["kind"] == ["lora"] and info["ranks"] == ranks
     assert info["base"] == "tiny test model" and info["dim"] == D and info["unplaced_keys"] == []
@@ -310,12 +351,16 @@ def test_inspect_lokr_unknown_dim_and_unplaced(tmp_path: Path) -> None:
     info = inspect_lora(save(lokr_state_dict(_model(), rank=2, alpha=5.0), tmp_path / "lokr.safetensors"))
     assert info["dialect"] == "ai-toolkit-lokr" and info["kind"] == ["lokr"] and info["ranks"] == [2]
     assert info["alphas"] == [5.0]
-    sd = {"diffusion_model.layers.0.attention.to_q.lora_A.weight": torch.randn(R, 3840),
-          "diffusion_model.layers.0.attention.to_q.lora_B.weight": torch.randn(3840, R),
-          "diffusion_model.layers.0.weird.lora_A.weight": torch.randn(R, 8)}
+    sd = {
+        "diffusion_model.layers.0.attention.to_q.lora_A.weight": torch.randn(R, 3840),
+        "diffusion_model.layers.0.attention.to_q.lora_B.weight": torch.randn(3840, R),
+        "diffusion_model.layers.0.weird.lora_A.weight": torch.randn(R, 8),
+    }
     info = inspect_lora(save(sd, tmp_path / "big.safetensors"))
     assert info["base"] == "Z-Image Turbo/Base (6B)"
     assert info["unplaced_keys"] == ["diffusion_model.layers.0.weird.lora_A.weight"]
-    sd = {"transformer.layers.0.attention.to_k.lora_A.weight": torch.randn(R, 96),
-          "transformer.layers.0.attention.to_k.lora_B.weight": torch.randn(96, R)}
+    sd = {
+        "transformer.layers.0.attention.to_k.lora_A.weight": torch.randn(R, 96),
+        "transformer.layers.0.attention.to_k.lora_B.weight": torch.randn(96, R),
+    }
     assert inspect_lora(save(sd, tmp_path / "odd.safetensors"))["base"] == "unknown dim 96"

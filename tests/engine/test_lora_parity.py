@@ -39,8 +39,9 @@ def lora_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The reference LoRA in every dialect, a second LoRA (other rank/alpha/targets), and two LoKr files."""
     d = tmp_path_factory.mktemp("loras")
     files = {"diffusers": write_peft_lora(d, rank=RANK, alpha=ALPHA, seed=0)}
-    files["second"] = write_peft_lora(d, rank=2, alpha=3.0, seed=1, name="second.safetensors",
-                                      target=r".*attention\.(to_q|to_v)$")
+    files["second"] = write_peft_lora(
+        d, rank=2, alpha=3.0, seed=1, name="second.safetensors", target=r".*attention\.(to_q|to_v)$"
+    )
     mods = peft_modules(load_file(files["diffusers"]))
     files["ai-toolkit"] = save(to_ai_toolkit(mods, ALPHA), d / "ai_toolkit.safetensors")
     files["kohya"] = save(to_kohya(mods, ALPHA), d / "kohya_fused.safetensors")

@@ -73,9 +73,12 @@ def test_omni_forward_matches_diffusers(seg_lens, cond_hw, sig_hw, target_hw) ->
     x, t = torch.randn(b, 16, *target_hw), torch.rand(b)
     with torch.no_grad():
         want = ref(
-            [[c.unsqueeze(1) for c in conds] + [x[i].unsqueeze(1)] for i in range(b)], t, caps,
+            [[c.unsqueeze(1) for c in conds] + [x[i].unsqueeze(1)] for i in range(b)],
+            t,
+            caps,
             siglip_feats=[sigs + [None] if conds else None for _ in range(b)],
-            image_noise_mask=[[0] * len(conds) + [1] for _ in range(b)], return_dict=False,
+            image_noise_mask=[[0] * len(conds) + [1] for _ in range(b)],
+            return_dict=False,
         )[0]
         want = torch.stack(want).squeeze(2)
         cond = ours.prepare_omni(caps, conds, sigs, target_hw)
@@ -100,14 +103,24 @@ def test_edit_matches_diffusers(tmp_path: Path, seed: int, refs, size, guidance:
     ours, ref = _pipes(make_tiny_omni(tmp_path / "omni", seed=seed))
     images = [_image(w, h, seed + i) for i, (w, h) in enumerate(refs)]
     width, height = size
-    out = ours.edit(PROMPT, images, negative_prompt=NEG, width=width, height=height, steps=2, guidance=guidance,
-                    seed=seed, **extra)
+    out = ours.edit(
+        PROMPT, images, negative_prompt=NEG, width=width, height=height, steps=2, guidance=guidance, seed=seed, **extra
+    )
     got = ours.decode_pixels(out.latents).permute(0, 2, 3, 1).numpy()
 
     def run_ref(output_type: str):
-        return ref(image=images, prompt=PROMPT, negative_prompt=NEG, width=width, height=height,
-                   num_inference_steps=2, guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed),
-                   output_type=output_type, **extra).images
+        return ref(
+            image=images,
+            prompt=PROMPT,
+            negative_prompt=NEG,
+            width=width,
+            height=height,
+            num_inference_steps=2,
+            guidance_scale=guidance,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type=output_type,
+            **extra,
+        ).images
 
     want_latents, want = run_ref("latent"), run_ref("np")
     # latents before the VAE: the decoded tiny-model pixels clip to 0 or 1 in large areas
@@ -118,8 +131,17 @@ def test_edit_matches_diffusers(tmp_path: Path, seed: int, refs, size, guidance:
     if width is None:
         assert out.images[0].size == (288, 224)
     if "cfg_truncation" in extra:  # the cutoff is crossed: without it the same call gives other latents
-        untruncated = ours.edit(PROMPT, images, negative_prompt=NEG, width=width, height=height, steps=2,
-                                guidance=guidance, seed=seed, **{**extra, "cfg_truncation": 1.0})
+        untruncated = ours.edit(
+            PROMPT,
+            images,
+            negative_prompt=NEG,
+            width=width,
+            height=height,
+            steps=2,
+            guidance=guidance,
+            seed=seed,
+            **{**extra, "cfg_truncation": 1.0},
+        )
         assert (untruncated.latents - out.latents).abs().max().item() > 1e-2
 
 
@@ -183,8 +205,9 @@ def test_rgba_and_grey_references_are_converted_to_rgb(omni) -> None:
     ours, _ = omni
     rgba, grey = _image(64, 80, 2, "RGBA"), _image(64, 80, 3, "L")
     a = ours.edit(PROMPT, [rgba, grey], width=256, height=256, steps=1, guidance=0.0, seed=4)
-    b = ours.edit(PROMPT, [rgba.convert("RGB"), grey.convert("RGB")], width=256, height=256, steps=1, guidance=0.0,
-                  seed=4)
+    b = ours.edit(
+        PROMPT, [rgba.convert("RGB"), grey.convert("RGB")], width=256, height=256, steps=1, guidance=0.0, seed=4
+    )
     assert torch.equal(a.latents, b.latents)
 
 
@@ -192,12 +215,22 @@ def test_callbacks_and_cancellation(omni) -> None:
     ours, _ = omni
     img = _image(64, 64, 5)
     seen: list[tuple[int, int]] = []
-    ours.edit(PROMPT, [img], width=256, height=256, steps=2, guidance=0.0, seed=1,
-              on_step=lambda i, n: seen.append((i, n)))
+    ours.edit(
+        PROMPT, [img], width=256, height=256, steps=2, guidance=0.0, seed=1, on_step=lambda i, n: seen.append((i, n))
+    )
     assert seen == [(1, 2), (2, 2)]
     with pytest.raises(GenerationCancelled):
-        ours.edit(PROMPT, [img], width=256, height=256, steps=4, guidance=0.0, seed=1,
-                  should_stop=lambda: len(seen) >= 3, on_step=lambda i, n: seen.append((i, n)))
+        ours.edit(
+            PROMPT,
+            [img],
+            width=256,
+            height=256,
+            steps=4,
+            guidance=0.0,
+            seed=1,
+            should_stop=lambda: len(seen) >= 3,
+            on_step=lambda i, n: seen.append((i, n)),
+        )
     assert len(seen) == 3
 
 
@@ -210,8 +243,11 @@ def test_missing_components_are_listed_in_one_error(tmp_path: Path) -> None:
         load_pipeline(folder, architecture="omni", device="cpu", dtype=torch.float32)
     msg = str(err.value)
     assert str(folder) in msg
-    for part in ("siglip (siglip/config.json", "siglip_processor (siglip_processor/preprocessor_config.json",
-                 "vae (vae/diffusion_pytorch_model.safetensors"):
+    for part in (
+        "siglip (siglip/config.json",
+        "siglip_processor (siglip_processor/preprocessor_config.json",
+        "vae (vae/diffusion_pytorch_model.safetensors",
+    ):
         assert part in msg
     assert "transformer (" not in msg and "text_encoder (" not in msg
 

@@ -29,10 +29,19 @@ def _ours(pipe, **kw) -> tuple[torch.Tensor, np.ndarray]:
 
 def _ref(ref, width: int, height: int, steps: int, guidance: float, seed: int, **kw) -> tuple[torch.Tensor, np.ndarray]:
     """diffusers' latents before the VAE (``output_type="latent"``) and its decoded pixels."""
+
     def run(output_type: str):
         gen = torch.Generator("cpu").manual_seed(seed)
-        return ref(PROMPT, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,
-                   generator=gen, output_type=output_type, **kw).images
+        return ref(
+            PROMPT,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gen,
+            output_type=output_type,
+            **kw,
+        ).images
 
     return run("latent"), run("np")
 
@@ -57,11 +66,17 @@ def test_base_settings_with_cfg_truncation_and_normalization_match_diffusers(pip
     """6 steps at shift 3 run at t = 0, .06, .14, .25, .40, .63: a 0.3 cutoff drops CFG on the last two."""
     ours, ref = pipes
     neg = "blurry, low quality, watermark, extra fingers"  # a different caption length than the prompt
-    args = {"width": 256, "height": 256, "steps": 6, "guidance": 4.0, "seed": 3, "negative_prompt": neg,
-            "cfg_normalization": 1.5}
+    args = {
+        "width": 256,
+        "height": 256,
+        "steps": 6,
+        "guidance": 4.0,
+        "seed": 3,
+        "negative_prompt": neg,
+        "cfg_normalization": 1.5,
+    }
     latents, got = _ours(ours, **args, cfg_truncation=0.3)
-    want_latents, want = _ref(ref, 256, 256, 6, 4.0, 3, negative_prompt=neg, cfg_truncation=0.3,
-                              cfg_normalization=1.5)
+    want_latents, want = _ref(ref, 256, 256, 6, 4.0, 3, negative_prompt=neg, cfg_truncation=0.3, cfg_normalization=1.5)
     _assert_latents_match(latents, want_latents)
     assert np.abs(got - want).max() <= 1e-4
     # the cutoff is crossed: without it the same call gives other latents
@@ -73,10 +88,12 @@ def test_comfy_single_files_give_the_same_image_as_the_folder(tiny_dir: Path) ->
     comfy = tiny_dir / "comfy"
     folder = load_pipeline(tiny_dir, device="cpu", dtype=torch.float32)
     single = load_pipeline(
-        tiny_dir, transformer_file=comfy / "diffusion_models" / "z_image_tiny.safetensors",
+        tiny_dir,
+        transformer_file=comfy / "diffusion_models" / "z_image_tiny.safetensors",
         vae_file=comfy / "vae" / "ae.safetensors",
         text_encoder_file=comfy / "text_encoders" / "qwen_3_tiny.safetensors",
-        device="cpu", dtype=torch.float32,
+        device="cpu",
+        dtype=torch.float32,
     )
     a = folder.generate(PROMPT, width=256, height=256, steps=3, seed=5)
     b = single.generate(PROMPT, width=256, height=256, steps=3, seed=5)
@@ -101,15 +118,30 @@ def test_callbacks_and_cancellation(pipes) -> None:
     ours.generate(PROMPT, width=256, height=256, steps=3, seed=1, on_step=lambda i, n: seen.append((i, n)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
     with pytest.raises(GenerationCancelled):
-        ours.generate(PROMPT, width=256, height=256, steps=5, seed=1, should_stop=lambda: len(seen) >= 4,
-                      on_step=lambda i, n: seen.append((i, n)))
+        ours.generate(
+            PROMPT,
+            width=256,
+            height=256,
+            steps=5,
+            seed=1,
+            should_stop=lambda: len(seen) >= 4,
+            on_step=lambda i, n: seen.append((i, n)),
+        )
     assert len(seen) == 4  # stopped within one step
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"width": 250}, "width"), ({"height": 4096}, "height"), ({"width": 128}, "width"), ({"steps": 0}, "steps"),
-     ({"steps": 101}, "steps"), ({"prompt": ""}, "prompt"), ({"seed": -1}, "seed"), ({"count": 0}, "count")],
+    [
+        ({"width": 250}, "width"),
+        ({"height": 4096}, "height"),
+        ({"width": 128}, "width"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 101}, "steps"),
+        ({"prompt": ""}, "prompt"),
+        ({"seed": -1}, "seed"),
+        ({"count": 0}, "count"),
+    ],
 )
 def test_bad_arguments_name_the_field_and_range(pipes, kwargs: dict, field: str) -> None:
     ours, _ = pipes

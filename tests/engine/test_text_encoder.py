@@ -49,8 +49,9 @@ def _copy(tiny: Path, tmp_path: Path) -> Path:
 def test_chat_template_renders_like_qwen3(encoder: TextEncoder) -> None:
     tok = encoder.tokenizer
     assert chat_prompt(tok, "a cat") == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
-    off = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True,
-                                  enable_thinking=False)
+    off = tok.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
     assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert tok.model_max_length == 131072
     assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id == tok.convert_tokens_to_ids("<|endoftext|>")
@@ -77,12 +78,15 @@ def test_encode_matches_diffusers_encode_prompt(tiny: Path, encoder: TextEncoder
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
     pipe = ZImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=None, transformer=None,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=None,
+        transformer=None,
         text_encoder=Qwen3Model.from_pretrained(tiny / "text_encoder"),
         tokenizer=AutoTokenizer.from_pretrained(tiny / "tokenizer"),
     )
-    ref, _ = pipe.encode_prompt(list(PROMPTS), device="cpu", do_classifier_free_guidance=False,
-                                max_sequence_length=MAX_LEN)
+    ref, _ = pipe.encode_prompt(
+        list(PROMPTS), device="cpu", do_classifier_free_guidance=False, max_sequence_length=MAX_LEN
+    )
     encoder.clear_cache()
     ours = encoder.encode(PROMPTS, max_length=MAX_LEN)
     assert len(encoder.model.layers) == 2 and isinstance(encoder.model.norm, torch.nn.Identity)
@@ -101,10 +105,16 @@ def test_comfyui_single_file_matches_folder(tiny: Path, encoder: TextEncoder, tm
     folder = tiny / "text_encoder"
     merged = {k: v for f in sorted(folder.glob("model-*.safetensors")) for k, v in load_file(f).items()}
     save_file(merged, tmp_path / "qwen_3_4b.safetensors")
-    inferred = load_text_encoder_file(tmp_path / "qwen_3_4b.safetensors", tiny / "tokenizer", None, "cpu",
-                                      torch.float32)
-    given = load_text_encoder_file(tmp_path / "qwen_3_4b.safetensors", tiny / "tokenizer",
-                                   tiny_text_encoder_config(TINY_VOCAB_SIZE), "cpu", torch.float32)
+    inferred = load_text_encoder_file(
+        tmp_path / "qwen_3_4b.safetensors", tiny / "tokenizer", None, "cpu", torch.float32
+    )
+    given = load_text_encoder_file(
+        tmp_path / "qwen_3_4b.safetensors",
+        tiny / "tokenizer",
+        tiny_text_encoder_config(TINY_VOCAB_SIZE),
+        "cpu",
+        torch.float32,
+    )
     encoder.clear_cache()
     want = encoder.encode(PROMPTS[:2])
     for te in (inferred, given):
@@ -155,8 +165,14 @@ def test_dropped_layer_and_norm_are_optional(tiny: Path, tmp_path: Path) -> None
     ckpt = _copy(tiny, tmp_path)
     folder = ckpt / "text_encoder"
     for shard in folder.glob("model-*.safetensors"):
-        save_file({k: v for k, v in load_file(shard).items()
-                   if not k.startswith("model.layers.2.") and k != "model.norm.weight"}, shard)
+        save_file(
+            {
+                k: v
+                for k, v in load_file(shard).items()
+                if not k.startswith("model.layers.2.") and k != "model.norm.weight"
+            },
+            shard,
+        )
     assert len(load_text_encoder(folder, ckpt / "tokenizer", "cpu", torch.float32).model.layers) == 2
 
 
@@ -165,8 +181,9 @@ def test_dropped_layer_and_norm_are_optional(tiny: Path, tmp_path: Path) -> None
 
 def test_cache_skips_the_model(encoder: TextEncoder) -> None:
     calls: list[int] = []
-    hook = encoder.model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape[0]),
-                                                   with_kwargs=True)
+    hook = encoder.model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
         encoder.clear_cache()
         first = encoder.encode(["a dog", "a cat"])

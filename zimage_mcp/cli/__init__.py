@@ -56,8 +56,7 @@ def _globals(default: Any) -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zimage-mcp", description="Z-Image MCP server and tools",
-                                parents=[_globals(None)])
+    p = argparse.ArgumentParser(prog="zimage-mcp", description="Z-Image MCP server and tools", parents=[_globals(None)])
     p.add_argument("--version", action="version", version=__version__)
     common = [_globals(argparse.SUPPRESS)]
     sub = p.add_subparsers(dest="command")
@@ -77,8 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     gallery.add_argument("--json", action="store_true")
     tiny = sub.add_parser("make-tiny", parents=common, help="write a tiny random model (for trying without weights)")
     tiny.add_argument("dir")
-    tiny.add_argument("--write-registry", "--with-registry", action="store_true",
-                      help="put the model in DIR/model and write DIR/registry.toml pointing at it")
+    tiny.add_argument(
+        "--write-registry",
+        "--with-registry",
+        action="store_true",
+        help="put the model in DIR/model and write DIR/registry.toml pointing at it",
+    )
     demo = sub.add_parser("demo", parents=common, help="no weights needed: tiny model, its registry, one image")
     demo.add_argument("--dir", default=default_demo_dir(), help="where the model, registry and images go")
     lora = sub.add_parser("lora", parents=common, help="LoRA tools")
@@ -89,8 +92,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "serve": cmd_serve, "generate": cmd_generate, "pull": cmd_pull, "list": cmd_list, "plugins": cmd_plugins,
-    "gallery": cmd_gallery, "make-tiny": cmd_make_tiny, "demo": cmd_demo, "lora": cmd_lora,
+    "serve": cmd_serve,
+    "generate": cmd_generate,
+    "pull": cmd_pull,
+    "list": cmd_list,
+    "plugins": cmd_plugins,
+    "gallery": cmd_gallery,
+    "make-tiny": cmd_make_tiny,
+    "demo": cmd_demo,
+    "lora": cmd_lora,
 }
 
 
@@ -106,11 +116,15 @@ def _hint(exc: BaseException) -> str | None:
     text = str(exc)
     me = command_name()
     if isinstance(exc, RegistryError) and "does not exist" in text:
-        return ("fix the path in --registry or ZIMAGE_MCP_REGISTRY (or unset it to use the default); "
-                f"`{me} make-tiny DIR --write-registry` writes one for a tiny test model")
+        return (
+            "fix the path in --registry or ZIMAGE_MCP_REGISTRY (or unset it to use the default); "
+            f"`{me} make-tiny DIR --write-registry` writes one for a tiny test model"
+        )
     if isinstance(exc, BackendLoadError):
-        return (f"check the weights path in your registry file (`{me} list` shows where each variant is read "
-                "from); re-download a damaged checkpoint with `hf download <repo>`")
+        return (
+            f"check the weights path in your registry file (`{me} list` shows where each variant is read "
+            "from); re-download a damaged checkpoint with `hf download <repo>`"
+        )
     return None
 
 

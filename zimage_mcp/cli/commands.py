@@ -35,19 +35,23 @@ def cmd_pull(args: argparse.Namespace) -> int:
     repos = catalog_from_settings(settings_from(args)).published_repos()  # variant id and aliases -> repo
     repo = repos.get(args.variant.strip().lower())
     if repo is None:
-        raise CliError(f"pull: no published weights for {args.variant!r}; choose from: {', '.join(sorted(repos))}",
-                       code=2)
+        raise CliError(
+            f"pull: no published weights for {args.variant!r}; choose from: {', '.join(sorted(repos))}", code=2
+        )
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CliError("huggingface_hub is not installed: `./run.sh cli pull ...` installs it, or "
-                       "pip install 'zimage-mcp[hub]'", code=2) from None
+        raise CliError(
+            "huggingface_hub is not installed: `./run.sh cli pull ...` installs it, or pip install 'zimage-mcp[hub]'",
+            code=2,
+        ) from None
     try:
         path = snapshot_download(repo)
     except Exception as exc:  # offline, gated, disk full: say what happened in one line
-        raise CliError(f"could not download {repo}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                       f"check the network (or HF_HUB_OFFLINE), HF_TOKEN and disk space; or `hf download {repo}`"
-                       ) from None
+        raise CliError(
+            f"could not download {repo}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+            f"check the network (or HF_HUB_OFFLINE), HF_TOKEN and disk space; or `hf download {repo}`",
+        ) from None
     print(f"{repo} is in {path}")
     return 0
 
@@ -114,9 +118,23 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     images = ImageStore(settings.output_dir).recent(max(0, args.limit))
     if args.json:
-        print(json.dumps([{"id": i.id, "created": i.metadata.get("created"), "width": i.metadata.get("width"),
-                           "height": i.metadata.get("height"), "model": i.metadata.get("model"),
-                           "prompt": i.metadata.get("prompt"), "path": str(i.path)} for i in images], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": i.id,
+                        "created": i.metadata.get("created"),
+                        "width": i.metadata.get("width"),
+                        "height": i.metadata.get("height"),
+                        "model": i.metadata.get("model"),
+                        "prompt": i.metadata.get("prompt"),
+                        "path": str(i.path),
+                    }
+                    for i in images
+                ],
+                indent=2,
+            )
+        )
         return 0
     if not images:
         print(f"no images yet in {settings.output_dir}", file=sys.stderr)
@@ -165,8 +183,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"writing a tiny random model and a registry for it to {folder} ...", file=sys.stderr)
     _, registry = write_tiny(folder)
     out_dir = Path(args.out_dir).expanduser().resolve() if args.out_dir else folder / "images"
-    settings = Settings.from_env(registry_file=registry, output_dir=out_dir, device=args.device,
-                                 log_level=args.log_level)
+    settings = Settings.from_env(
+        registry_file=registry, output_dir=out_dir, device=args.device, log_level=args.log_level
+    )
     setup_logging(args.log_level or "WARNING", settings.log_file, errors_reported=True)
     outcome = generate(settings, prompt="a red fox in snow", seed=1)
     stored = outcome.images[0][0]
@@ -175,8 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("next, with this registry and output folder:", file=sys.stderr)
     print(f"  export ZIMAGE_MCP_REGISTRY={registry} ZIMAGE_MCP_OUTPUT_DIR={out_dir}", file=sys.stderr)
     print(f"  {me} generate --prompt 'a cat' --count 2     # then: {me} gallery", file=sys.stderr)
-    print(f"  {sys.executable} examples/client_call.py --registry {registry}   # the same over MCP",
-          file=sys.stderr)
+    print(f"  {sys.executable} examples/client_call.py --registry {registry}   # the same over MCP", file=sys.stderr)
     return 0
 
 
@@ -184,8 +202,9 @@ def cmd_lora(args: argparse.Namespace) -> int:
     try:
         from zimage_mcp.engine.weights.lora_inspect import inspect_lora
     except ImportError:
-        raise CliError("lora inspect is not available in this build (zimage_mcp.engine.weights.lora_inspect "
-                       "missing)", code=2) from None
+        raise CliError(
+            "lora inspect is not available in this build (zimage_mcp.engine.weights.lora_inspect missing)", code=2
+        ) from None
     try:
         report = inspect_lora(Path(args.file))
     except Exception as exc:  # a missing or malformed file: one clear line, no traceback

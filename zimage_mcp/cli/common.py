@@ -29,8 +29,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     from zimage_mcp.registry.settings import Settings
 
     return Settings.from_env(
-        registry_file=getattr(args, "registry", None), output_dir=getattr(args, "out_dir", None),
-        device=getattr(args, "device", None), log_level=getattr(args, "log_level", None),
+        registry_file=getattr(args, "registry", None),
+        output_dir=getattr(args, "out_dir", None),
+        device=getattr(args, "device", None),
+        log_level=getattr(args, "log_level", None),
     )
 
 

@@ -77,10 +77,22 @@ class Progress:
             self.stream.flush()
 
 
-def generate(settings: Settings, *, prompt: str, model: str | None = None, negative_prompt: str | None = None,
-             width: int | None = None, height: int | None = None, steps: int | None = None,
-             guidance: float | None = None, seed: int | None = None, count: int = 1, output_format: str = "png",
-             loras: list[Any] | None = None, progress: Progress | None = None) -> Any:
+def generate(
+    settings: Settings,
+    *,
+    prompt: str,
+    model: str | None = None,
+    negative_prompt: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int | None = None,
+    count: int = 1,
+    output_format: str = "png",
+    loras: list[Any] | None = None,
+    progress: Progress | None = None,
+) -> Any:
     """Generate and save like the tool does; returns the worker's ``Outcome``. Errors are ours (``ZImageMCPError``)."""
     from zimage_mcp.registry import Registry
     from zimage_mcp.server.generation import make_work
@@ -92,9 +104,19 @@ def generate(settings: Settings, *, prompt: str, model: str | None = None, negat
     registry = Registry.from_settings(settings)
     progress = progress or Progress()
     try:
-        prepared = prepare_generate(registry, model=model, loras=loras or [], prompt=prompt,
-                                    negative_prompt=negative_prompt, width=width, height=height, steps=steps,
-                                    guidance=guidance, seed=seed, count=count)
+        prepared = prepare_generate(
+            registry,
+            model=model,
+            loras=loras or [],
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            count=count,
+        )
         jobs = JobManager(1, settings.job_timeout_seconds)
         job = jobs.create(prepared.variant_id, prepared.request.steps)
         work = make_work(registry, ImageStore(settings.output_dir), Metrics(), prepared, output_format)
@@ -110,9 +132,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(args.log_level or "WARNING", settings.log_file, errors_reported=True)
     loras = [parse_lora(text) for text in args.lora]
-    outcome = generate(settings, prompt=args.prompt, model=args.model, negative_prompt=args.negative_prompt,
-                       width=args.width, height=args.height, steps=args.steps, guidance=args.guidance,
-                       seed=args.seed, count=args.count, output_format=args.output_format, loras=loras)
+    outcome = generate(
+        settings,
+        prompt=args.prompt,
+        model=args.model,
+        negative_prompt=args.negative_prompt,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        count=args.count,
+        output_format=args.output_format,
+        loras=loras,
+    )
     images = []
     for i, (stored, _) in enumerate(outcome.images):
         path = stored.path
@@ -124,6 +157,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
             path = out.resolve()
         images.append({"id": stored.id, "path": str(path), "seed": stored.metadata.get("seed")})
     first = images[0]
-    print(json.dumps({"path": first["path"], "id": first["id"], "seed": outcome.result.seed,
-                      "elapsed_seconds": outcome.result.elapsed_seconds, "images": images}))
+    print(
+        json.dumps(
+            {
+                "path": first["path"],
+                "id": first["id"],
+                "seed": outcome.result.seed,
+                "elapsed_seconds": outcome.result.elapsed_seconds,
+                "images": images,
+            }
+        )
+    )
     return 0

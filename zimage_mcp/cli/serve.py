@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 def ready_line(transport: str, address: str, output_dir: Any, installed: list[str]) -> None:
     """One line on stderr once the server is built (never stdout: in stdio mode that is the MCP wire)."""
     variants = ", ".join(installed) if installed else "none (see `list_models`, or `pull turbo`)"
-    print(f"zimage-mcp ready: {transport} {address}; images in {output_dir}; installed: {variants}",
-          file=sys.stderr, flush=True)
+    print(
+        f"zimage-mcp ready: {transport} {address}; images in {output_dir}; installed: {variants}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _installed(mcp: Any) -> list[str]:
@@ -50,8 +53,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from zimage_mcp.server.http_app import LOCAL_HOSTS, serve_http
 
         if args.host.strip("[]") not in LOCAL_HOSTS and not settings.token:
-            raise CliError(f"refusing to listen on {args.host} without a token: set ZIMAGE_MCP_TOKEN (clients "
-                           "then send 'Authorization: Bearer <token>') or bind 127.0.0.1", code=2)
+            raise CliError(
+                f"refusing to listen on {args.host} without a token: set ZIMAGE_MCP_TOKEN (clients "
+                "then send 'Authorization: Bearer <token>') or bind 127.0.0.1",
+                code=2,
+            )
         mcp = build_server(settings)
         address = f"http://{args.host}:{args.port}/mcp"
         logging.getLogger(__name__).info("serving on %s", address)

@@ -34,5 +34,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'zimage_mcp.engine' has no attribute {name!r}")
 
 
-__all__ = ["EngineError", "GenerationCancelled", "GenerationOutput", "InvalidArgument", "SharedComponents",
-           "WeightsError", "ZImagePipeline", "load_pipeline"]
+__all__ = [
+    "EngineError",
+    "GenerationCancelled",
+    "GenerationOutput",
+    "InvalidArgument",
+    "SharedComponents",
+    "WeightsError",
+    "ZImagePipeline",
+    "load_pipeline",
+]

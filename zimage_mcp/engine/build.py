@@ -108,24 +108,42 @@ def load_pipeline(
     return pipe
 
 
-def _text_to_image(files: ModelFiles, device: torch.device, dtype: torch.dtype, attn_backend: AttentionBackend | None,
-                   offload_text_encoder: bool, acquire: Callable[[tuple, Callable[[], Any]], Any]) -> ZImagePipeline:
+def _text_to_image(
+    files: ModelFiles,
+    device: torch.device,
+    dtype: torch.dtype,
+    attn_backend: AttentionBackend | None,
+    offload_text_encoder: bool,
+    acquire: Callable[[tuple, Callable[[], Any]], Any],
+) -> ZImagePipeline:
     # Low-VRAM mode loads the text encoder straight into host memory: DiT + encoder together (~20 GB)
     # would not fit the 16 GB cards this mode is for, even for a moment.
     te_device = torch.device("cpu") if offload_text_encoder else device
     transformer = load_transformer(files.transformer, files.transformer_config, device, dtype, attn_backend)
-    text_encoder = acquire(("text_encoder", files.text_encoder, str(te_device), str(dtype)),
-                           lambda: load_text_encoder_from(files, te_device, dtype))
+    text_encoder = acquire(
+        ("text_encoder", files.text_encoder, str(te_device), str(dtype)),
+        lambda: load_text_encoder_from(files, te_device, dtype),
+    )
     vae = acquire(("vae", files.vae, str(device)), lambda: load_vae(files.vae, files.vae_config, device))
     from_folder = folder_shift(files.scheduler_config)
-    pipe = ZImagePipeline(transformer, vae, text_encoder, DEFAULT_SHIFT if from_folder is None else from_folder,
-                          offload_text_encoder=offload_text_encoder)
+    pipe = ZImagePipeline(
+        transformer,
+        vae,
+        text_encoder,
+        DEFAULT_SHIFT if from_folder is None else from_folder,
+        offload_text_encoder=offload_text_encoder,
+    )
     pipe.folder_shift = from_folder
     return pipe
 
 
-def _omni(folder: Path, device: torch.device, dtype: torch.dtype, attn_backend: AttentionBackend | None,
-          acquire: Callable[[tuple, Callable[[], Any]], Any]) -> ZImagePipeline:
+def _omni(
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    attn_backend: AttentionBackend | None,
+    acquire: Callable[[tuple, Callable[[], Any]], Any],
+) -> ZImagePipeline:
     """Every Omni component from ``folder`` (offline); the VAE runs in fp32 as for text-to-image.
     The Omni pipeline keeps its text encoder on ``device`` (no low-VRAM mode yet)."""
     from zimage_mcp.engine.pipelines.omni import OmniPipeline
@@ -143,12 +161,16 @@ def _omni(folder: Path, device: torch.device, dtype: torch.dtype, attn_backend: 
     vae_files = tuple(shard_files(folder / "vae", *DIFFUSERS_WEIGHTS))
     vae = acquire(("vae", vae_files, str(device)), lambda: load_vae(vae_files, folder / "vae" / "config.json", device))
     te_files = tuple(shard_files(folder / "text_encoder", "model.safetensors.index.json", "model.safetensors"))
-    text_encoder = acquire(("text_encoder", te_files, str(device), str(dtype)),
-                           lambda: load_text_encoder(folder / "text_encoder", folder / "tokenizer", device, dtype))
+    text_encoder = acquire(
+        ("text_encoder", te_files, str(device), str(dtype)),
+        lambda: load_text_encoder(folder / "text_encoder", folder / "tokenizer", device, dtype),
+    )
     siglip = load_siglip(folder / "siglip", folder / "siglip_processor", device, dtype)
     if siglip.hidden_size != transformer.cfg.siglip_feat_dim:
-        raise WeightsError(f"{folder}: SigLIP2 width {siglip.hidden_size} does not match the transformer's "
-                           f"siglip_feat_dim {transformer.cfg.siglip_feat_dim}")
+        raise WeightsError(
+            f"{folder}: SigLIP2 width {siglip.hidden_size} does not match the transformer's "
+            f"siglip_feat_dim {transformer.cfg.siglip_feat_dim}"
+        )
     from_folder = folder_shift(folder / "scheduler" / "scheduler_config.json")
     pipe = OmniPipeline(transformer, vae, text_encoder, siglip, DEFAULT_SHIFT if from_folder is None else from_folder)
     pipe.folder_shift = from_folder

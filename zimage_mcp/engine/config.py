@@ -127,8 +127,15 @@ class VAEConfig:
 
     # diffusers AutoencoderKL keys we accept but that do not change the architecture we build.
     _ACCEPTED = {
-        "act_fn", "down_block_types", "up_block_types", "sample_size", "force_upcast",
-        "use_quant_conv", "use_post_quant_conv", "latents_mean", "latents_std",
+        "act_fn",
+        "down_block_types",
+        "up_block_types",
+        "sample_size",
+        "force_upcast",
+        "use_quant_conv",
+        "use_post_quant_conv",
+        "latents_mean",
+        "latents_std",
     }
 
     @classmethod
@@ -190,27 +197,59 @@ class SchedulerConfig:
 TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
     # Turbo and Base share one architecture; they differ only in sampling defaults.
     "turbo": TransformerConfig(
-        in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2, n_heads=30, n_kv_heads=30,
-        norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
-        axes_dims=(32, 48, 48), axes_lens=(1536, 512, 512),
+        in_channels=16,
+        dim=3840,
+        n_layers=30,
+        n_refiner_layers=2,
+        n_heads=30,
+        n_kv_heads=30,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=2560,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=(32, 48, 48),
+        axes_lens=(1536, 512, 512),
     ),
     # A CPU-sized model with every structural feature (two axes of RoPE that differ, refiners, pads).
     "tiny": TransformerConfig(
-        in_channels=16, dim=64, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
-        norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, rope_theta=256.0, t_scale=1000.0,
-        axes_dims=(8, 12, 12), axes_lens=(1536, 512, 512),
+        in_channels=16,
+        dim=64,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=32,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=(8, 12, 12),
+        axes_lens=(1536, 512, 512),
     ),
 }
 TRANSFORMER_PRESETS["base"] = TRANSFORMER_PRESETS["turbo"]
 
 VAE_PRESETS: dict[str, VAEConfig] = {
     "flux": VAEConfig(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        norm_num_groups=32,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
     ),
     "tiny": VAEConfig(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(32, 32, 64, 64),
-        layers_per_block=1, norm_num_groups=8, scaling_factor=0.3611, shift_factor=0.1159,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
     ),
 }
 
@@ -221,6 +260,11 @@ SCHEDULER_PRESETS: dict[str, SchedulerConfig] = {
 }
 
 __all__ = [
-    "TransformerConfig", "VAEConfig", "SchedulerConfig",
-    "TRANSFORMER_PRESETS", "VAE_PRESETS", "SCHEDULER_PRESETS", "replace",
+    "TransformerConfig",
+    "VAEConfig",
+    "SchedulerConfig",
+    "TRANSFORMER_PRESETS",
+    "VAE_PRESETS",
+    "SCHEDULER_PRESETS",
+    "replace",
 ]

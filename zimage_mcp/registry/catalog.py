@@ -170,9 +170,9 @@ def _lora_dir(label: str, table: Any, folder: Path, problems: list[str]) -> Path
     return None
 
 
-def _build_layers(vid: str, layered: list[tuple[str, dict[str, Any]]], builtin: str, problems: list[str]) -> (
-    CatalogVariant | None
-):
+def _build_layers(
+    vid: str, layered: list[tuple[str, dict[str, Any]]], builtin: str, problems: list[str]
+) -> CatalogVariant | None:
     """Build a variant from its tables, merged file over file. When the merge is inconsistent, a built-in
     variant is kept exactly as shipped (the user's table for it is ignored, and listed as a problem)."""
     merged: dict[str, Any] = {}

@@ -33,9 +33,7 @@ def checked_variant(spec: Any, factory: Any, aliases: Any) -> tuple[VariantSpec,
     return spec, factory, aliases
 
 
-def checked_lora(
-    name: Any, file: Any, base: Any, scale: Any, trigger_words: Any, description: Any
-) -> LoraSpec:
+def checked_lora(name: Any, file: Any, base: Any, scale: Any, trigger_words: Any, description: Any) -> LoraSpec:
     """Validate one LoRA ``register(...)`` call; raises ``RegistryError``."""
     if not isinstance(name, str) or not LORA_NAME.fullmatch(name):
         raise RegistryError(f"register(): LoRA name {name!r} must be letters, digits, '.', '_', '-'")

@@ -117,8 +117,14 @@ class Settings:
         runtime_file = given.get("registry_file", values.get("registry_file")) or user_registry_file()
         for option in RUNTIME_OPTIONS:
             if PREFIX + option.source.upper() in env:
-                log.warning("%s%s is no longer read: set %s in the [%s] table of %s instead",
-                            PREFIX, option.source.upper(), option.source, RUNTIME_TABLE, runtime_file)
+                log.warning(
+                    "%s%s is no longer read: set %s in the [%s] table of %s instead",
+                    PREFIX,
+                    option.source.upper(),
+                    option.source,
+                    RUNTIME_TABLE,
+                    runtime_file,
+                )
         values.update(read_runtime_table(runtime_file))
         values.update(given)
         return cls(**values)

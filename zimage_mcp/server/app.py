@@ -77,8 +77,9 @@ class ZImageServer(MCPServer):
             raise
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError) or getattr(exc, "bad_names", False):
-                self.state.metrics.record_failure(tool, str((arguments or {}).get("model") or "default")[:64],
-                                                  "arguments")
+                self.state.metrics.record_failure(
+                    tool, str((arguments or {}).get("model") or "default")[:64], "arguments"
+                )
             self.state.metrics.record_call(tool, "error")
             raise
         except BaseException:
@@ -108,17 +109,22 @@ class ZImageServer(MCPServer):
         found = self._prompt_manager.get_prompt(name)
         if found is None:
             names = ", ".join(p.name for p in self._prompt_manager.list_prompts())
-            raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt {quote(name, 80)}"
-                           f"{did_you_mean(name, [p.name for p in self._prompt_manager.list_prompts()])}; "
-                           f"prompts: {names}")
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"unknown prompt {quote(name, 80)}"
+                f"{did_you_mean(name, [p.name for p in self._prompt_manager.list_prompts()])}; "
+                f"prompts: {names}",
+            )
         valid = [a.name for a in found.arguments or []]
         unknown = [key for key in arguments or {} if key not in valid]
         missing = [a.name for a in found.arguments or [] if a.required and a.name not in (arguments or {})]
         if unknown or missing:
             problems = [f"missing {', '.join(missing)}"] if missing else []
             problems += [f"unknown {quote(k, 60)}{did_you_mean(k, valid)}" for k in unknown]
-            raise MCPError(code=INVALID_PARAMS, message=f"prompt {name}: {'; '.join(problems)}; "
-                           f"arguments: {', '.join(valid) or 'none'}")
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"prompt {name}: {'; '.join(problems)}; arguments: {', '.join(valid) or 'none'}",
+            )
         return await super().get_prompt(name, arguments, context)
 
     async def read_resource(
@@ -233,8 +239,9 @@ async def _idle_unloader(state: AppState) -> None:
 
 
 async def _preload(state: AppState, stopping: threading.Event) -> None:
-    state.preload = await preload_variants(state.registry, state.jobs.lock, state.settings.preload,
-                                           state.settings.warm_sizes, stopping)
+    state.preload = await preload_variants(
+        state.registry, state.jobs.lock, state.settings.preload, state.settings.warm_sizes, stopping
+    )
 
 
 def _unload_all(state: AppState) -> None:

@@ -55,19 +55,30 @@ async def check_daemon(url: str, token: str | None = None, serve_hint: str = "zi
 def describe_daemon_failure(url: str, exc: BaseException, serve_hint: str = "zimage-mcp serve") -> str:
     """One or two lines for a failed connection to the daemon: the cause and the fix."""
     leaves = list(_leaves(exc))  # httpx or httpx2 errors, matched by name (the SDK picks the package)
-    status = next((getattr(e.response, "status_code", None) for e in leaves if hasattr(e, "response")
-                   and type(e).__name__ == "HTTPStatusError"), None)
+    status = next(
+        (
+            getattr(e.response, "status_code", None)
+            for e in leaves
+            if hasattr(e, "response") and type(e).__name__ == "HTTPStatusError"
+        ),
+        None,
+    )
     if status is None:
-        status = next((int(str(e)[5:]) for e in leaves if isinstance(e, PermissionError)
-                       and str(e) in ("HTTP 401", "HTTP 403")), None)
+        status = next(
+            (int(str(e)[5:]) for e in leaves if isinstance(e, PermissionError) and str(e) in ("HTTP 401", "HTTP 403")),
+            None,
+        )
     if status == 401:
-        return ("the daemon refused the token: set ZIMAGE_MCP_TOKEN to the daemon's token "
-                f"(the one {url} was started with)")
+        return (
+            f"the daemon refused the token: set ZIMAGE_MCP_TOKEN to the daemon's token (the one {url} was started with)"
+        )
     if status == 403:
         return f"the daemon at {url} refused this client (403): check ZIMAGE_MCP_ALLOWED_ORIGINS on the daemon"
     if any(isinstance(e, ConnectionError) or type(e).__name__ in ("ConnectError", "ConnectTimeout") for e in leaves):
-        return (f"no zimage-mcp daemon at {url}: start it with "
-                f"`{serve_hint} --transport http --host 127.0.0.1 --port <port>`, or fix the URL")
+        return (
+            f"no zimage-mcp daemon at {url}: start it with "
+            f"`{serve_hint} --transport http --host 127.0.0.1 --port <port>`, or fix the URL"
+        )
     first = leaves[0] if leaves else exc
     detail = (str(first).strip().splitlines() or [""])[0][:200]
     return f"cannot use the zimage-mcp daemon at {url}: {type(first).__name__}: {detail}"

@@ -56,23 +56,50 @@ def make_work(registry: Registry, store: ImageStore, metrics: Metrics, prepared:
         saved: list[tuple[StoredImage, bytes]] = []
         for i, (png, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
             progress("saving", i, len(result.images), f"saving image {i + 1}/{len(result.images)}")
-            meta = {**prepared.params, "seed": seed, "width": result.width, "height": result.height,
-                    "timings": result.timings, "created": created, "notes": result.notes}
+            meta = {
+                **prepared.params,
+                "seed": seed,
+                "width": result.width,
+                "height": result.height,
+                "timings": result.timings,
+                "created": created,
+                "notes": result.notes,
+            }
             stored = store.save(png, fmt, meta)
             saved.append((stored, stored.path.read_bytes()))
         elapsed = time.perf_counter() - started
         metrics.observe_latency(prepared.variant_id, elapsed)
         timings = {"load": round(load_s, 3), **result.timings, "total": round(elapsed, 3)}
-        infos = [ImageInfo(id=s.id, uri=s.uri, path=str(s.path), mime_type=s.mime_type, width=result.width,
-                           height=result.height, seed=seed, size_bytes=s.size_bytes)
-                 for (s, _), seed in zip(saved, result.seeds, strict=False)]
+        infos = [
+            ImageInfo(
+                id=s.id,
+                uri=s.uri,
+                path=str(s.path),
+                mime_type=s.mime_type,
+                width=result.width,
+                height=result.height,
+                seed=seed,
+                size_bytes=s.size_bytes,
+            )
+            for (s, _), seed in zip(saved, result.seeds, strict=False)
+        ]
         params = {**prepared.params, "width": result.width, "height": result.height}
-        image_result = ImageResult(status="done", job_id="", images=infos, seeds=list(result.seeds),
-                                   timings=timings, elapsed_seconds=round(elapsed, 3), notes=list(result.notes),
-                                   output_format=fmt, **params)
+        image_result = ImageResult(
+            status="done",
+            job_id="",
+            images=infos,
+            seeds=list(result.seeds),
+            timings=timings,
+            elapsed_seconds=round(elapsed, 3),
+            notes=list(result.notes),
+            output_format=fmt,
+            **params,
+        )
         paths = ", ".join(f"{s.path} (id {s.id}, seed {info.seed})" for (s, _), info in zip(saved, infos, strict=True))
-        summary = (f"Saved {len(saved)} image(s) in {elapsed:.1f} s with {prepared.variant_id}, "
-                   f"{result.width}x{result.height}, {prepared.request.steps} steps: {paths}")
+        summary = (
+            f"Saved {len(saved)} image(s) in {elapsed:.1f} s with {prepared.variant_id}, "
+            f"{result.width}x{result.height}, {prepared.request.steps} steps: {paths}"
+        )
         return Outcome(image_result, saved, summary)
 
     return work
@@ -84,8 +111,10 @@ def describe_failure(exc: BaseException, timed_out: bool, timeout: float) -> str
         return f"generation timed out after {timeout:g} s (server limit); use fewer steps, a smaller size or wait=false"
     if isinstance(exc, OutOfMemoryError):
         detail = str(exc).removeprefix("out of GPU memory").lstrip(" :")
-        return (f"out of GPU memory{': ' + detail if detail else ''}. "
-                "Lower width/height, count or steps, or drop LoRAs, then retry")
+        return (
+            f"out of GPU memory{': ' + detail if detail else ''}. "
+            "Lower width/height, count or steps, or drop LoRAs, then retry"
+        )
     if isinstance(exc, UnsupportedEditError):
         return f"this edit path is not available in the engine yet: {exc}"
     if isinstance(exc, (NotInstalledError, BackendLoadError, InvalidRequestError, GenerationCancelled)):

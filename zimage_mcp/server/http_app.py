@@ -42,7 +42,12 @@ class GuardMiddleware:
     """Pure ASGI middleware (lifespan passes through untouched, so the SDK's session manager starts)."""
 
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, token: str | None, allowed_origins: tuple[str, ...],
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        token: str | None,
+        allowed_origins: tuple[str, ...],
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.app = app
@@ -113,8 +118,11 @@ class GuardMiddleware:
 
 
 async def _plain(
-    send: Callable[[Message], Awaitable[None]], status: int, body: str | bytes,
-    extra: list[tuple[bytes, bytes]] | None = None, content_type: bytes = b"text/plain; charset=utf-8",
+    send: Callable[[Message], Awaitable[None]],
+    status: int,
+    body: str | bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"text/plain; charset=utf-8",
 ) -> None:
     data = body.encode() if isinstance(body, str) else body
     headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *(extra or [])]
@@ -132,8 +140,11 @@ def build_http_app(mcp: Any, *, host: str = "127.0.0.1", max_body_bytes: int = M
         host=host,
     )
     return GuardMiddleware(
-        inner, metrics=state.metrics, token=state.settings.token,
-        allowed_origins=tuple(state.settings.allowed_origins), max_body_bytes=max_body_bytes,
+        inner,
+        metrics=state.metrics,
+        token=state.settings.token,
+        allowed_origins=tuple(state.settings.allowed_origins),
+        max_body_bytes=max_body_bytes,
     )
 
 

@@ -118,7 +118,8 @@ def load_mask(ref: str, store: ImageStore, input_dirs: tuple[Path, ...], size: t
         (mw, mh), (w, h) = mask.size, size
         tolerance = f"{MASK_ASPECT_TOLERANCE:.0%}"
         raise InvalidRequestError(
-            "mask", f"mask is {mw}x{mh} but the image is {w}x{h}; it must have the same size or aspect ratio "
-            f"(within {tolerance})"
+            "mask",
+            f"mask is {mw}x{mh} but the image is {w}x{h}; it must have the same size or aspect ratio "
+            f"(within {tolerance})",
         )
     return mask.resize(size, Image.Resampling.NEAREST)

@@ -137,8 +137,12 @@ class Job:
         """Queue order and timing for results: ticket, wall-clock submit/start times, seconds waited."""
         wait = None if self.started is None else max(0.0, self.started - self.enqueued)
         started_at = None if self.started is None else self.created + (self.started - self.enqueued)
-        return {"queue_ticket": self.ticket, "submitted_at": self.created, "started_at": started_at,
-                "queue_wait_seconds": wait}
+        return {
+            "queue_ticket": self.ticket,
+            "submitted_at": self.created,
+            "started_at": started_at,
+            "queue_wait_seconds": wait,
+        }
 
     def should_stop(self) -> bool:
         if self.started is not None and time.monotonic() - self.started > self.timeout:
@@ -249,9 +253,7 @@ class JobManager:
                 pass
 
         try:
-            return await anyio.to_thread.run_sync(
-                self.execute, job, work, report_from_thread, abandon_on_cancel=True
-            )
+            return await anyio.to_thread.run_sync(self.execute, job, work, report_from_thread, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             job.stop.set()
             self.abandon(job)
@@ -285,4 +287,3 @@ class JobManager:
         if job is not None and not job.finished.is_set():
             job.stop.set()
         return job
-

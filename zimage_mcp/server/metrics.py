@@ -73,8 +73,10 @@ class Metrics:
                 lines.append(f'zimage_generation_seconds_bucket{{variant="{v}",le="+Inf"}} {count}')
                 lines.append(f'zimage_generation_seconds_sum{{variant="{v}"}} {self.latency_sum[variant]:.6f}')
                 lines.append(f'zimage_generation_seconds_count{{variant="{v}"}} {count}')
-        lines += ["# HELP zimage_tool_calls_total Tool calls by outcome (ok, error, cancelled).",
-                  "# TYPE zimage_tool_calls_total counter"]
+        lines += [
+            "# HELP zimage_tool_calls_total Tool calls by outcome (ok, error, cancelled).",
+            "# TYPE zimage_tool_calls_total counter",
+        ]
         lines += [f'zimage_tool_calls_total{{tool="{_label(t)}",outcome="{_label(o)}"}} {n}' for (t, o), n in calls]
         lines += [
             "# HELP zimage_queue_depth Jobs waiting for or holding the GPU.",

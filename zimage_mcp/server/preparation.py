@@ -60,8 +60,11 @@ def clean_prompt(text: str, field: str = "prompt", *, required: bool = True) -> 
     if any(not c.isspace() and unicodedata.category(c) not in INVISIBLE_CATEGORIES for c in kept):
         return kept
     if required:
-        raise InvalidRequestError(field, f"must not be empty (1-{MAX_PROMPT_CHARS} characters); it holds only "
-                                  "invisible, whitespace or control characters")
+        raise InvalidRequestError(
+            field,
+            f"must not be empty (1-{MAX_PROMPT_CHARS} characters); it holds only "
+            "invisible, whitespace or control characters",
+        )
     return ""
 
 
@@ -78,9 +81,7 @@ class EditInputs:
     lineage: dict[str, Any] = field(default_factory=dict)
 
 
-def route_edit_mode(
-    spec: VariantSpec, *, has_reference: bool, has_control: bool, has_mask: bool
-) -> EditMode:
+def route_edit_mode(spec: VariantSpec, *, has_reference: bool, has_control: bool, has_mask: bool) -> EditMode:
     """Pick the edit mode and check the variant supports it."""
     mode: EditMode
     if has_reference or spec.kind == "edit":
@@ -292,11 +293,17 @@ def _refuse_unused_for_reference(
     if not given:
         return
     modes = ", ".join(spec.capabilities.edit_modes()) or "none"
-    why = (f"variant '{spec.id}' edits by instruction (edit modes: {modes})" if spec.kind == "edit"
-           else "reference_images make this a reference edit")
-    raise InvalidRequestError(given[0], f"{why}, which ignores {' and '.join(given)}. It takes image, prompt (the "
-                              "instruction), reference_images, seed, steps, guidance and loras; drop "
-                              f"{' and '.join(given)}, or choose a variant with img2img/inpaint (see list_models)")
+    why = (
+        f"variant '{spec.id}' edits by instruction (edit modes: {modes})"
+        if spec.kind == "edit"
+        else "reference_images make this a reference edit"
+    )
+    raise InvalidRequestError(
+        given[0],
+        f"{why}, which ignores {' and '.join(given)}. It takes image, prompt (the "
+        "instruction), reference_images, seed, steps, guidance and loras; drop "
+        f"{' and '.join(given)}, or choose a variant with img2img/inpaint (see list_models)",
+    )
 
 
 def prepare_edit(

@@ -57,6 +57,9 @@ settings at the variant defaults so only the style changes. Then show the result
 
 
 def register_prompts(mcp: MCPServer) -> None:
-    for fn, title in ((iterate_on_image, "Iterate on an image"), (product_shot, "Product shot"),
-                      (explore_variations, "Explore styles")):
+    for fn, title in (
+        (iterate_on_image, "Iterate on an image"),
+        (product_shot, "Product shot"),
+        (explore_variations, "Explore styles"),
+    ):
         mcp.prompt(name=fn.__name__, title=title, description=fn.__doc__)(fn)

@@ -20,8 +20,9 @@ class LoraChoice(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(max_length=200, description="LoRA name as listed by list_models")
-    scale: float = Field(1.0, ge=-4.0, le=4.0, strict=True, allow_inf_nan=False,
-                         description="Adapter strength, usually 0.5-1.2")
+    scale: float = Field(
+        1.0, ge=-4.0, le=4.0, strict=True, allow_inf_nan=False, description="Adapter strength, usually 0.5-1.2"
+    )
 
 
 class ControlInput(BaseModel):
@@ -29,32 +30,43 @@ class ControlInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: str = Field(max_length=64, description="Hint type, e.g. 'canny', 'depth', 'pose'")
-    image: str = Field(max_length=4096,
-                       description="Hint image: image id, zimage://images/<id>, absolute path or file:// URI")
+    image: str = Field(
+        max_length=4096, description="Hint image: image id, zimage://images/<id>, absolute path or file:// URI"
+    )
     scale: float = Field(0.75, ge=0.0, le=2.0, strict=True, allow_inf_nan=False, description="Hint weight")
 
 
 # Annotated parameter types shared by the tools (descriptions are what the calling model reads).
-LoraList = Annotated[list[LoraChoice], Field(max_length=8,
-                                              description="LoRA adapters [{name, scale}] from list_models")]
+LoraList = Annotated[
+    list[LoraChoice], Field(max_length=8, description="LoRA adapters [{name, scale}] from list_models")
+]
 Steps = Annotated[int | None, Field(strict=True, description="Denoising steps; omitted: the variant default (Turbo 8)")]
-Guidance = Annotated[float | None, Field(strict=True, allow_inf_nan=False,
-                                         description="CFG guidance; omitted: the variant default (Turbo 0)")]
-Seed = Annotated[int | None, Field(strict=True, ge=0, le=2**32 - 1,
-                                   description="Seed (0-4294967295); omitted: random (always returned)")]
+Guidance = Annotated[
+    float | None,
+    Field(strict=True, allow_inf_nan=False, description="CFG guidance; omitted: the variant default (Turbo 0)"),
+]
+Seed = Annotated[
+    int | None,
+    Field(strict=True, ge=0, le=2**32 - 1, description="Seed (0-4294967295); omitted: random (always returned)"),
+]
 Format = Annotated[OutputFormat, Field(description="File format saved to disk")]
 PreviewArg = Annotated[PreviewMode, Field(description="Inline preview: none, thumbnail (512 px) or full")]
-Wait = Annotated[bool, Field(strict=True,
-                              description="false: return a job_id at once and poll get_job (for ~60 s hosts)")]
-Size = Annotated[int | None, Field(strict=True, description="A multiple of 16 within the variant's limits, "
-                                                           "typically 256 to 2048")]
+Wait = Annotated[
+    bool, Field(strict=True, description="false: return a job_id at once and poll get_job (for ~60 s hosts)")
+]
+Size = Annotated[
+    int | None, Field(strict=True, description="A multiple of 16 within the variant's limits, typically 256 to 2048")
+]
 Count = Annotated[int, Field(strict=True, ge=1, le=4, description="Images to make (1-4), seeds seed, seed+1, ...")]
-Strength = Annotated[float | None, Field(strict=True, gt=0, le=1, allow_inf_nan=False,
-                                         description="img2img/inpaint: how much changes")]
-WaitSeconds = Annotated[float, Field(strict=True, ge=0, le=50, allow_inf_nan=False,
-                                     description="Wait up to this long for it to finish")]
-Model = Annotated[str | None, Field(max_length=200,
-                                    description="Variant id or alias from list_models; omitted: the default")]
+Strength = Annotated[
+    float | None, Field(strict=True, gt=0, le=1, allow_inf_nan=False, description="img2img/inpaint: how much changes")
+]
+WaitSeconds = Annotated[
+    float, Field(strict=True, ge=0, le=50, allow_inf_nan=False, description="Wait up to this long for it to finish")
+]
+Model = Annotated[
+    str | None, Field(max_length=200, description="Variant id or alias from list_models; omitted: the default")
+]
 
 
 class ImageInfo(BaseModel):
@@ -100,8 +112,10 @@ class ImageResult(BaseModel):
     notes: list[str] = Field(default_factory=list)
     error: str | None = None
     cancel: Literal["cancelled", "already finished", "stopping"] | None = Field(
-        None, description="cancel_job only: cancelled (stopped, nothing more will come), already finished "
-        "(the job ended first; its result is here) or stopping (stops at the next step, saves nothing)")
+        None,
+        description="cancel_job only: cancelled (stopped, nothing more will come), already finished "
+        "(the job ended first; its result is here) or stopping (stops at the next step, saves nothing)",
+    )
     queue_ticket: int = Field(0, description="arrival order at the GPU queue (FIFO)")
     submitted_at: float | None = Field(None, description="when the job was queued (Unix time)")
     started_at: float | None = Field(None, description="when the job got the GPU (Unix time)")

@@ -56,8 +56,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("zimage_request_id", default="-")
-Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS,
-                              description=f"What to draw (1-{MAX_PROMPT_CHARS} characters, any language)")]
+Prompt = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description=f"What to draw (1-{MAX_PROMPT_CHARS} characters, any language)",
+    ),
+]
 
 
 class ImageTools:
@@ -71,8 +77,9 @@ class ImageTools:
         ctx: Context,
         prompt: Prompt,
         model: Model = None,
-        negative_prompt: Annotated[str | None, Field(max_length=MAX_PROMPT_CHARS,
-                                                     description="What to avoid (CFG variants only)")] = None,
+        negative_prompt: Annotated[
+            str | None, Field(max_length=MAX_PROMPT_CHARS, description="What to avoid (CFG variants only)")
+        ] = None,
         width: Size = None,
         height: Size = None,
         steps: Steps = None,
@@ -117,18 +124,20 @@ class ImageTools:
     async def edit_image(
         self,
         ctx: Context,
-        image: Annotated[str, Field(max_length=4096,
-                                    description="Image id, zimage://images/<id>, absolute path or file:// URI")],
-        prompt: Annotated[str | None, Field(max_length=MAX_PROMPT_CHARS,
-                                            description="What the edited image should show")] = None,
+        image: Annotated[
+            str, Field(max_length=4096, description="Image id, zimage://images/<id>, absolute path or file:// URI")
+        ],
+        prompt: Annotated[
+            str | None, Field(max_length=MAX_PROMPT_CHARS, description="What the edited image should show")
+        ] = None,
         instruction: Annotated[str | None, Field(max_length=MAX_PROMPT_CHARS, description="Alias of prompt")] = None,
         model: Model = None,
         strength: Strength = None,
-        mask: Annotated[str | None, Field(max_length=4096,
-                                          description="Inpaint mask (white = repaint), same size/aspect")] = None,
+        mask: Annotated[
+            str | None, Field(max_length=4096, description="Inpaint mask (white = repaint), same size/aspect")
+        ] = None,
         control: Annotated[ControlInput | None, Field(description="Structural hint {type, image, scale}")] = None,
-        reference_images: Annotated[list[str] | None, Field(max_length=8,
-                                                            description="Extra reference images")] = None,
+        reference_images: Annotated[list[str] | None, Field(max_length=8, description="Extra reference images")] = None,
         seed: Seed = None,
         steps: Steps = None,
         guidance: Guidance = None,
@@ -213,7 +222,8 @@ class ImageTools:
         return self._job_result(job)
 
     async def cancel_job(
-        self, ctx: Context,
+        self,
+        ctx: Context,
         job_id: Annotated[str, Field(max_length=64, description="job_id of a wait=false call")],
     ) -> Annotated[CallToolResult, ImageResult]:
         """Cancel a queued or running wait=false job; the engine stops within one step.
@@ -253,8 +263,10 @@ class ImageTools:
         job = self.state.jobs.get(job_id)
         if job is None:
             tail = f"; {consequence}" if consequence else ""
-            raise ToolError(f"job_id: no job {quote(job_id, 80)}{tail} (a 12-hex job_id from a wait=false call; "
-                            "jobs live in memory until the server restarts)")
+            raise ToolError(
+                f"job_id: no job {quote(job_id, 80)}{tail} (a 12-hex job_id from a wait=false call; "
+                "jobs live in memory until the server restarts)"
+            )
         return job
 
     @contextmanager
@@ -305,22 +317,42 @@ class ImageTools:
                 log.error("job %s failed", job.id, exc_info=exc)
             raise ToolError(describe_failure(exc, job.timed_out, self.state.settings.job_timeout_seconds))
         if job.state != "done":
-            status = ImageResult(status=job.state, job_id=job.id, progress=job.progress, total=job.total,
-                                 message=job.message, output_format=fmt, cancel=cancel, **queue, **prepared.params)
+            status = ImageResult(
+                status=job.state,
+                job_id=job.id,
+                progress=job.progress,
+                total=job.total,
+                message=job.message,
+                output_format=fmt,
+                cancel=cancel,
+                **queue,
+                **prepared.params,
+            )
             if job.state == "cancelled":
                 text = f"job {job.id}: cancelled; it stopped, no image was saved and nothing more will come"
             elif cancel == "stopping":
-                text = (f"job {job.id}: cancel requested; it stops at the next engine step, saves nothing, "
-                        "and nothing more will come")
+                text = (
+                    f"job {job.id}: cancel requested; it stops at the next engine step, saves nothing, "
+                    "and nothing more will come"
+                )
             else:
                 text = f"job {job.id}: {job.state} ({job.message}); poll get_job(job_id='{job.id}', wait_seconds=50)"
-            return CallToolResult(content=[TextContent(type="text", text=text)],
-                                  structured_content=status.model_dump(mode="json"))
+            return CallToolResult(
+                content=[TextContent(type="text", text=text)], structured_content=status.model_dump(mode="json")
+            )
         outcome: Outcome = job.result
         timings = {**outcome.result.timings, "queue_wait": round(queue["queue_wait_seconds"] or 0.0, 4)}
-        result = outcome.result.model_copy(update={"job_id": job.id, "progress": job.progress, "total": job.total,
-                                                   "message": job.message, "timings": timings, "cancel": cancel,
-                                                   **queue})
+        result = outcome.result.model_copy(
+            update={
+                "job_id": job.id,
+                "progress": job.progress,
+                "total": job.total,
+                "message": job.message,
+                "timings": timings,
+                "cancel": cancel,
+                **queue,
+            }
+        )
         data = result.model_dump(mode="json")
         content = build_content(outcome.summary, data, outcome.images, preview, self.state.settings.preview_max_bytes)
         return CallToolResult(content=content, structured_content=data)
@@ -348,7 +380,6 @@ def register_tools(mcp: MCPServer, tools: ImageTools) -> None:
         (tools.cancel_job, "Cancel job", cancel, ""),
     ):
         description = f"{inspect.cleandoc(fn.__doc__ or '')}\n\n{note}".strip()
-        mcp.add_tool(fn, title=title, description=description,
-                     annotations=hints.model_copy(update={"title": title}))
+        mcp.add_tool(fn, title=title, description=description, annotations=hints.model_copy(update={"title": title}))
         # Unknown argument names are refused (ZImageServer.call_tool checks them first); say so in the schema.
         mcp._tool_manager.get_tool(fn.__name__).parameters["additionalProperties"] = False

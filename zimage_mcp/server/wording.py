@@ -16,15 +16,22 @@ from pydantic import ValidationError
 QUOTE_LIMIT = 200
 
 _KINDS = {
-    "int_type": "must be a valid integer", "int_parsing": "must be a valid integer",
-    "int_from_float": "must be a valid integer (a whole number)", "float_type": "must be a valid number",
-    "float_parsing": "must be a valid number", "finite_number": "must be a finite number",
-    "string_type": "must be a valid string", "bool_type": "must be a valid boolean (true or false)",
-    "bool_parsing": "must be a valid boolean (true or false)", "list_type": "must be a valid list",
-    "tuple_type": "must be a valid list", "dict_type": "must be a valid dictionary (a JSON object)",
+    "int_type": "must be a valid integer",
+    "int_parsing": "must be a valid integer",
+    "int_from_float": "must be a valid integer (a whole number)",
+    "float_type": "must be a valid number",
+    "float_parsing": "must be a valid number",
+    "finite_number": "must be a finite number",
+    "string_type": "must be a valid string",
+    "bool_type": "must be a valid boolean (true or false)",
+    "bool_parsing": "must be a valid boolean (true or false)",
+    "list_type": "must be a valid list",
+    "tuple_type": "must be a valid list",
+    "dict_type": "must be a valid dictionary (a JSON object)",
     "model_type": "must be a valid dictionary (a JSON object)",
     "model_attributes_type": "must be a valid dictionary (a JSON object)",
-    "none_required": "must be null", "missing": "is required",
+    "none_required": "must be null",
+    "missing": "is required",
 }
 
 
@@ -33,7 +40,7 @@ def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
     if isinstance(value, str):
         if len(value) <= limit:
             return json.dumps(value, ensure_ascii=False)
-        return f"{json.dumps(value[:limit], ensure_ascii=False)[:-1]}...\" ({len(value)} characters)"
+        return f'{json.dumps(value[:limit], ensure_ascii=False)[:-1]}..." ({len(value)} characters)'
     try:
         text = json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
@@ -51,8 +58,7 @@ def unknown_arguments(tool: str, unknown: Sequence[str], valid: Sequence[str]) -
     """The refusal for argument names a tool does not have."""
     parts = [f"{quote(name, 60)}{did_you_mean(name, valid)}" for name in unknown]
     noun = "argument" if len(unknown) == 1 else "arguments"
-    return (f"{tool}: unknown {noun} {', '.join(parts)}; nothing was run. "
-            f"Valid arguments: {', '.join(valid)}")
+    return f"{tool}: unknown {noun} {', '.join(parts)}; nothing was run. Valid arguments: {', '.join(valid)}"
 
 
 def field_path(loc: Sequence[Any]) -> str:
@@ -68,15 +74,22 @@ def _sentence(err: Mapping[str, Any], hint: str, siblings: Sequence[str]) -> str
     got = f", got {quote(value)}"
     if kind == "extra_forbidden":
         name = str(err["loc"][-1])
-        return (f"unknown name{did_you_mean(name, siblings)}; valid names: {', '.join(siblings)}"
-                if siblings else "unknown name")
+        return (
+            f"unknown name{did_you_mean(name, siblings)}; valid names: {', '.join(siblings)}"
+            if siblings
+            else "unknown name"
+        )
     if kind == "missing":
         return "is required" + (f" ({hint})" if hint else "")
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '')}{got}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        word = {"greater_than_equal": "greater than or equal to", "greater_than": "greater than",
-                "less_than_equal": "less than or equal to", "less_than": "less than"}[kind]
+        word = {
+            "greater_than_equal": "greater than or equal to",
+            "greater_than": "greater than",
+            "less_than_equal": "less than or equal to",
+            "less_than": "less than",
+        }[kind]
         bound = next(iter(ctx.values()), "")
         return f"must be {word} {bound}" + (f" ({hint})" if hint else "") + got
     if kind in ("string_too_long", "too_long"):

@@ -133,8 +133,7 @@ class ImageStore:
             index = self._load_index()  # before writing, so a rebuild cannot count this image twice
             image_id = self._new_id()
             path = self.images_dir / f"{image_id}{suffix}"
-            meta = {**self._portable(metadata), "id": image_id, "uri": f"zimage://images/{image_id}",
-                    "file": path.name}
+            meta = {**self._portable(metadata), "id": image_id, "uri": f"zimage://images/{image_id}", "file": path.name}
             meta.pop("path", None)
             data = encode_image(png, output_format, meta)
             meta.update(mime_type=mime, size_bytes=len(data), format=output_format)

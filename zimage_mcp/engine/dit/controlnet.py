@@ -56,8 +56,9 @@ class ControlNetConfig:
         if not places or places[0] != 0 or places != sorted(set(places)):
             raise ValueError(f"control_layers_places must be increasing and start at 0, got {places}")
         if self.add_control_noise_refiner not in REFINER_MODES:
-            raise ValueError(f"add_control_noise_refiner must be one of {REFINER_MODES}, "
-                             f"got {self.add_control_noise_refiner!r}")
+            raise ValueError(
+                f"add_control_noise_refiner must be one of {REFINER_MODES}, got {self.add_control_noise_refiner!r}"
+            )
         if self.dim % self.n_heads or self.n_kv_heads != self.n_heads:
             raise ValueError(f"dim {self.dim} / n_heads {self.n_heads} / n_kv_heads {self.n_kv_heads} do not fit")
         if not self.qk_norm:
@@ -105,7 +106,13 @@ class ControlBlock(TransformerBlock):
         self.after_proj = nn.Linear(dim, dim)
 
     def forward_control(
-        self, c: Tensor, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None, t_emb: Tensor,
+        self,
+        c: Tensor,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        key_mask: Tensor | None,
+        t_emb: Tensor,
         base: ZImageTransformer,
     ) -> tuple[Tensor, Tensor]:
         """c, x (B, S, D) -> (next control state, hint), both (B, S, D). x is read by block 0 only."""
@@ -116,7 +123,13 @@ class ControlBlock(TransformerBlock):
 
 
 def _run_control(
-    blocks: nn.ModuleList, c: Tensor, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None, t_emb: Tensor,
+    blocks: nn.ModuleList,
+    c: Tensor,
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    key_mask: Tensor | None,
+    t_emb: Tensor,
     base: ZImageTransformer,
 ) -> tuple[Tensor, list[Tensor]]:
     hints = []
@@ -155,8 +168,10 @@ class ZImageControlNet(nn.Module):
         if c.n_heads != b.n_heads:
             raise ValueError(f"ControlNet n_heads {c.n_heads} does not match the base transformer n_heads {b.n_heads}")
         if c.control_layers_places[-1] >= b.n_layers:
-            raise ValueError(f"control_layers_places {list(c.control_layers_places)} reach past the base "
-                             f"transformer's {b.n_layers} layers")
+            raise ValueError(
+                f"control_layers_places {list(c.control_layers_places)} reach past the base "
+                f"transformer's {b.n_layers} layers"
+            )
         if c.control_in_dim < b.in_channels:
             raise ValueError(f"ControlNet control_in_dim {c.control_in_dim} < latent channels {b.in_channels}")
 
@@ -185,14 +200,20 @@ class ZImageControlNet(nn.Module):
             for blk in self.control_noise_refiner:
                 ctrl = blk(ctrl, cond.img_cos, cond.img_sin, None, t_emb, base.attn_backend)
         unified = base.unify(img, cond)  # (B, N_pad + Lc, D)
-        _, hs = _run_control(self.control_layers, base.unify(ctrl, cond), unified, cond.cos, cond.sin,
-                             cond.key_mask, t_emb, base)
+        _, hs = _run_control(
+            self.control_layers, base.unify(ctrl, cond), unified, cond.cos, cond.sin, cond.key_mask, t_emb, base
+        )
         return {p: hs[k] * scale for k, p in enumerate(cfg.control_layers_places)}
 
 
 def controlled_forward(
-    base: ZImageTransformer, controlnet: ZImageControlNet, x: Tensor, t: Tensor, cond: Conditioning,
-    control: Tensor, scale: float,
+    base: ZImageTransformer,
+    controlnet: ZImageControlNet,
+    x: Tensor,
+    t: Tensor,
+    cond: Conditioning,
+    control: Tensor,
+    scale: float,
 ) -> Tensor:
     """The base DiT's prediction with ControlNet hints. x (B, 16, H, W), control (B, control_in_dim, H, W)."""
     t_emb = base.embed_time(t, x.dtype)

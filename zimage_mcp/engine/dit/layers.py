@@ -22,7 +22,7 @@ def fuse_rows(*linears: nn.Linear) -> nn.Linear:
     start = 0
     for lin in linears:
         n = lin.weight.shape[0]
-        lin.weight = nn.Parameter(fused[start:start + n], requires_grad=False)
+        lin.weight = nn.Parameter(fused[start : start + n], requires_grad=False)
         start += n
     out = nn.Linear(fused.shape[1], fused.shape[0], bias=False, device="meta")
     out.weight = nn.Parameter(fused, requires_grad=False)

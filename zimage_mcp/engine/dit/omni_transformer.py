@@ -80,10 +80,12 @@ class ZImageOmniTransformer(ZImageTransformer):
         if cfg.siglip_feat_dim is not None:
             s, d = cfg.siglip_feat_dim, cfg.dim
             self.siglip_embedder = nn.Sequential(RMSNorm(s, cfg.norm_eps), nn.Linear(s, d))
-            self.siglip_refiner = nn.ModuleList([
-                TransformerBlock(d, cfg.n_heads, cfg.ffn_hidden, cfg.norm_eps, cfg.adaln_dim, False)
-                for _ in range(cfg.n_refiner_layers)
-            ])
+            self.siglip_refiner = nn.ModuleList(
+                [
+                    TransformerBlock(d, cfg.n_heads, cfg.ffn_hidden, cfg.norm_eps, cfg.adaln_dim, False)
+                    for _ in range(cfg.n_refiner_layers)
+                ]
+            )
             self.siglip_pad_token = nn.Parameter(torch.zeros(1, d))
 
     # -- per-generation preparation ---------------------------------------------------------------
@@ -133,8 +135,15 @@ class ZImageOmniTransformer(ZImageTransformer):
 
         # caption segments: embed, pad each to 32, refine all of a sample together (no modulation)
         seg_lens = [[len(f) for f in segs] for segs in captions]
-        caps = [torch.cat([self._pad_rows(self.cap_embedder(f.to(device, self.x_pad_token.dtype)), self.cap_pad_token)
-                           for f in segs]) for segs in captions]
+        caps = [
+            torch.cat(
+                [
+                    self._pad_rows(self.cap_embedder(f.to(device, self.x_pad_token.dtype)), self.cap_pad_token)
+                    for f in segs
+                ]
+            )
+            for segs in captions
+        ]
         cap_lens = [len(c) for c in caps]
         width = max(cap_lens)
         cap = caps[0].new_zeros(b, width, caps[0].shape[-1])
@@ -155,26 +164,37 @@ class ZImageOmniTransformer(ZImageTransformer):
         # image sequence: condition images (clean), then the target (noisy)
         grids = [(lat.shape[-2] // p, lat.shape[-1] // p) for lat in cond_latents]
         grids.append((latent_hw[0] // p, latent_hw[1] // p))  # the target comes last
-        x_ids = torch.stack([
-            torch.cat([image_pos_ids(gh, gw, padded(gh * gw), axis0=e[j]) for j, (gh, gw) in enumerate(grids)])
-            for e in ends
-        ])  # (B, Nx, 3)
+        x_ids = torch.stack(
+            [
+                torch.cat([image_pos_ids(gh, gw, padded(gh * gw), axis0=e[j]) for j, (gh, gw) in enumerate(grids)])
+                for e in ends
+            ]
+        )  # (B, Nx, 3)
         x_cos, x_sin = rope_cos_sin(x_ids.to(device), tables)
         sizes = [padded(gh * gw) for gh, gw in grids]
         x_noisy = torch.cat([torch.full((n,), j == n_cond) for j, n in enumerate(sizes)]).to(device)[None, :, None]
         d = cap.shape[-1]
-        cond_tokens = (torch.cat([self._embed_latent(lat.to(device)) for lat in cond_latents])[None] if n_cond
-                       else cap.new_zeros(1, 0, d))
+        cond_tokens = (
+            torch.cat([self._embed_latent(lat.to(device)) for lat in cond_latents])[None]
+            if n_cond
+            else cap.new_zeros(1, 0, d)
+        )
 
         # SigLIP tokens (clean; the target's 32 pads noisy), refined once (no modulation)
         if use_sig:
             sig = self._embed_siglip([f.to(device) for f in siglip_feats])
-            sig_ids = torch.stack([
-                torch.cat([siglip_pos_ids(f.shape[0], f.shape[1], e[j] + 1, tuple(lat.shape[-2:]))
-                           for j, (f, lat) in enumerate(zip(siglip_feats, cond_latents, strict=False))]
-                          + [torch.zeros(SEQ_MULTI_OF, 3, dtype=torch.long)])
-                for e in ends
-            ])
+            sig_ids = torch.stack(
+                [
+                    torch.cat(
+                        [
+                            siglip_pos_ids(f.shape[0], f.shape[1], e[j] + 1, tuple(lat.shape[-2:]))
+                            for j, (f, lat) in enumerate(zip(siglip_feats, cond_latents, strict=False))
+                        ]
+                        + [torch.zeros(SEQ_MULTI_OF, 3, dtype=torch.long)]
+                    )
+                    for e in ends
+                ]
+            )
             sig_cos, sig_sin = rope_cos_sin(sig_ids.to(device), tables)
             for blk in self.siglip_refiner:
                 sig = blk(sig, sig_cos[:1], sig_sin[:1], None, None, self.attn_backend)
@@ -206,8 +226,18 @@ class ZImageOmniTransformer(ZImageTransformer):
         c_clean = self.embed_time(torch.ones(1, device=device), cap.dtype)
         clean_mods = [blk.modulation(c_clean) for blk in (*self.noise_refiner, *self.layers)]
         return OmniConditioning(
-            cond_tokens=cond_tokens, x_cos=x_cos, x_sin=x_sin, x_noisy=x_noisy, base=base, cos=cos, sin=sin,
-            noisy=noisy, key_mask=key_mask, cap_lens=cap_lens, clean_mods=clean_mods, grid=grids[-1],
+            cond_tokens=cond_tokens,
+            x_cos=x_cos,
+            x_sin=x_sin,
+            x_noisy=x_noisy,
+            base=base,
+            cos=cos,
+            sin=sin,
+            noisy=noisy,
+            key_mask=key_mask,
+            cap_lens=cap_lens,
+            clean_mods=clean_mods,
+            grid=grids[-1],
             target_at=sum(sizes[:-1]),
         )
 

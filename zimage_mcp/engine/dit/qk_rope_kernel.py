@@ -31,8 +31,19 @@ def available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _qk_norm_rope(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, n_rows, heads, token_stride, eps,
-                      HALF: tl.constexpr, ROWS: tl.constexpr):
+    def _qk_norm_rope(
+        x_ptr,
+        w_ptr,
+        cos_ptr,
+        sin_ptr,
+        out_ptr,
+        n_rows,
+        heads,
+        token_stride,
+        eps,
+        HALF: tl.constexpr,
+        ROWS: tl.constexpr,
+    ):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # (ROWS,) one head vector each
         live = rows < n_rows
         token = rows // heads
@@ -48,8 +59,9 @@ if triton is not None:
         c = tl.load(cos_ptr + token[:, None] * HALF + j[None, :], mask=live[:, None], other=0.0)
         s = tl.load(sin_ptr + token[:, None] * HALF + j[None, :], mask=live[:, None], other=0.0)
         out = tl.reshape(tl.join(n0 * c - n1 * s, n0 * s + n1 * c), (ROWS, 2 * HALF))  # pairs back in place
-        tl.store(out_ptr + rows[:, None] * (2 * HALF) + d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=live[:, None])
+        tl.store(
+            out_ptr + rows[:, None] * (2 * HALF) + d[None, :], out.to(out_ptr.dtype.element_ty), mask=live[:, None]
+        )
 
     @triton_op("zimage::qk_norm_rope", mutates_args={})
     def _qk_norm_rope_op(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, eps: float) -> Tensor:
@@ -57,8 +69,9 @@ if triton is not None:
         out = torch.empty((b, s, h, dh), dtype=x.dtype, device=x.device)
         n_rows = b * s * h
         grid = (triton.cdiv(n_rows, ROWS_PER_PROGRAM),)
-        wrap_triton(_qk_norm_rope)[grid](x, weight, cos, sin, out, n_rows, h, x.stride(1), eps,
-                                         HALF=dh // 2, ROWS=ROWS_PER_PROGRAM)
+        wrap_triton(_qk_norm_rope)[grid](
+            x, weight, cos, sin, out, n_rows, h, x.stride(1), eps, HALF=dh // 2, ROWS=ROWS_PER_PROGRAM
+        )
         return out
 
 

@@ -169,9 +169,13 @@ class ZImageTransformer(nn.Module):
         if cap_mask is not None:
             key_mask = torch.cat([torch.ones(b, n_pad, dtype=torch.bool, device=device), cap_mask], dim=1)
         return Conditioning(
-            cap=cap, img_cos=img_cos, img_sin=img_sin,
-            cos=torch.cat([img_cos, cap_cos], dim=1), sin=torch.cat([img_sin, cap_sin], dim=1),
-            key_mask=key_mask, grid=(gh, gw),
+            cap=cap,
+            img_cos=img_cos,
+            img_sin=img_sin,
+            cos=torch.cat([img_cos, cap_cos], dim=1),
+            sin=torch.cat([img_sin, cap_sin], dim=1),
+            key_mask=key_mask,
+            grid=(gh, gw),
         )
 
     # -- per-step forward, in stages that ControlNet and Omni compose -----------------------------
@@ -196,7 +200,11 @@ class ZImageTransformer(nn.Module):
         return torch.cat([img, cond.cap.to(img.dtype)], dim=1)  # (B, N_pad + Lc_max, D)
 
     def run_layers(
-        self, h: Tensor, c: Tensor, cond: Conditioning, hints: dict[int, Tensor] | None = None,
+        self,
+        h: Tensor,
+        c: Tensor,
+        cond: Conditioning,
+        hints: dict[int, Tensor] | None = None,
         span: slice = slice(None),
     ) -> Tensor:
         """The main layers in ``span`` (all by default); ``hints`` are keyed by absolute layer index."""

@@ -38,8 +38,9 @@ def check_strength(strength: float, steps: int) -> None:
     if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
         raise InvalidArgument("strength", f"must be in (0, 1], got {strength!r}")
     if steps - img2img_start(steps, strength) < 1:
-        raise InvalidArgument("strength", f"{strength} leaves no denoising step at steps={steps}; "
-                                          "raise strength or steps")
+        raise InvalidArgument(
+            "strength", f"{strength} leaves no denoising step at steps={steps}; raise strength or steps"
+        )
 
 
 def expand_seeds(seed: int | None, count: int) -> list[int]:

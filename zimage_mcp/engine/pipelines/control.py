@@ -80,9 +80,22 @@ def _default_size(image: Image, width: int | None, height: int | None) -> tuple[
 
 
 def _run(
-    pipe: ZImagePipeline, controlnet: ZImageControlNet, control: Tensor, prompt: str, negative_prompt: str,
-    width: int, height: int, steps: int, guidance: Guidance, seed: int | None, count: int, shift: float | None,
-    scale: float, on_step: StepCallback | None, should_stop: StopCheck | None, t0: float,
+    pipe: ZImagePipeline,
+    controlnet: ZImageControlNet,
+    control: Tensor,
+    prompt: str,
+    negative_prompt: str,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: Guidance,
+    seed: int | None,
+    count: int,
+    shift: float | None,
+    scale: float,
+    on_step: StepCallback | None,
+    should_stop: StopCheck | None,
+    t0: float,
 ) -> GenerationOutput:
     """Shared tail: seeds, noise, sigmas, then ``pipe.sample`` with the ControlNet in the model call."""
     seeds = expand_seeds(seed, count)
@@ -90,18 +103,42 @@ def _run(
     latents = pipe.initial_noise(seeds, height, width)
     sigmas = get_sigmas(steps, pipe.shift if shift is None else shift)
     forward = controlled_call(pipe, controlnet, control.repeat(count, 1, 1, 1), scale)
-    return pipe.sample(latents, sigmas, seeds, prompt, negative_prompt, guidance, on_step, should_stop, t0,
-                       timings=timings, forward=forward)
+    return pipe.sample(
+        latents,
+        sigmas,
+        seeds,
+        prompt,
+        negative_prompt,
+        guidance,
+        on_step,
+        should_stop,
+        t0,
+        timings=timings,
+        forward=forward,
+    )
 
 
 @torch.inference_mode()
 def control_generate(
-    pipe: ZImagePipeline, controlnet: ZImageControlNet, control_image: Image, prompt: str,
-    negative_prompt: str = "", width: int | None = None, height: int | None = None, steps: int = 8,
-    guidance: float = 0.0, seed: int | None = None, cfg_truncation: float = 1.0, cfg_normalization: float = 0.0,
-    count: int = 1, shift: float | None = None, controlnet_conditioning_scale: float = DEFAULT_CONTROL_SCALE,
-    hint: str | None = None, detect: bool = False,
-    on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
+    pipe: ZImagePipeline,
+    controlnet: ZImageControlNet,
+    control_image: Image,
+    prompt: str,
+    negative_prompt: str = "",
+    width: int | None = None,
+    height: int | None = None,
+    steps: int = 8,
+    guidance: float = 0.0,
+    seed: int | None = None,
+    cfg_truncation: float = 1.0,
+    cfg_normalization: float = 0.0,
+    count: int = 1,
+    shift: float | None = None,
+    controlnet_conditioning_scale: float = DEFAULT_CONTROL_SCALE,
+    hint: str | None = None,
+    detect: bool = False,
+    on_step: StepCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> GenerationOutput:
     """Text-to-image guided by ``control_image`` (a ready-made hint map, or a photo with ``detect`` for canny).
 
@@ -112,23 +149,56 @@ def control_generate(
     check_args(prompt, width, height, steps, count, seed)
     controlnet.check_base(pipe.transformer)
     t0 = time.perf_counter()
-    image = (prepare_hint(control_image, hint, controlnet.cfg.release, width, height, detect) if hint is not None
-             else resize_hint(control_image, width, height))
+    image = (
+        prepare_hint(control_image, hint, controlnet.cfg.release, width, height, detect)
+        if hint is not None
+        else resize_hint(control_image, width, height)
+    )
     latent = encode_image(pipe, image_to_tensor(image))  # (1, 16, h, w)
     control = control_input(latent, controlnet.cfg.control_in_dim)
-    return _run(pipe, controlnet, control, prompt, negative_prompt, width, height, steps,
-                Guidance(guidance, cfg_truncation, cfg_normalization), seed, count, shift,
-                controlnet_conditioning_scale, on_step, should_stop, t0)
+    return _run(
+        pipe,
+        controlnet,
+        control,
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        steps,
+        Guidance(guidance, cfg_truncation, cfg_normalization),
+        seed,
+        count,
+        shift,
+        controlnet_conditioning_scale,
+        on_step,
+        should_stop,
+        t0,
+    )
 
 
 @torch.inference_mode()
 def control_inpaint(
-    pipe: ZImagePipeline, controlnet: ZImageControlNet, image: Image, mask: Image, control_image: Image,
-    prompt: str, negative_prompt: str = "", width: int | None = None, height: int | None = None, steps: int = 8,
-    guidance: float = 0.0, seed: int | None = None, cfg_truncation: float = 1.0, cfg_normalization: float = 0.0,
-    count: int = 1, shift: float | None = None, controlnet_conditioning_scale: float = DEFAULT_CONTROL_SCALE,
-    hint: str | None = None, detect: bool = False,
-    on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
+    pipe: ZImagePipeline,
+    controlnet: ZImageControlNet,
+    image: Image,
+    mask: Image,
+    control_image: Image,
+    prompt: str,
+    negative_prompt: str = "",
+    width: int | None = None,
+    height: int | None = None,
+    steps: int = 8,
+    guidance: float = 0.0,
+    seed: int | None = None,
+    cfg_truncation: float = 1.0,
+    cfg_normalization: float = 0.0,
+    count: int = 1,
+    shift: float | None = None,
+    controlnet_conditioning_scale: float = DEFAULT_CONTROL_SCALE,
+    hint: str | None = None,
+    detect: bool = False,
+    on_step: StepCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> GenerationOutput:
     """Repaint the white part of ``mask`` in ``image``, guided by ``control_image`` (2.x ControlNets only).
 
@@ -140,16 +210,37 @@ def control_inpaint(
     controlnet.check_base(pipe.transformer)
     in_dim, latent_ch = controlnet.cfg.control_in_dim, pipe.transformer.cfg.in_channels
     if in_dim != 2 * latent_ch + 1:
-        raise InvalidArgument("mask", f"inpainting needs a 2.x ControlNet (control_in_dim {2 * latent_ch + 1}); "
-                         f"the loaded one ({controlnet.cfg.release}) takes {in_dim} channels")
+        raise InvalidArgument(
+            "mask",
+            f"inpainting needs a 2.x ControlNet (control_in_dim {2 * latent_ch + 1}); "
+            f"the loaded one ({controlnet.cfg.release}) takes {in_dim} channels",
+        )
     t0 = time.perf_counter()
-    hint_image = (prepare_hint(control_image, hint, controlnet.cfg.release, width, height, detect) if hint is not None
-                  else resize_hint(control_image, width, height))
+    hint_image = (
+        prepare_hint(control_image, hint, controlnet.cfg.release, width, height, detect)
+        if hint is not None
+        else resize_hint(control_image, width, height)
+    )
     latent = encode_image(pipe, image_to_tensor(hint_image))  # (1, 16, h, w)
     repaint = inpaint_mask(mask, width, height)  # (1, 1, H, W), 1 = repaint
     masked = encode_image(pipe, image_to_tensor(resize_hint(image, width, height)) * (repaint < 0.5))
     keep = F.interpolate(1 - repaint, size=masked.shape[-2:], mode="nearest")  # (1, 1, h, w), 1 = keep
     control = control_input(latent, in_dim, keep, masked)
-    return _run(pipe, controlnet, control, prompt, negative_prompt, width, height, steps,
-                Guidance(guidance, cfg_truncation, cfg_normalization), seed, count, shift,
-                controlnet_conditioning_scale, on_step, should_stop, t0)
+    return _run(
+        pipe,
+        controlnet,
+        control,
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        steps,
+        Guidance(guidance, cfg_truncation, cfg_normalization),
+        seed,
+        count,
+        shift,
+        controlnet_conditioning_scale,
+        on_step,
+        should_stop,
+        t0,
+    )

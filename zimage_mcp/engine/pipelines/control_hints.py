@@ -25,8 +25,11 @@ def check_hint_type(hint: str, release: str) -> None:
     if supported is None:
         raise InvalidArgument("control", f"unknown ControlNet release {release!r}; known: {sorted(SUPPORTED_HINTS)}")
     if hint not in supported:
-        raise InvalidArgument("control", f"hint type {hint!r} is not supported by the loaded ControlNet ({release}); "
-                         f"supported: {', '.join(supported)}")
+        raise InvalidArgument(
+            "control",
+            f"hint type {hint!r} is not supported by the loaded ControlNet ({release}); "
+            f"supported: {', '.join(supported)}",
+        )
 
 
 def resize_hint(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -52,7 +55,8 @@ def prepare_hint(
     check_hint_type(hint, release)
     if detect:
         if hint != "canny":
-            raise InvalidArgument("control", f"only canny hints can be computed here; "
-                                             f"pass a ready-made {hint} map instead")
+            raise InvalidArgument(
+                "control", f"only canny hints can be computed here; pass a ready-made {hint} map instead"
+            )
         image = canny_edges(image)
     return resize_hint(image, width, height)

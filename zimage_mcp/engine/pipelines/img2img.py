@@ -45,13 +45,16 @@ def fit_size(w: int, h: int) -> tuple[int, int]:
     """The valid size closest to (w, h) with the same aspect: sides multiples of 16 within 256..2048."""
     scale = min(1.0, SIZE_MAX / max(w, h))
     scale = max(scale, SIZE_MIN / min(w, h))
+
     def snap(v: float) -> int:
         return int(min(SIZE_MAX, max(SIZE_MIN, round(v / SIZE_MULTIPLE) * SIZE_MULTIPLE)))
+
     return snap(w * scale), snap(h * scale)
 
 
-def fit_image(image: Image.Image, width: int | None = None, height: int | None = None,
-              mode: FitMode = "resize") -> tuple[Image.Image, str | None]:
+def fit_image(
+    image: Image.Image, width: int | None = None, height: int | None = None, mode: FitMode = "resize"
+) -> tuple[Image.Image, str | None]:
     """Bring an input to a valid size. Returns the image and a note saying what was done (None if nothing).
 
     ``resize`` (default) scales to the nearest valid size keeping the aspect ratio (Lanczos);
@@ -92,8 +95,10 @@ def fit_mask(
     """The mask through the same resize/crop as its image; it must be exactly the input image's size
     (callers resize masks themselves and own any tolerance)."""
     if mask.size != image_size:
-        raise InvalidArgument("mask", f"must be exactly the image's size {image_size[0]}x{image_size[1]}, "
-                                      f"got {mask.size[0]}x{mask.size[1]}")
+        raise InvalidArgument(
+            "mask",
+            f"must be exactly the image's size {image_size[0]}x{image_size[1]}, got {mask.size[0]}x{mask.size[1]}",
+        )
     return _refit(mask.convert("L"), *fitted_size, mode, Image.NEAREST)
 
 
@@ -128,10 +133,23 @@ class _Encoded:
 
 @torch.inference_mode()
 def img2img(
-    pipe: ZImagePipeline, image: Image.Image, prompt: str, strength: float = 0.6, negative_prompt: str = "",
-    steps: int = 8, guidance: float = 0.0, seed: int | None = None, count: int = 1, cfg_truncation: float = 1.0,
-    cfg_normalization: float = 0.0, shift: float | None = None, width: int | None = None, height: int | None = None,
-    fit: FitMode = "resize", on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
+    pipe: ZImagePipeline,
+    image: Image.Image,
+    prompt: str,
+    strength: float = 0.6,
+    negative_prompt: str = "",
+    steps: int = 8,
+    guidance: float = 0.0,
+    seed: int | None = None,
+    count: int = 1,
+    cfg_truncation: float = 1.0,
+    cfg_normalization: float = 0.0,
+    shift: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    fit: FitMode = "resize",
+    on_step: StepCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> GenerationOutput:
     """Re-draw ``image`` guided by ``prompt``; strength 1.0 starts from pure noise."""
     image, note = fit_image(image, width, height, fit)
@@ -139,9 +157,18 @@ def img2img(
     check_strength(strength, steps)
     seeds, t0 = expand_seeds(seed, count), time.perf_counter()
     enc = _Encoded(pipe, image, seeds)
-    sigmas = get_sigmas(steps, pipe.shift if shift is None else shift)[img2img_start(steps, strength):]
-    out = pipe.sample(enc.noised(sigmas[0]), sigmas, seeds, prompt, negative_prompt,
-                      Guidance(guidance, cfg_truncation, cfg_normalization), on_step, should_stop, t0)
+    sigmas = get_sigmas(steps, pipe.shift if shift is None else shift)[img2img_start(steps, strength) :]
+    out = pipe.sample(
+        enc.noised(sigmas[0]),
+        sigmas,
+        seeds,
+        prompt,
+        negative_prompt,
+        Guidance(guidance, cfg_truncation, cfg_normalization),
+        on_step,
+        should_stop,
+        t0,
+    )
     if note:
         out.notes.append(note)
     return out
@@ -149,11 +176,26 @@ def img2img(
 
 @torch.inference_mode()
 def inpaint(
-    pipe: ZImagePipeline, image: Image.Image, mask: Image.Image, prompt: str, strength: float = 1.0,
-    negative_prompt: str = "", steps: int = 8, guidance: float = 0.0, seed: int | None = None, count: int = 1,
-    cfg_truncation: float = 1.0, cfg_normalization: float = 0.0, shift: float | None = None,
-    width: int | None = None, height: int | None = None, fit: FitMode = "resize", mask_grow: int = 0,
-    mask_blur: float = 0.0, paste_back: bool = True, on_step: StepCallback | None = None,
+    pipe: ZImagePipeline,
+    image: Image.Image,
+    mask: Image.Image,
+    prompt: str,
+    strength: float = 1.0,
+    negative_prompt: str = "",
+    steps: int = 8,
+    guidance: float = 0.0,
+    seed: int | None = None,
+    count: int = 1,
+    cfg_truncation: float = 1.0,
+    cfg_normalization: float = 0.0,
+    shift: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    fit: FitMode = "resize",
+    mask_grow: int = 0,
+    mask_blur: float = 0.0,
+    paste_back: bool = True,
+    on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> GenerationOutput:
     """Repaint the white area of ``mask`` (exactly ``image``'s size); the rest is kept (bit-exact with
@@ -167,16 +209,25 @@ def inpaint(
     enc = _Encoded(pipe, image, seeds)
     latent_hw = enc.image.shape[-2:]
     m = F.interpolate(pixel_mask, size=tuple(latent_hw), mode="nearest").to(pipe.device)  # (1, 1, h, w)
-    sigmas = get_sigmas(steps, pipe.shift if shift is None else shift)[img2img_start(steps, strength):]
+    sigmas = get_sigmas(steps, pipe.shift if shift is None else shift)[img2img_start(steps, strength) :]
     n = len(sigmas) - 1
 
     def blend(i: int, x: Tensor) -> Tensor:
         keep = enc.image if i == n - 1 else enc.noised(sigmas[i + 1])
         return (1 - m) * keep + m * x
 
-    out = pipe.sample(enc.noised(sigmas[0]), sigmas, seeds, prompt, negative_prompt,
-                      Guidance(guidance, cfg_truncation, cfg_normalization), on_step, should_stop, t0,
-                      after_step=blend)
+    out = pipe.sample(
+        enc.noised(sigmas[0]),
+        sigmas,
+        seeds,
+        prompt,
+        negative_prompt,
+        Guidance(guidance, cfg_truncation, cfg_normalization),
+        on_step,
+        should_stop,
+        t0,
+        after_step=blend,
+    )
     if paste_back:
         out.images = paste_unmasked(image, out.images, pixel_mask)
     if note:

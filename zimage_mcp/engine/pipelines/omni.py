@@ -40,14 +40,16 @@ class OmniPipeline(ZImagePipeline):
 
     transformer: ZImageOmniTransformer
 
-    def __init__(self, transformer: ZImageOmniTransformer, vae: AutoencoderKL, text_encoder, siglip: SiglipEncoder,
-                 shift: float) -> None:
+    def __init__(
+        self, transformer: ZImageOmniTransformer, vae: AutoencoderKL, text_encoder, siglip: SiglipEncoder, shift: float
+    ) -> None:
         super().__init__(transformer, vae, text_encoder, shift)
         self.siglip = siglip
 
     # -- stages -----------------------------------------------------------------------------------
-    def references(self, images: list[Image], width: int | None, height: int | None,
-                   max_images: int) -> tuple[list[Tensor], list[Tensor], tuple[int, int]]:
+    def references(
+        self, images: list[Image], width: int | None, height: int | None, max_images: int
+    ) -> tuple[list[Tensor], list[Tensor], tuple[int, int]]:
         """Check and encode the references -> (latents (16, h, w), SigLIP features (h', w', S), last crop (W, H))."""
         _check_count(images, max_images)
         fitted = [fit_reference(check_reference(img, i), width, height) for i, img in enumerate(images)]
@@ -90,10 +92,11 @@ class OmniPipeline(ZImagePipeline):
         width, height = width or w_ref, height or h_ref
         for name, v in (("width", width), ("height", height)):
             if v > SIZE_MAX:
-                raise InvalidArgument(name, f"the last reference image gives {v}; "
-                                            f"pass {name} in {SIZE_MIN}..{SIZE_MAX}")
+                raise InvalidArgument(
+                    name, f"the last reference image gives {v}; pass {name} in {SIZE_MIN}..{SIZE_MAX}"
+                )
         caps = encode_segments(self.text_encoder, pos_segs + neg_segs)
-        pos, neg = caps[: len(pos_segs)], caps[len(pos_segs):]
+        pos, neg = caps[: len(pos_segs)], caps[len(pos_segs) :]
         timings["encode"] = lap(t0, self.device)
 
         latents = self.initial_noise([seed], height, width)
@@ -102,9 +105,14 @@ class OmniPipeline(ZImagePipeline):
         t1 = time.perf_counter()
         cond_pos = model.prepare_omni([pos], latents_ref, feats, hw)
         latents = self.euler_loop(
-            latents, get_sigmas(steps, self.shift if shift is None else shift), cond_pos,
+            latents,
+            get_sigmas(steps, self.shift if shift is None else shift),
+            cond_pos,
             lambda: model.prepare_omni([pos, neg], latents_ref, feats, hw),
-            Guidance(guidance, cfg_truncation, cfg_normalization), model.forward_omni, on_step, should_stop,
+            Guidance(guidance, cfg_truncation, cfg_normalization),
+            model.forward_omni,
+            on_step,
+            should_stop,
         )
         timings["denoise"] = lap(t1, self.device)
         t2 = time.perf_counter()

@@ -46,8 +46,14 @@ class Guidance:
 
 
 class ZImagePipeline:
-    def __init__(self, transformer: ZImageTransformer, vae: AutoencoderKL, text_encoder, shift: float,
-                 offload_text_encoder: bool = False) -> None:
+    def __init__(
+        self,
+        transformer: ZImageTransformer,
+        vae: AutoencoderKL,
+        text_encoder,
+        shift: float,
+        offload_text_encoder: bool = False,
+    ) -> None:
         self.transformer = transformer
         self.vae = vae
         self.text_encoder = text_encoder  # engine.text_encoder.TextEncoder
@@ -177,8 +183,17 @@ class ZImagePipeline:
 
         if forward is None and self.step_cache > 0:
             forward = self.last_step_cache = FirstBlockCache(model, self.step_cache)
-        return self.euler_loop(latents, sigmas, cond_pos, cond_both if neg is not None else None, guidance,
-                               forward or model.forward_prepared, on_step, should_stop, after_step)
+        return self.euler_loop(
+            latents,
+            sigmas,
+            cond_pos,
+            cond_both if neg is not None else None,
+            guidance,
+            forward or model.forward_prepared,
+            on_step,
+            should_stop,
+            after_step,
+        )
 
     def sample(
         self,
@@ -240,8 +255,17 @@ class ZImagePipeline:
         seeds, t0 = expand_seeds(seed, count), time.perf_counter()
         latents = self.initial_noise(seeds, height, width)
         sigmas = get_sigmas(steps, self.shift if shift is None else shift)
-        return self.sample(latents, sigmas, seeds, prompt, negative_prompt,
-                           Guidance(guidance, cfg_truncation, cfg_normalization), on_step, should_stop, t0)
+        return self.sample(
+            latents,
+            sigmas,
+            seeds,
+            prompt,
+            negative_prompt,
+            Guidance(guidance, cfg_truncation, cfg_normalization),
+            on_step,
+            should_stop,
+            t0,
+        )
 
 
 def lap(start: float, device: torch.device) -> float:

@@ -56,7 +56,7 @@ def write_sharded(sd: dict[str, Tensor], folder: Path, stem: str, index_name: st
     weight_map: dict[str, str] = {}
     for k in range(shards):
         name = f"{stem}-{k + 1:05d}-of-{shards:05d}.safetensors"
-        part = {key: sd[key].contiguous() for key in keys[k * per:(k + 1) * per]}
+        part = {key: sd[key].contiguous() for key in keys[k * per : (k + 1) * per]}
         save_file(part, str(folder / name), metadata={"format": "pt"})
         weight_map.update({key: name for key in part})
     total = sum(t.numel() * t.element_size() for t in sd.values())
@@ -76,18 +76,25 @@ def make_tiny(dir: Path, seed: int = 0, shift: float | None = None, vae_shards: 
     gen = torch.Generator().manual_seed(seed)
     _write_json(root / "model_index.json", MODEL_INDEX)
     sched = SCHEDULER_PRESETS["tiny"]
-    _write_json(root / "scheduler" / "scheduler_config.json", {
-        "_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.36.0.dev0",
-        "num_train_timesteps": 1000, "use_dynamic_shifting": False, "shift": sched.shift if shift is None else shift,
-    })
+    _write_json(
+        root / "scheduler" / "scheduler_config.json",
+        {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "_diffusers_version": "0.36.0.dev0",
+            "num_train_timesteps": 1000,
+            "use_dynamic_shifting": False,
+            "shift": sched.shift if shift is None else shift,
+        },
+    )
 
     tcfg = TRANSFORMER_PRESETS["tiny"]
     transformer = ZImageTransformer(tcfg)
     _randomize(transformer, gen)
     tsd = transformer.state_dict()
     _write_json(root / "transformer" / "config.json", {**tcfg.to_json_dict(), "_diffusers_version": "0.36.0.dev0"})
-    write_sharded(tsd, root / "transformer", "diffusion_pytorch_model",
-                  "diffusion_pytorch_model.safetensors.index.json", 2)
+    write_sharded(
+        tsd, root / "transformer", "diffusion_pytorch_model", "diffusion_pytorch_model.safetensors.index.json", 2
+    )
 
     vcfg = VAE_PRESETS["tiny"]
     vae = AutoencoderKL(vcfg)
@@ -95,8 +102,9 @@ def make_tiny(dir: Path, seed: int = 0, shift: float | None = None, vae_shards: 
     vsd = {k: v.contiguous() for k, v in vae.state_dict().items()}
     _write_json(root / "vae" / "config.json", {**vcfg.to_json_dict(), "_diffusers_version": "0.36.0.dev0"})
     if vae_shards > 1:
-        write_sharded(vsd, root / "vae", "diffusion_pytorch_model", "diffusion_pytorch_model.safetensors.index.json",
-                      vae_shards)
+        write_sharded(
+            vsd, root / "vae", "diffusion_pytorch_model", "diffusion_pytorch_model.safetensors.index.json", vae_shards
+        )
     else:
         save_file(vsd, str(root / "vae" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 

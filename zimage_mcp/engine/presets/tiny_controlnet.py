@@ -24,18 +24,39 @@ SINGLE_FILE = "single/z_image_tiny_controlnet.safetensors"
 def tiny_controlnet_config(release: str = "2.1") -> ControlNetConfig:
     """Tiny-preset configs for 'v1', '2.0' and '2.1' (lite needs more base layers than the tiny preset has)."""
     base = TRANSFORMER_PRESETS["tiny"]
-    common = dict(control_layers_places=(0, 1), dim=base.dim, n_heads=base.n_heads, n_kv_heads=base.n_kv_heads,
-                  norm_eps=base.norm_eps, qk_norm=True)
+    common = dict(
+        control_layers_places=(0, 1),
+        dim=base.dim,
+        n_heads=base.n_heads,
+        n_kv_heads=base.n_kv_heads,
+        norm_eps=base.norm_eps,
+        qk_norm=True,
+    )
     refiner = tuple(range(base.n_refiner_layers))
     if release == "2.1":
-        return ControlNetConfig(**common, control_refiner_layers_places=refiner, control_in_dim=33,
-                                add_control_noise_refiner="control_noise_refiner", n_refiner_layers=len(refiner))
+        return ControlNetConfig(
+            **common,
+            control_refiner_layers_places=refiner,
+            control_in_dim=33,
+            add_control_noise_refiner="control_noise_refiner",
+            n_refiner_layers=len(refiner),
+        )
     if release == "2.0":  # the published 2.0 values for the refiner stage
-        return ControlNetConfig(**common, control_refiner_layers_places=(0, 1), control_in_dim=33,
-                                add_control_noise_refiner="control_layers", n_refiner_layers=2)
+        return ControlNetConfig(
+            **common,
+            control_refiner_layers_places=(0, 1),
+            control_in_dim=33,
+            add_control_noise_refiner="control_layers",
+            n_refiner_layers=2,
+        )
     if release == "v1":
-        return ControlNetConfig(**common, control_refiner_layers_places=refiner, control_in_dim=16,
-                                add_control_noise_refiner=None, n_refiner_layers=len(refiner))
+        return ControlNetConfig(
+            **common,
+            control_refiner_layers_places=refiner,
+            control_in_dim=16,
+            add_control_noise_refiner=None,
+            n_refiner_layers=len(refiner),
+        )
     raise ValueError(f"release must be one of 'v1', '2.0', '2.1', got {release!r}")
 
 

@@ -27,8 +27,9 @@ OMNI_MODEL_INDEX = {
 }
 
 # 16 px patches, a 4x4 learned position grid (resized per image), at most 64 patches per image.
-TINY_SIGLIP = Siglip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                  num_patches=16, patch_size=16)
+TINY_SIGLIP = Siglip2VisionConfig(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_patches=16, patch_size=16
+)
 TINY_SIGLIP_MAX_PATCHES = 64
 
 
@@ -37,24 +38,37 @@ def make_tiny_omni(dir: Path, seed: int = 0) -> Path:
     root = Path(dir)
     gen = torch.Generator().manual_seed(seed)
     _write_json(root / "model_index.json", OMNI_MODEL_INDEX)
-    _write_json(root / "scheduler" / "scheduler_config.json", {
-        "_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
-        "use_dynamic_shifting": False, "shift": SCHEDULER_PRESETS["tiny"].shift,
-    })
+    _write_json(
+        root / "scheduler" / "scheduler_config.json",
+        {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            "use_dynamic_shifting": False,
+            "shift": SCHEDULER_PRESETS["tiny"].shift,
+        },
+    )
 
     tcfg = replace(TRANSFORMER_PRESETS["tiny"], siglip_feat_dim=TINY_SIGLIP.hidden_size)
     transformer = ZImageOmniTransformer(tcfg)
     _randomize(transformer, gen)
     _write_json(root / "transformer" / "config.json", tcfg.to_json_dict())
-    write_sharded(transformer.state_dict(), root / "transformer", "diffusion_pytorch_model",
-                  "diffusion_pytorch_model.safetensors.index.json", 2)
+    write_sharded(
+        transformer.state_dict(),
+        root / "transformer",
+        "diffusion_pytorch_model",
+        "diffusion_pytorch_model.safetensors.index.json",
+        2,
+    )
 
     vcfg = VAE_PRESETS["tiny"]
     vae = AutoencoderKL(vcfg)
     _randomize(vae, gen)
     _write_json(root / "vae" / "config.json", vcfg.to_json_dict())
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()},
-              str(root / "vae" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in vae.state_dict().items()},
+        str(root / "vae" / "diffusion_pytorch_model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
     write_tiny_tokenizer(root / "tokenizer")
     write_tiny_text_encoder(root / "text_encoder", seed=seed + 1, shards=2)
@@ -64,11 +78,24 @@ def make_tiny_omni(dir: Path, seed: int = 0) -> Path:
     _randomize(siglip, gen)
     (root / "siglip").mkdir(parents=True, exist_ok=True)
     TINY_SIGLIP.to_json_file(str(root / "siglip" / "config.json"))
-    save_file({k: v.contiguous() for k, v in siglip.state_dict().items()}, str(root / "siglip" / "model.safetensors"),
-              metadata={"format": "pt"})
-    _write_json(root / "siglip_processor" / "preprocessor_config.json", {
-        "image_processor_type": "Siglip2ImageProcessor", "do_resize": True, "resample": 2, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
-        "patch_size": TINY_SIGLIP.patch_size, "max_num_patches": TINY_SIGLIP_MAX_PATCHES,
-    })
+    save_file(
+        {k: v.contiguous() for k, v in siglip.state_dict().items()},
+        str(root / "siglip" / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    _write_json(
+        root / "siglip_processor" / "preprocessor_config.json",
+        {
+            "image_processor_type": "Siglip2ImageProcessor",
+            "do_resize": True,
+            "resample": 2,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [0.5] * 3,
+            "image_std": [0.5] * 3,
+            "patch_size": TINY_SIGLIP.patch_size,
+            "max_num_patches": TINY_SIGLIP_MAX_PATCHES,
+        },
+    )
     return root

@@ -22,8 +22,9 @@ OPTIMIZE_MODES = ("auto", "compile", "fuse", "off")
 def check_fp8_support(device: torch.device) -> None:
     """fp8 GEMMs need fp8 tensor cores: CUDA compute capability 8.9 or newer."""
     if not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)):
-        raise InvalidArgument("fp8", f"fp8 weights need a CUDA GPU with fp8 tensor cores (compute capability 8.9+), "
-                                     f"not {device}")
+        raise InvalidArgument(
+            "fp8", f"fp8 weights need a CUDA GPU with fp8 tensor cores (compute capability 8.9+), not {device}"
+        )
 
 
 def optimize_vae(vae: AutoencoderKL, compile: bool = True) -> None:

@@ -42,8 +42,11 @@ def omni_segments(prompt: str, n_images: int, name: str = "prompt") -> list[str]
     if not (starts == ends == prompt.count(pair)):
         raise InvalidArgument(name, f"vision markers must come as adjacent {pair} pairs, one per reference image")
     if starts != n_images:
-        raise InvalidArgument(name, f"has {starts} {pair} marker pair(s) but {n_images} reference image(s) were given; "
-                         "the numbers must match (or leave the markers out)")
+        raise InvalidArgument(
+            name,
+            f"has {starts} {pair} marker pair(s) but {n_images} reference image(s) were given; "
+            "the numbers must match (or leave the markers out)",
+        )
     return split_at_vision_starts(USER + prompt + ASSISTANT + pair + "<|im_end|>")
 
 
@@ -55,8 +58,9 @@ def encode_segments(text_encoder: TextEncoder, segments: list[str], max_length: 
     Right padding with causal attention leaves real-token states unchanged, so segments are batched.
     """
     unique = list(dict.fromkeys(segments))
-    batch = text_encoder.tokenizer(unique, padding="longest", max_length=max_length, truncation=True,
-                                   padding_side="right", return_tensors="pt")
+    batch = text_encoder.tokenizer(
+        unique, padding="longest", max_length=max_length, truncation=True, padding_side="right", return_tensors="pt"
+    )
     ids = batch.input_ids.to(text_encoder.device)
     mask = batch.attention_mask.to(text_encoder.device).bool()
     hidden = text_encoder.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state

@@ -22,8 +22,12 @@ if TYPE_CHECKING:  # transformers is imported where it is used: importing the en
     from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
 
 # Config values of Qwen3-4B that cannot be read off the weight shapes (ComfyUI single files).
-_QWEN3_4B_EXTRA = {"rms_norm_eps": 1e-6, "max_position_embeddings": 40960, "tie_word_embeddings": True,
-                   "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+_QWEN3_4B_EXTRA = {
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 40960,
+    "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+}
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
@@ -70,13 +74,20 @@ class TextEncoder:
     def _run(self, prompts: list[str], max_length: int) -> list[Tensor]:
         # Truncate at max_length (template tokens count) and right-pad only to the longest prompt:
         # with causal attention, right padding leaves the real-token states unchanged.
-        batch = self.tokenizer([chat_prompt(self.tokenizer, p) for p in prompts], padding="longest",
-                               max_length=max_length, truncation=True, padding_side="right", return_tensors="pt")
+        batch = self.tokenizer(
+            [chat_prompt(self.tokenizer, p) for p in prompts],
+            padding="longest",
+            max_length=max_length,
+            truncation=True,
+            padding_side="right",
+            return_tensors="pt",
+        )
         lengths = batch.attention_mask.sum(dim=1).tolist()  # on the CPU: no device sync to unpad
         ids = batch.input_ids
         if self._graphs is not None and self.device.type == "cuda":  # one graph per (batch, length bucket)
-            ids = torch.nn.functional.pad(ids, (0, length_bucket(ids.shape[1]) - ids.shape[1]),
-                                          value=self.tokenizer.pad_token_id)
+            ids = torch.nn.functional.pad(
+                ids, (0, length_bucket(ids.shape[1]) - ids.shape[1]), value=self.tokenizer.pad_token_id
+            )
             hidden = self._graphs(ids.to(self.device))
         else:
             hidden = self._forward(ids.to(self.device))
@@ -156,10 +167,15 @@ def _infer_config(file: Path) -> Qwen3Config:
         head_dim = shape["layers.0.self_attn.q_norm.weight"][0]
         n_layers = 1 + max(int(k.split(".")[1]) for k in shape if k.startswith("layers."))
         return Qwen3Config(
-            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=n_layers, head_dim=head_dim,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=n_layers,
+            head_dim=head_dim,
             num_attention_heads=shape["layers.0.self_attn.q_proj.weight"][0] // head_dim,
             num_key_value_heads=shape["layers.0.self_attn.k_proj.weight"][0] // head_dim,
-            intermediate_size=shape["layers.0.mlp.gate_proj.weight"][0], **_QWEN3_4B_EXTRA)
+            intermediate_size=shape["layers.0.mlp.gate_proj.weight"][0],
+            **_QWEN3_4B_EXTRA,
+        )
     except (KeyError, ValueError) as e:
         raise WeightsError(f"{file} does not look like a Qwen3 text encoder (missing {e})") from e
 
@@ -196,8 +212,9 @@ def _build(files: list[Path], config: Qwen3Config, device: torch.device | str, d
         try:
             with safe_open(str(file), framework="pt", device="cpu") as f:  # mmap; skipped keys are never read
                 names = {k: k.removeprefix("model.") for k in f.keys()}
-                unexpected = sorted(n for n in names.values()
-                                    if n not in expected and n != "norm.weight" and not n.startswith(dropped))
+                unexpected = sorted(
+                    n for n in names.values() if n not in expected and n != "norm.weight" and not n.startswith(dropped)
+                )
                 if unexpected:
                     raise WeightsError(f"{file}: unexpected text-encoder keys {unexpected}")
                 for key, name in names.items():
@@ -216,8 +233,9 @@ def _build(files: list[Path], config: Qwen3Config, device: torch.device | str, d
     return model
 
 
-def load_text_encoder(text_encoder_dir: Path, tokenizer_dir: Path, device: torch.device | str,
-                      dtype: torch.dtype, cache_size: int = 64) -> TextEncoder:
+def load_text_encoder(
+    text_encoder_dir: Path, tokenizer_dir: Path, device: torch.device | str, dtype: torch.dtype, cache_size: int = 64
+) -> TextEncoder:
     """Load the published ``text_encoder/`` folder (sharded or single file) and ``tokenizer/``, offline."""
     folder = Path(text_encoder_dir)
     if not folder.is_dir():
@@ -227,9 +245,14 @@ def load_text_encoder(text_encoder_dir: Path, tokenizer_dir: Path, device: torch
     return TextEncoder(model, _load_tokenizer(Path(tokenizer_dir)), cache_size)
 
 
-def load_text_encoder_file(file: Path, tokenizer_dir: Path, config: Qwen3Config | None = None,
-                           device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
-                           cache_size: int = 64) -> TextEncoder:
+def load_text_encoder_file(
+    file: Path,
+    tokenizer_dir: Path,
+    config: Qwen3Config | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    cache_size: int = 64,
+) -> TextEncoder:
     """Load a ComfyUI single file (``qwen_3_4b.safetensors``: HF key names with ``model.`` prefix)."""
     file = Path(file)
     if not file.is_file():

@@ -94,7 +94,7 @@ def _convert(
 def _strip_prefix(key: str) -> str:
     for prefix in BFL_PREFIXES:
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 

@@ -146,6 +146,12 @@ def tensor_to_images(x: Tensor) -> list[Image.Image]:
 
 
 __all__ = [
-    "AutoencoderKL", "Encoder", "Decoder", "normalize_latents", "denormalize_latents", "sample_latents",
-    "image_to_tensor", "tensor_to_images",
+    "AutoencoderKL",
+    "Encoder",
+    "Decoder",
+    "normalize_latents",
+    "denormalize_latents",
+    "sample_latents",
+    "image_to_tensor",
+    "tensor_to_images",
 ]

@@ -35,17 +35,18 @@ def decode_tiled(vae: AutoencoderKL, z: Tensor, tile: int = 64, overlap: int = 1
     for top in rows:
         for left in cols:
             t0, l0 = min(top, max(h - tile, 0)), min(left, max(w - tile, 0))
-            piece = vae.decode(z[:, :, t0:t0 + tile, l0:l0 + tile]).float()  # (B, 3, 8*th, 8*tw)
+            piece = vae.decode(z[:, :, t0 : t0 + tile, l0 : l0 + tile]).float()  # (B, 3, 8*th, 8*tw)
             ph, pw = piece.shape[-2:]
             mask = _blend_mask(ph, pw, overlap * SCALE, t0 > 0, l0 > 0, t0 + tile < h, l0 + tile < w, z.device)
             ys, xs = t0 * SCALE, l0 * SCALE
-            out[:, :, ys:ys + ph, xs:xs + pw] += piece * mask
-            weight[:, :, ys:ys + ph, xs:xs + pw] += mask
+            out[:, :, ys : ys + ph, xs : xs + pw] += piece * mask
+            weight[:, :, ys : ys + ph, xs : xs + pw] += mask
     return (out / weight).to(z.dtype)
 
 
-def _blend_mask(ph: int, pw: int, ov: int, top: bool, left: bool, bottom: bool, right: bool,
-                device: torch.device) -> Tensor:
+def _blend_mask(
+    ph: int, pw: int, ov: int, top: bool, left: bool, bottom: bool, right: bool, device: torch.device
+) -> Tensor:
     """(1, 1, ph, pw) weights: 1 inside, linear ramps over the overlaps that touch a neighbour."""
     wy = torch.ones(ph, device=device)
     wx = torch.ones(pw, device=device)

@@ -47,13 +47,26 @@ def infer_transformer_config(sd: StateDict, source: str) -> TransformerConfig:
     a0 = head_dim // 4
     axes = (a0, (head_dim - a0) // 2, head_dim - a0 - (head_dim - a0) // 2)
     siglip = sd["siglip_embedder.1.weight"].shape[1] if "siglip_embedder.1.weight" in sd else None
-    return replace(base, dim=int(dim), cap_feat_dim=int(cap_dim), n_layers=n_layers, n_refiner_layers=n_refiner,
-                   n_heads=int(dim) // int(head_dim), n_kv_heads=int(dim) // int(head_dim), axes_dims=axes,
-                   siglip_feat_dim=siglip)
+    return replace(
+        base,
+        dim=int(dim),
+        cap_feat_dim=int(cap_dim),
+        n_layers=n_layers,
+        n_refiner_layers=n_refiner,
+        n_heads=int(dim) // int(head_dim),
+        n_kv_heads=int(dim) // int(head_dim),
+        axes_dims=axes,
+        siglip_feat_dim=siglip,
+    )
 
 
-def load_transformer(files: tuple[Path, ...], config: Path | None, device: torch.device, dtype: torch.dtype,
-                     attn_backend: AttentionBackend | None = None) -> ZImageTransformer:
+def load_transformer(
+    files: tuple[Path, ...],
+    config: Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    attn_backend: AttentionBackend | None = None,
+) -> ZImageTransformer:
     source = ", ".join(str(f) for f in files)
     sd = read_files(files, dtype, device)
     if is_comfy_transformer(sd):
@@ -65,8 +78,9 @@ def load_transformer(files: tuple[Path, ...], config: Path | None, device: torch
     return model.eval().requires_grad_(False)
 
 
-def load_vae(files: tuple[Path, ...], config: Path | None, device: torch.device,
-             dtype: torch.dtype = torch.float32) -> AutoencoderKL:
+def load_vae(
+    files: tuple[Path, ...], config: Path | None, device: torch.device, dtype: torch.dtype = torch.float32
+) -> AutoencoderKL:
     """One file or every shard of one; the strict key audit covers their union."""
     sd = read_files(files, dtype, device)
     if is_bfl_vae_state_dict(sd):

@@ -54,8 +54,10 @@ def infer_controlnet_config(sd: StateDict, source: str) -> ControlNetConfig:
         raise WeightsError(f"{source}: not a Z-Image ControlNet (no {e.args[0]})") from e
     n_control = len(_block_ids(sd, "control_layers."))
     if n_control not in KNOWN_PLACES:
-        raise WeightsError(f"{source}: cannot infer control_layers_places for {n_control} control layers "
-                           f"(known: {sorted(KNOWN_PLACES)}); load it from a folder with a config.json")
+        raise WeightsError(
+            f"{source}: cannot infer control_layers_places for {n_control} control layers "
+            f"(known: {sorted(KNOWN_PLACES)}); load it from a folder with a config.json"
+        )
     refiner = _block_ids(sd, REFINER_PREFIX)
     if not refiner or REFINER_GATE in sd and _refiner_is_dead(sd):
         mode, n_refiner, refiner_places = "control_layers", 2, PUBLISHED_REFINER_PLACES
@@ -65,10 +67,16 @@ def infer_controlnet_config(sd: StateDict, source: str) -> ControlNetConfig:
         mode, n_refiner, refiner_places = None, len(refiner), tuple(range(len(refiner)))
     try:
         return ControlNetConfig(
-            control_layers_places=KNOWN_PLACES[n_control], control_refiner_layers_places=refiner_places,
-            control_in_dim=int(token_dim) // 4, add_control_noise_refiner=mode, dim=int(dim),
-            n_refiner_layers=n_refiner, n_heads=int(dim) // int(head_dim), n_kv_heads=int(dim) // int(head_dim),
-            norm_eps=1e-5, qk_norm=True,
+            control_layers_places=KNOWN_PLACES[n_control],
+            control_refiner_layers_places=refiner_places,
+            control_in_dim=int(token_dim) // 4,
+            add_control_noise_refiner=mode,
+            dim=int(dim),
+            n_refiner_layers=n_refiner,
+            n_heads=int(dim) // int(head_dim),
+            n_kv_heads=int(dim) // int(head_dim),
+            norm_eps=1e-5,
+            qk_norm=True,
         )
     except ValueError as e:
         raise WeightsError(f"{source}: {e}") from e
@@ -97,8 +105,9 @@ def load_controlnet(
     cfg = read_controlnet_config(config) if config is not None else infer_controlnet_config(sd, source)
     if cfg.add_control_noise_refiner == "control_layers":
         if not _refiner_is_dead(sd):
-            raise WeightsError(f"{source}: the config says 2.0 ('control_layers') but {REFINER_GATE} is trained "
-                               "(a 2.1 file?)")
+            raise WeightsError(
+                f"{source}: the config says 2.0 ('control_layers') but {REFINER_GATE} is trained (a 2.1 file?)"
+            )
         sd = {k: v for k, v in sd.items() if not k.startswith(REFINER_PREFIX)}  # unused in 2.0, as diffusers
     with torch.device("meta"):
         model = ZImageControlNet(cfg)

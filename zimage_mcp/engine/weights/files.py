@@ -26,8 +26,10 @@ HF_WEIGHTS = ("model.safetensors.index.json", "model.safetensors")
 def require_safetensors(path: Path) -> None:
     """The engine's one file rule: it reads ``.safetensors`` files and nothing else."""
     if Path(path).suffix.lower() != ".safetensors":
-        raise WeightsError(f"{path}: only .safetensors files are loaded; pickle is never loaded because it can "
-                           "execute code (convert the file to .safetensors)")
+        raise WeightsError(
+            f"{path}: only .safetensors files are loaded; pickle is never loaded because it can "
+            "execute code (convert the file to .safetensors)"
+        )
 
 
 def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> StateDict:
@@ -88,9 +90,7 @@ def read_files(files: Iterable[Path], dtype: torch.dtype | None, device: str | t
     return sd
 
 
-def load_strict(
-    module: nn.Module, sd: StateDict, source: str, ignore: Callable[[str], bool] = lambda k: False
-) -> None:
+def load_strict(module: nn.Module, sd: StateDict, source: str, ignore: Callable[[str], bool] = lambda k: False) -> None:
     """Audit keys and shapes against ``module``, then assign. ``ignore`` names tolerated extra keys."""
     expected = module.state_dict(keep_vars=True)
     unexpected = sorted(k for k in sd if k not in expected and not ignore(k))
@@ -123,7 +123,7 @@ COMFY_DROPPED = ("norm_final.weight",)  # a Lumina leftover some files carry; un
 def strip_prefix(sd: StateDict, prefixes: tuple[str, ...]) -> StateDict:
     for prefix in prefixes:
         if any(k.startswith(prefix) for k in sd):
-            return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+            return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
     return sd
 
 
@@ -152,7 +152,7 @@ def _rename(key: str, reverse: bool) -> str:
     for comfy, ours in COMFY_PREFIX_RENAMES:
         src, dst = (ours, comfy) if reverse else (comfy, ours)
         if key.startswith(src):
-            key = dst + key[len(src):]
+            key = dst + key[len(src) :]
     for comfy, ours in COMFY_INFIX_RENAMES:
         src, dst = (ours, comfy) if reverse else (comfy, ours)
         key = key.replace(src, dst)

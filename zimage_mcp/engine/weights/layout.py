@@ -33,8 +33,9 @@ class ModelFiles:
 def _component(folder: Path, name: str) -> Path:
     path = folder / name
     if not path.is_dir():
-        raise WeightsError(f"{folder} is missing the {name}/ folder "
-                           f"(a diffusers model folder needs {list(COMPONENTS)})")
+        raise WeightsError(
+            f"{folder} is missing the {name}/ folder (a diffusers model folder needs {list(COMPONENTS)})"
+        )
     return path
 
 

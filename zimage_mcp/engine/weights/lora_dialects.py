@@ -57,20 +57,54 @@ _PREFIXES: tuple[tuple[str, str, bool], ...] = (
 )
 
 _SUFFIXES: tuple[tuple[str, str], ...] = (
-    (".lora_A.weight", "down"), (".lora_B.weight", "up"),
-    (".lora_down.weight", "down"), (".lora_up.weight", "up"),
-    (".lora.down.weight", "down"), (".lora.up.weight", "up"),
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".lora_down.weight", "down"),
+    (".lora_up.weight", "up"),
+    (".lora.down.weight", "down"),
+    (".lora.up.weight", "up"),
     (".alpha", "alpha"),
-    (".lokr_w1", "w1"), (".lokr_w1_a", "w1_a"), (".lokr_w1_b", "w1_b"),
-    (".lokr_w2", "w2"), (".lokr_w2_a", "w2_a"), (".lokr_w2_b", "w2_b"),
+    (".lokr_w1", "w1"),
+    (".lokr_w1_a", "w1_a"),
+    (".lokr_w1_b", "w1_b"),
+    (".lokr_w2", "w2"),
+    (".lokr_w2_a", "w2_a"),
+    (".lokr_w2_b", "w2_b"),
 )
 
 # Module names with "_" inside, restored after splitting on "_" (kohya) or "." (dot format); longest first.
-_WORDS = sorted((
-    "all_final_layer", "all_x_embedder", "adaLN_modulation", "noise_refiner", "context_refiner", "feed_forward",
-    "cap_embedder", "t_embedder", "x_embedder", "final_layer", "to_out", "to_q", "to_k", "to_v", "q_norm", "k_norm",
-    "norm_q", "norm_k", "self_attn", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-), key=len, reverse=True)
+_WORDS = sorted(
+    (
+        "all_final_layer",
+        "all_x_embedder",
+        "adaLN_modulation",
+        "noise_refiner",
+        "context_refiner",
+        "feed_forward",
+        "cap_embedder",
+        "t_embedder",
+        "x_embedder",
+        "final_layer",
+        "to_out",
+        "to_q",
+        "to_k",
+        "to_v",
+        "q_norm",
+        "k_norm",
+        "norm_q",
+        "norm_k",
+        "self_attn",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ),
+    key=len,
+    reverse=True,
+)
 _WORD_RES = [(re.compile(r"(?<![^.])" + re.escape(w.replace("_", ".")) + r"(?![^.])"), w) for w in _WORDS]
 
 # ComfyUI-native names -> ours (the fused qkv and the bare out are the special handlers below).
@@ -171,7 +205,7 @@ def _parse_key(key: str) -> tuple[str, str, str] | None:
         return None
     k, kind = k[: -len(match[0])], match[1]
     component, prefix, underscored = next((c, p, u) for p, c, u in _PREFIXES if k.startswith(p))
-    module = k[len(prefix):]
+    module = k[len(prefix) :]
     if underscored:
         module = module.replace("_", ".")
     for pattern, word in _WORD_RES:
@@ -317,6 +351,15 @@ def load_lora(path: Path, *, strict: bool = True) -> NormalizedLora:
 
 
 __all__ = [
-    "DIALECTS", "TARGETS", "LoraDelta", "LokrDelta", "Delta", "NormalizedLora",
-    "detect_dialect", "normalize_lora", "load_lora", "read_adapter", "unmatched_message",
+    "DIALECTS",
+    "TARGETS",
+    "LoraDelta",
+    "LokrDelta",
+    "Delta",
+    "NormalizedLora",
+    "detect_dialect",
+    "normalize_lora",
+    "load_lora",
+    "read_adapter",
+    "unmatched_message",
 ]

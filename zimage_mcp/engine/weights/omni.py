@@ -41,8 +41,9 @@ def missing_components(folder: Path) -> list[str]:
     return out
 
 
-def load_omni_transformer(folder: Path, device: torch.device, dtype: torch.dtype,
-                          attn_backend: AttentionBackend | None = None) -> ZImageOmniTransformer:
+def load_omni_transformer(
+    folder: Path, device: torch.device, dtype: torch.dtype, attn_backend: AttentionBackend | None = None
+) -> ZImageOmniTransformer:
     cfg = TransformerConfig.from_json(folder / "config.json")
     if cfg.siglip_feat_dim is None:
         raise WeightsError(f"{folder / 'config.json'}: no siglip_feat_dim, so not an Omni transformer")
