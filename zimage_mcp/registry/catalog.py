@@ -44,7 +44,15 @@ _AT_LEAST_ONE = {
     "limits.size_multiple", "limits.min_steps", "limits.max_steps", "limits.max_count",
 }  # fmt: skip
 _REQUIRED = ("plugin", "title", "kind", "defaults.steps", "defaults.guidance")  # no shift: the checkpoint's own
-_TABLES = ("variants", "loras", RUNTIME_TABLE)  # [runtime] is read and checked by settings.py
+_TABLES = ("variants", "loras", "ray", RUNTIME_TABLE)  # [runtime] is read and checked by settings.py
+# [ray]: the Ray Serve scale-out (``serve --ray``); key -> type. Read here, used by zimage_mcp.scale.
+RAY_KEYS = {
+    "address": "str", "min_replicas": "int", "max_replicas": "int", "initial_replicas": "int",
+    "target_ongoing_requests": "float", "max_ongoing_requests": "int", "max_models_per_replica": "int",
+    "num_gpus": "float", "num_cpus": "float", "resources": "table", "downscale_delay_s": "float",
+    "retries": "int",
+}  # fmt: skip
+_RAY_AT_LEAST_ONE = {"max_replicas", "max_ongoing_requests", "max_models_per_replica"}
 # Before one engine plugin registered every built-in variant, each had its own; old user files still work.
 ENGINE_PLUGIN = "zimage_engine"
 FORMER_ENGINE_PLUGINS = ("zimage_turbo", "zimage_base", "zimage_edit")
@@ -70,6 +78,7 @@ class Catalog:
     files: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
     default_variant: str | None = None  # the built-in file's first variant: the default unless one is chosen
+    ray: dict[str, Any] = dataclasses.field(default_factory=dict)  # the checked [ray] table (user file wins)
 
     def variants_for(self, plugin: str) -> list[CatalogVariant]:
         """The catalogue variants whose ``plugin`` key names ``plugin``, in file order."""
@@ -125,11 +134,13 @@ def load_catalog(
 
     tables: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # id -> (file, its table) per file
     toml_lora_dir: Path | None = None
+    ray: dict[str, Any] = {}
     for label, data, folder in layers:
         for key in data:
             if key not in _TABLES:
                 problems.append(f"{label}: [{key}]: unknown table (allowed: {', '.join(_TABLES)})")
         toml_lora_dir = _lora_dir(label, data.get("loras", {}), folder, problems) or toml_lora_dir
+        ray.update(_ray_table(label, data.get("ray", {}), problems))
         variants = data.get("variants", {})
         if not isinstance(variants, dict):
             problems.append(f"{label}: variants: must be a table of [variants.<id>] tables")
@@ -153,7 +164,31 @@ def load_catalog(
         files=tuple(label for label, _, _ in layers),
         problems=tuple(problems),
         default_variant=next(iter(layers[0][1].get("variants", {})), None),
+        ray=ray,
     )
+
+
+def _ray_table(label: str, table: Any, problems: list[str]) -> dict[str, Any]:
+    """The ``[ray]`` keys of one file that have the right type; each bad key is named and ignored."""
+    if not isinstance(table, dict):
+        problems.append(f"{label}: ray: must be a table")
+        return {}
+    kept: dict[str, Any] = {}
+    for key, value in table.items():
+        typ = RAY_KEYS.get(key)
+        if typ is None:
+            problems.append(f"{label}: [ray] {key}: unknown key (allowed: {', '.join(RAY_KEYS)}) (key ignored)")
+            continue
+        if typ == "table":
+            ok = isinstance(value, dict) and all(_check_value("float", v, 0) is None for v in value.values())
+            problem = None if ok else "must be a table of resource name = amount (numbers >= 0)"
+        else:
+            problem = _check_value(typ, value, 1 if key in _RAY_AT_LEAST_ONE else 0)
+        if problem:
+            problems.append(f"{label}: [ray] {key}: {problem}, got {_show(value)} (key ignored)")
+        else:
+            kept[key] = float(value) if typ == "float" else value
+    return kept
 
 
 def _lora_dir(label: str, table: Any, folder: Path, problems: list[str]) -> Path | None:
