@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from zimage_mcp.contract import InvalidRequestError
+from zimage_mcp.contract import InvalidRequestError, Pixels
 from zimage_mcp.server.input_images import MAX_PIXELS, load_input, load_mask, open_image, resolve_path
 from zimage_mcp.store import ImageStore
 
@@ -33,7 +33,7 @@ def _png_bytes(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> bytes:
 
 
 def test_ids_uris_paths_and_file_uris(store: ImageStore, inputs: Path) -> None:
-    stored = store.save(_png_bytes(), "png", {"created": "1"})
+    stored = store.save(Pixels(40, 30, bytes(40 * 30 * 3)), "png", {"created": "1"})
     assert resolve_path(stored.id, "image", store, (inputs,)) == stored.path
     assert resolve_path(stored.uri, "image", store, (inputs,)) == stored.path
     f = inputs / "photo one.png"

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 from PIL import Image
 
+from zimage_mcp.contract import Pixels
 from zimage_mcp.store import ImageStore
 
 
-def _png(color: tuple[int, int, int] = (10, 20, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 16), color).save(buf, "PNG")
-    return buf.getvalue()
+def _pixels(color: tuple[int, int, int] = (10, 20, 30)) -> Pixels:
+    return Pixels(32, 16, Image.new("RGB", (32, 16), color).tobytes())
 
 
 def test_save_writes_image_sidecar_and_png_chunks(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
-    stored = store.save(_png(), "png", {"prompt": "a cat", "seed": 7, "created": "1"})
+    stored = store.save(_pixels(), "png", {"prompt": "a cat", "seed": 7, "created": "1"})
     assert len(stored.id) == 12 and stored.path.is_file()
     assert stored.uri == f"zimage://images/{stored.id}"
     sidecar = json.loads((stored.path.parent / f"{stored.id}.json").read_text())
@@ -31,16 +29,16 @@ def test_save_writes_image_sidecar_and_png_chunks(tmp_path: Path) -> None:
 
 def test_formats_and_mime(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
-    webp = store.save(_png(), "webp", {"created": "1"})
-    jpeg = store.save(_png(), "jpeg", {"created": "2"})
+    webp = store.save(_pixels(), "webp", {"created": "1"})
+    jpeg = store.save(_pixels(), "jpeg", {"created": "2"})
     assert webp.path.suffix == ".webp" and store.get(webp.id).mime_type == "image/webp"
     assert jpeg.path.suffix == ".jpg" and store.read_bytes(jpeg.id)[1] == "image/jpeg"
 
 
 def test_index_survives_restart_and_rebuilds_when_corrupt(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
-    first = store.save(_png(), "png", {"created": "2026-01-01T00:00:00"})
-    second = store.save(_png(), "png", {"created": "2026-01-02T00:00:00"})
+    first = store.save(_pixels(), "png", {"created": "2026-01-01T00:00:00"})
+    second = store.save(_pixels(), "png", {"created": "2026-01-02T00:00:00"})
     assert [i.id for i in ImageStore(tmp_path).recent()] == [second.id, first.id]
     (tmp_path / "index.json").write_text("{not json")
     (tmp_path / "images" / ".tmp-abc123").write_bytes(b"partial")  # a crashed write never counts
@@ -53,7 +51,7 @@ def test_index_survives_restart_and_rebuilds_when_corrupt(tmp_path: Path) -> Non
 def test_lookups_never_leave_the_store(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "store")
     (tmp_path / "secret.json").write_text("{}")
-    (tmp_path / "secret.png").write_bytes(_png())
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG not ours")
     for bad in ("../secret", "../../etc/passwd", "/etc/passwd", "secret", "ABCDEF123456", "", "a" * 12):
         assert store.get(bad) is None
         assert store.read_bytes(bad) is None
@@ -66,7 +64,7 @@ def test_files_get_the_users_umask_not_0600(tmp_path: Path) -> None:
 
     old = os.umask(0o022)
     try:
-        stored = ImageStore(tmp_path).save(_png(), "png", {"created": "1"})
+        stored = ImageStore(tmp_path).save(_pixels(), "png", {"created": "1"})
     finally:
         os.umask(old)
     for path in (stored.path, stored.path.with_suffix(".json"), tmp_path / "index.json"):
@@ -75,7 +73,7 @@ def test_files_get_the_users_umask_not_0600(tmp_path: Path) -> None:
 
 def test_png_and_sidecar_hold_no_absolute_path(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "store")
-    parent = store.save(_png(), "png", {"created": "1"})
+    parent = store.save(_pixels(), "png", {"created": "1"})
     outside = tmp_path / "private" / "holiday.png"
     edit = {
         "mode": "inpaint",
@@ -84,7 +82,7 @@ def test_png_and_sidecar_hold_no_absolute_path(tmp_path: Path) -> None:
         "control": {"type": "canny", "image": str(parent.path), "scale": 1.0},
         "reference_images": [parent.id, str(outside)],
     }
-    child = store.save(_png(), "png", {"created": "2", "parent": None, "edit": edit, "path": "/somewhere/x.png"})
+    child = store.save(_pixels(), "png", {"created": "2", "parent": None, "edit": edit, "path": "/somewhere/x.png"})
     with Image.open(child.path) as img:
         chunk = img.text["parameters"]
     sidecar = child.path.with_suffix(".json").read_text()

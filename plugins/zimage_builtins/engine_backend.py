@@ -7,7 +7,6 @@ never import torch. Variants that read the same text encoder and VAE files share
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from zimage_mcp.contract import (
     GenerationResult,
     InvalidRequestError,
     OutOfMemoryError,
+    Pixels,
     ProgressCallback,
     StopCheck,
     UnsupportedEditError,
@@ -51,10 +51,10 @@ def _module_bytes(*modules: Any) -> int:
     return total
 
 
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+def _pixels(image: Any) -> Pixels:
+    """A decoded PIL image as the contract's RGB8 pixels (the engine hands back RGB; no encoding here)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return Pixels(rgb.width, rgb.height, rgb.tobytes())
 
 
 def _invalid(err: InvalidArgument) -> InvalidRequestError:
@@ -180,7 +180,7 @@ class EngineBackend:
             raise _invalid(e) from e
         size = out.images[0].size
         return GenerationResult(
-            images=[_png(im) for im in out.images],
+            images=[_pixels(im) for im in out.images],  # the server encodes them once, outside the GPU lock
             seeds=out.seeds,
             width=size[0],
             height=size[1],

@@ -26,7 +26,7 @@ from zimage_mcp.contract.errors import (
     UnsupportedEditError,
     ZImageMCPError,
 )
-from zimage_mcp.contract.request import ControlHint, GenerationRequest, GenerationResult, LoraRef
+from zimage_mcp.contract.request import ControlHint, GenerationRequest, GenerationResult, LoraRef, Pixels
 from zimage_mcp.contract.variant import (
     Capabilities,
     Defaults,
@@ -57,6 +57,7 @@ __all__ = [
     "NotInstalledError",
     "OutOfMemoryError",
     "Phase",
+    "Pixels",
     "ProgressCallback",
     "RegistryError",
     "SettingsError",

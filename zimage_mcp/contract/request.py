@@ -54,11 +54,27 @@ class GenerationRequest:
     reference_images: tuple[Image, ...] = ()
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """One image as 8-bit RGB, row-major (``width * height * 3`` bytes): what the engine holds after decoding.
+
+    The server encodes it once (with the metadata) and builds the preview from it; nothing decodes a file.
+    """
+
+    width: int
+    height: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.data) != self.width * self.height * 3:
+            raise ValueError(f"{len(self.data)} bytes is not {self.width}x{self.height} RGB8")
+
+
 @dataclass
 class GenerationResult:
-    """What a backend hands back: encoded images, the seeds used, and timings in seconds."""
+    """What a backend hands back: the images as RGB8 pixels, the seeds used, and timings in seconds."""
 
-    images: list[bytes]  # PNG-encoded, full resolution
+    images: list[Pixels]  # full resolution, not encoded
     seeds: list[int]
     width: int
     height: int

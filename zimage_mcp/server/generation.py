@@ -1,13 +1,15 @@
-"""The worker-thread side of one generation: load lazily, generate, save atomically; and error texts.
+"""The worker-thread side of one generation: load lazily, generate, then encode once and save atomically.
 
-``jobs.py`` runs the ``Work`` function built here on a worker thread; it knows nothing of what it does.
+``jobs.py`` runs the ``SplitWork`` built here on a worker thread (the GPU part under the FIFO lock, the CPU
+part after it); it knows nothing of what they do.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -19,11 +21,13 @@ from zimage_mcp.contract import (
     OutOfMemoryError,
     UnsupportedEditError,
 )
+from zimage_mcp.server.jobs import SplitWork
+from zimage_mcp.server.preview import Preview, PreviewMode, make_preview, worker_limit
 from zimage_mcp.server.tool_models import ImageInfo, ImageResult
 
 if TYPE_CHECKING:
+    from zimage_mcp.contract import GenerationResult, Pixels
     from zimage_mcp.registry import Registry
-    from zimage_mcp.server.jobs import Work
     from zimage_mcp.server.metrics import Metrics
     from zimage_mcp.server.preparation import Prepared
     from zimage_mcp.store import ImageStore, StoredImage
@@ -31,17 +35,37 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished generation: the structured result, the saved images (with bytes) and a summary line."""
+    """A finished generation: the structured result, the saved images with their pixels, previews, a summary."""
 
     result: ImageResult
-    images: list[tuple[StoredImage, bytes]]
+    images: list[tuple[StoredImage, Pixels]]
     summary: str
+    previews: list[Preview | None] = field(default_factory=list)  # built from the pixels beside the encoding
 
 
-def make_work(registry: Registry, store: ImageStore, metrics: Metrics, prepared: Prepared, fmt: str) -> Work:
-    """The worker-thread function of one job: load (lazily), generate, then save each image atomically."""
+@dataclass(frozen=True)
+class Generated:
+    """What the GPU part hands the CPU part: the backend's result and when the job started."""
 
-    def work(progress: Callable[[str, int, int, str], None], should_stop: Callable[[], bool]) -> Outcome:
+    result: GenerationResult
+    started: float
+    load_s: float
+
+
+def make_work(
+    registry: Registry,
+    store: ImageStore,
+    metrics: Metrics,
+    prepared: Prepared,
+    fmt: str,
+    preview: PreviewMode = "none",
+    preview_budget: int = 0,
+) -> SplitWork:
+    """One job in two parts. Under the GPU lock: load (lazily) and generate, up to RGB8 pixels on the host.
+    After it: encode each image once and save it atomically, while the previews are built from the same
+    pixels on the preview pool; the next job's GPU part runs meanwhile."""
+
+    def gpu(progress: Callable[[str, int, int, str], None], should_stop: Callable[[], bool]) -> Generated:
         started = time.perf_counter()
         backend_id = prepared.backend_id
         loaded = registry.is_loaded(backend_id)
@@ -49,12 +73,20 @@ def make_work(registry: Registry, store: ImageStore, metrics: Metrics, prepared:
         backend = registry.backend(backend_id)
         load_s = time.perf_counter() - started
         progress("loading", 1, 1, "weights ready")
-        result = backend.generate(prepared.request, progress, should_stop)
+        return Generated(backend.generate(prepared.request, progress, should_stop), started, load_s)
+
+    def cpu(
+        generated: Generated, progress: Callable[[str, int, int, str], None], should_stop: Callable[[], bool]
+    ) -> Outcome:
+        result, started = generated.result, generated.started
+        gpu_s = time.perf_counter() - started
         if should_stop():
             raise GenerationCancelled("cancelled before saving")
         created = datetime.now(UTC).isoformat()
-        saved: list[tuple[StoredImage, bytes]] = []
-        for i, (png, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
+        limit = worker_limit(preview_budget, len(result.images))
+        previews = [_PREVIEWS.submit(make_preview, px, preview, limit) for px in result.images]
+        saved: list[tuple[StoredImage, Pixels]] = []
+        for i, (pixels, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
             progress("saving", i, len(result.images), f"saving image {i + 1}/{len(result.images)}")
             meta = {
                 **prepared.params,
@@ -65,11 +97,18 @@ def make_work(registry: Registry, store: ImageStore, metrics: Metrics, prepared:
                 "created": created,
                 "notes": result.notes,
             }
-            stored = store.save(png, fmt, meta)
-            saved.append((stored, stored.path.read_bytes()))
+            saved.append((store.save(pixels, fmt, meta), pixels))
+        ready = [f.result() for f in previews]
         elapsed = time.perf_counter() - started
         metrics.observe_latency(prepared.variant_id, elapsed)
-        timings = {"load": round(load_s, 3), **result.timings, "total": round(elapsed, 3)}
+        timings = {
+            "load": round(generated.load_s, 3),
+            **result.timings,
+            "gpu": round(gpu_s, 3),  # the GPU lock was released here: pixels on the host
+            "image_encode": round(sum(s.timings.get("image_encode", 0.0) for s, _ in saved), 4),
+            "save": round(sum(s.timings.get("save", 0.0) for s, _ in saved), 4),
+            "total": round(elapsed, 3),
+        }
         infos = [
             ImageInfo(
                 id=s.id,
@@ -100,9 +139,12 @@ def make_work(registry: Registry, store: ImageStore, metrics: Metrics, prepared:
             f"Saved {len(saved)} image(s) in {elapsed:.1f} s with {prepared.variant_id}, "
             f"{result.width}x{result.height}, {prepared.request.steps} steps: {paths}"
         )
-        return Outcome(image_result, saved, summary)
+        return Outcome(image_result, saved, summary, ready)
 
-    return work
+    return SplitWork(gpu, cpu)
+
+
+_PREVIEWS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zimage-preview")  # beside the PNG encoding
 
 
 def describe_failure(exc: BaseException, timed_out: bool, timeout: float) -> str:

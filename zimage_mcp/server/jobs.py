@@ -1,10 +1,12 @@
 """Jobs on one GPU: a FIFO lock held inside the worker thread, progress, cancellation, time-outs.
 
-Every generation is a :class:`Job`. Its ``work(progress, should_stop)`` function runs on a worker
-thread; the thread first queues on :class:`FifoLock` (telling its queue position through progress
-messages) and holds the lock until ``work`` actually returns, so a cancelled call frees the GPU only
-once the engine has stopped. ``should_stop`` turns true when the caller cancels, when
-``cancel_job`` is called, or when ``job_timeout_seconds`` has passed.
+Every generation is a :class:`Job`. Its work runs on a worker thread; the thread first queues on
+:class:`FifoLock` (telling its queue position through progress messages) and holds the lock until the
+GPU part actually returns, so a cancelled call frees the GPU only once the engine has stopped. A
+:class:`SplitWork` then runs its CPU part (encoding, saving) on the same thread with the lock released,
+so the next job's GPU part overlaps it; a plain ``work`` function holds the lock throughout.
+``should_stop`` turns true when the caller cancels, when ``cancel_job`` is called, or when
+``job_timeout_seconds`` has passed.
 
 Progress is reported on one monotonic scale per job: ``total = steps + 4`` units (loading,
 encoding, every denoising step, decoding, saving).
@@ -30,7 +32,20 @@ from zimage_mcp.contract import GenerationCancelled
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 Reporter = Callable[[float, float, str], None]
 AsyncReporter = Callable[[float, float | None, str | None], Awaitable[None]]
-Work = Callable[[Callable[[str, int, int, str], None], Callable[[], bool]], Any]
+Progress = Callable[[str, int, int, str], None]
+GpuWork = Callable[[Progress, Callable[[], bool]], Any]
+
+
+@dataclass(frozen=True)
+class SplitWork:
+    """A job in two parts: ``gpu(progress, should_stop)`` under the FIFO lock, then
+    ``cpu(gpu_result, progress, should_stop)`` once the lock is released."""
+
+    gpu: GpuWork
+    cpu: Callable[[Any, Progress, Callable[[], bool]], Any]
+
+
+Work = GpuWork | SplitWork
 PHASE_BASE = {"queued": 0.0, "loading": 0.0, "encoding": 1.0, "denoising": 2.0}
 
 
@@ -225,14 +240,19 @@ class JobManager:
                 raise GenerationCancelled("cancelled while waiting in the queue")
             try:
                 job.state, job.started = "running", time.monotonic()
-                job.result = work(on_phase, job.should_stop)
-                if job.stop.is_set():
-                    raise GenerationCancelled("cancelled")
-                job.state = "done"
-                emit(job.total, "done", final=True)
-                return job.result
+                result = (work.gpu if isinstance(work, SplitWork) else work)(on_phase, job.should_stop)
             finally:
-                self.lock.release()
+                self.lock.release()  # the pixels are on the host: the next job may use the GPU
+            if isinstance(work, SplitWork):
+                if job.stop.is_set():
+                    raise GenerationCancelled("cancelled before saving")
+                result = work.cpu(result, on_phase, job.should_stop)
+            job.result = result
+            if job.stop.is_set():
+                raise GenerationCancelled("cancelled")
+            job.state = "done"
+            emit(job.total, "done", final=True)
+            return job.result
         except BaseException as exc:
             job.error = exc
             job.state = "cancelled" if isinstance(exc, GenerationCancelled) or job.stop.is_set() else "failed"

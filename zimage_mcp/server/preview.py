@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from mcp.types import Annotations, ContentBlock, ImageContent, ResourceLink, TextContent
 from PIL import Image, features
 
+from zimage_mcp.contract import Pixels
 from zimage_mcp.store import StoredImage
 
 PreviewMode = Literal["none", "thumbnail", "full"]
@@ -24,6 +26,7 @@ THUMBNAIL_SIDE = 512
 QUALITIES = (85, 70, 55, 40)
 MIN_SIDE = 64
 RESULT_SLACK = 4096  # JSON-RPC envelope, _meta, field names
+ESTIMATED_OVERHEAD = RESULT_SLACK + 12288  # twice the facts JSON and the summary, before they exist
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,15 @@ def _encode(img: Image.Image, quality: int) -> tuple[bytes, str]:
     return buf.getvalue(), "image/jpeg"
 
 
-def make_preview(image_bytes: bytes, mode: PreviewMode, max_b64_chars: int) -> Preview | None:
-    """A preview whose base64 text is at most ``max_b64_chars`` long, or None if mode is "none"."""
+def make_preview(pixels: Pixels, mode: PreviewMode, max_b64_chars: int) -> Preview | None:
+    """A preview whose base64 text is at most ``max_b64_chars`` long, or None if mode is "none".
+
+    Built from the RGB8 pixels the engine handed back: no file is decoded.
+    """
     if mode == "none" or max_b64_chars <= 0:
         return None
     max_bytes = max_b64_chars * 3 // 4
-    with Image.open(io.BytesIO(image_bytes)) as src:
-        img = src.convert("RGBA" if src.mode in ("RGBA", "LA", "P") else "RGB")
+    img = Image.frombuffer("RGB", (pixels.width, pixels.height), pixels.data, "raw", "RGB", 0, 1)
     side = max(img.size) if mode == "full" else min(THUMBNAIL_SIDE, max(img.size))
     while True:
         scaled = img.copy()
@@ -63,12 +68,24 @@ def make_preview(image_bytes: bytes, mode: PreviewMode, max_b64_chars: int) -> P
         side = max(MIN_SIDE, int(side * 0.7))
 
 
+def worker_limit(budget: int, count: int) -> int:
+    """The per-image limit the worker builds previews for, before the result's final size is known: the
+    budget less a generous estimate of the rest. ``build_content`` rebuilds any preview that ends up over."""
+    return (budget - ESTIMATED_OVERHEAD - 512 * count) // max(1, count) - 64
+
+
 def build_content(
-    summary: str, structured: dict[str, Any], images: list[tuple[StoredImage, bytes]], mode: PreviewMode, budget: int
+    summary: str,
+    structured: dict[str, Any],
+    images: list[tuple[StoredImage, Pixels]],
+    mode: PreviewMode,
+    budget: int,
+    previews: Sequence[Preview | None] = (),
 ) -> list[ContentBlock]:
     """Text line, JSON facts, one preview and one resource link per image, all within ``budget`` bytes.
 
     The structured content travels beside these blocks, so its JSON size is charged to the budget too.
+    ``previews`` are the ones the worker built already; one that does not fit is built again, smaller.
     """
     facts = json.dumps(structured, separators=(",", ":"))
     blocks: list[ContentBlock] = [
@@ -89,8 +106,10 @@ def build_content(
     ]
     overhead = 2 * len(facts) + len(summary) + sum(len(link.model_dump_json()) for link in links) + RESULT_SLACK
     per_image = (budget - overhead) // max(1, len(images))
-    for (_, data), link in zip(images, links, strict=True):
-        preview = make_preview(data, mode, per_image - 64)
+    for i, ((_, pixels), link) in enumerate(zip(images, links, strict=True)):
+        preview = previews[i] if i < len(previews) else None
+        if preview is None or len(preview.data_b64) > per_image - 64:
+            preview = make_preview(pixels, mode, per_image - 64)
         if preview is not None:
             blocks.append(ImageContent(type="image", data=preview.data_b64, mime_type=preview.mime_type))
         blocks.append(link)

@@ -289,7 +289,7 @@ class ImageTools:
             st.metrics.record_failure(tool, prepared.variant_id, "busy")
             raise ToolError(f"busy: {exc}; retry later") from None
         job.context = (tool, prepared, fmt, preview)
-        work = make_work(st.registry, st.store, st.metrics, prepared, fmt)
+        work = make_work(st.registry, st.store, st.metrics, prepared, fmt, preview, st.settings.preview_max_bytes)
         log.info("%s job %s on %s (%s)", tool, job.id, prepared.backend_id, "wait" if wait else "background")
         if not wait:
             queued = self._job_result(job)  # the snapshot before it runs: always "queued" with the job_id
@@ -354,7 +354,8 @@ class ImageTools:
             }
         )
         data = result.model_dump(mode="json")
-        content = build_content(outcome.summary, data, outcome.images, preview, self.state.settings.preview_max_bytes)
+        budget = self.state.settings.preview_max_bytes
+        content = build_content(outcome.summary, data, outcome.images, preview, budget, outcome.previews)
         return CallToolResult(content=content, structured_content=data)
 
     def model_names_note(self) -> str:

@@ -23,12 +23,14 @@ import secrets
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
+
+from zimage_mcp.contract import Pixels
+from zimage_mcp.store.png import encode_png
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class StoredImage:
     mime_type: str
     size_bytes: int
     metadata: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)  # "image_encode" and "save" seconds, when just saved
 
     @property
     def uri(self) -> str:
@@ -95,21 +98,13 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def encode_image(png: bytes, output_format: str, metadata: dict[str, Any]) -> bytes:
-    """Re-encode a backend's PNG into ``output_format``; PNGs get the parameters as text chunks."""
-    pil_format = FORMATS[output_format][0]
-    with Image.open(io.BytesIO(png)) as img:
-        img.load()
-        buf = io.BytesIO()
-        if pil_format == "PNG":
-            info = PngInfo()
-            info.add_text("parameters", json.dumps(metadata, sort_keys=True))
-            info.add_text("Software", "zimage-mcp")
-            img.save(buf, "PNG", pnginfo=info)
-        elif pil_format == "JPEG":
-            img.convert("RGB").save(buf, "JPEG", quality=95)
-        else:
-            img.save(buf, "WEBP", quality=95)
+def encode_image(pixels: Pixels, output_format: str, metadata: dict[str, Any]) -> bytes:
+    """Encode RGB8 pixels once into ``output_format``; PNGs carry the parameters as text chunks."""
+    if output_format == "png":
+        return encode_png(pixels, {"parameters": json.dumps(metadata, sort_keys=True), "Software": "zimage-mcp"})
+    img = Image.frombuffer("RGB", (pixels.width, pixels.height), pixels.data, "raw", "RGB", 0, 1)
+    buf = io.BytesIO()
+    img.save(buf, FORMATS[output_format][0], quality=95)
     return buf.getvalue()
 
 
@@ -122,26 +117,42 @@ class ImageStore:
         self.index_path = self.root / "index.json"
         self._lock = threading.Lock()
         self._index: list[str] | None = None
+        self._reserved: set[str] = set()  # ids handed out whose files are still being written
 
-    def save(self, png: bytes, output_format: str, metadata: dict[str, Any]) -> StoredImage:
-        """Store one image; ``metadata`` gains ``id``, ``uri``, ``path``, ``mime_type`` and ``size_bytes``."""
+    def save(self, pixels: Pixels, output_format: str, metadata: dict[str, Any]) -> StoredImage:
+        """Encode and store one image; ``metadata`` gains ``id``, ``uri``, ``path``, ``mime_type`` and ``size_bytes``.
+
+        Only the id and the index update take the store's lock: concurrent jobs encode and write in parallel.
+        The image file is complete on disk before its sidecar and its index entry exist.
+        """
         if output_format not in FORMATS:
             raise ValueError(f"output_format must be one of {sorted(FORMATS)}")
         self.images_dir.mkdir(parents=True, exist_ok=True)
         _, suffix, mime = FORMATS[output_format]
         with self._lock:
-            index = self._load_index()  # before writing, so a rebuild cannot count this image twice
+            self._load_index()  # before writing, so a rebuild cannot count this image twice
             image_id = self._new_id()
+            self._reserved.add(image_id)
+        try:
             path = self.images_dir / f"{image_id}{suffix}"
             meta = {**self._portable(metadata), "id": image_id, "uri": f"zimage://images/{image_id}", "file": path.name}
             meta.pop("path", None)
-            data = encode_image(png, output_format, meta)
+            started = time.perf_counter()
+            data = encode_image(pixels, output_format, meta)
+            encoded = time.perf_counter()
             meta.update(mime_type=mime, size_bytes=len(data), format=output_format)
             atomic_write(path, data)
             atomic_write(self.images_dir / f"{image_id}.json", json.dumps(meta, indent=2).encode())
-            index.insert(0, image_id)
-            self._write_index(index)
-        return StoredImage(image_id, path, mime, len(data), {**meta, "path": str(path)})
+            with self._lock:
+                index = self._load_index()
+                if image_id not in index:
+                    index.insert(0, image_id)
+                    self._write_index(index)
+        finally:
+            with self._lock:
+                self._reserved.discard(image_id)
+        timings = {"image_encode": encoded - started, "save": time.perf_counter() - encoded}
+        return StoredImage(image_id, path, mime, len(data), {**meta, "path": str(path)}, timings)
 
     def _portable(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """``metadata`` without absolute paths of this machine: edit inputs become a store id or a file name.
@@ -265,5 +276,7 @@ class ImageStore:
     def _new_id(self) -> str:
         while True:
             image_id = secrets.token_hex(6)
-            if not any((self.images_dir / f"{image_id}{s}").exists() for s in MIME_BY_SUFFIX):
+            if image_id not in self._reserved and not any(
+                (self.images_dir / f"{image_id}{s}").exists() for s in MIME_BY_SUFFIX
+            ):
                 return image_id
