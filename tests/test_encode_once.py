@@ -136,3 +136,13 @@ def test_a_cancel_before_the_cpu_part_saves_nothing() -> None:
     with pytest.raises(GenerationCancelled):
         jobs.execute(job, SplitWork(gpu, lambda *a: ran.append("cpu")), lambda *a: None)
     assert ran == [] and job.state == "cancelled" and not jobs.lock.held
+
+
+def test_bench_encode_tiny_measures_every_setting() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_encode import SETTINGS, main
+
+    rows = main(["--tiny"])
+    assert len(rows) == len(SETTINGS) and all(r["bytes"] > 0 and r["ms"] >= 0 for r in rows)
