@@ -60,9 +60,11 @@ class EngineReplica:
         self._hold = serve.multiplexed(max_num_models_per_replica=options.max_models_per_replica)(_load_for_multiplex)
         log.info("engine replica %s ready (pid %d)", self.replica_id, os.getpid())
 
-    def pid(self) -> tuple[str, int]:
-        """(replica id, process id): for tests and operators who want to know which process is which."""
-        return self.replica_id, os.getpid()
+    def pid(self) -> tuple[str, int, str]:
+        """(replica id, process id, Ray node id): for tests and operators who want to know which is which."""
+        import ray
+
+        return self.replica_id, os.getpid(), ray.get_runtime_context().get_node_id()
 
     def held(self) -> list[str]:
         """The routing keys this replica holds now."""
