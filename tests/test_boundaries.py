@@ -57,6 +57,11 @@ RULES = (
         ("zimage_mcp.contract", "zimage_mcp.registry", "zimage_mcp.store", "zimage_mcp.server", "zimage_mcp"),
         frozenset(SERVER_THIRD_PARTY),
     ),
+    Rule(  # the Ray Serve scale-out: imported only under `serve --ray`; torch lives in its replicas' registries
+        PACKAGE / "scale",
+        ("zimage_mcp.contract", "zimage_mcp.registry", "zimage_mcp.scale"),
+        frozenset(TORCH_FREE_THIRD_PARTY | {"ray"}),
+    ),
     Rule(
         BUILTINS,
         ("zimage_mcp.contract", "zimage_mcp.registry.hookspecs", "zimage_mcp.engine", "zimage_builtins", "zimage_mcp"),

@@ -149,7 +149,7 @@ def test_shift_is_the_checkpoints_unless_a_user_file_sets_it(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("[server]\nport = 1", "[server]: unknown table (allowed: variants, loras, runtime)"),
+        ("[server]\nport = 1", "[server]: unknown table (allowed: variants, loras, ray, runtime)"),
         ("[loras]\nfolder = 'x'", "[loras] folder: unknown key (allowed: dir)"),
         ("[loras]\ndir = 5", "[loras] dir: must be a string, got 5"),
         ("variants = 5", "variants: must be a table"),

@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--attach", metavar="URL", help="stdio front for a daemon: http://127.0.0.1:8765/mcp")
+    serve.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="generate on Ray Serve replicas (HTTP)")
     add_generate_arguments(sub.add_parser("generate", parents=common, help="generate images directly (no MCP)"))
     pull = sub.add_parser("pull", parents=common, help="download weights through huggingface_hub")
     pull.add_argument("variant", help="a variant id or alias whose weights are published (turbo, base, ...)")

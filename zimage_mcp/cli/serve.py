@@ -58,14 +58,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "then send 'Authorization: Bearer <token>') or bind 127.0.0.1",
                 code=2,
             )
-        mcp = build_server(settings)
+        ray_address = getattr(args, "ray", None)  # None: no --ray, and ray is never imported
+        mcp = build_server(settings, None if ray_address is None else _ray_registry(settings, ray_address))
         address = f"http://{args.host}:{args.port}/mcp"
         logging.getLogger(__name__).info("serving on %s", address)
+        add_ray_metrics(mcp)
         ready_line("http", address, settings.output_dir, _installed(mcp))
         serve_http(mcp, args.host, args.port, settings.log_level)
     else:
+        if getattr(args, "ray", None) is not None:
+            raise CliError("--ray needs --transport http (one MCP endpoint in front of the replicas)", code=2)
         assert wire is not None
         mcp = build_server(settings)
         ready_line("stdio", "(stdin/stdout)", settings.output_dir, _installed(mcp))
         run_stdio(mcp, wire)
     return 0
+
+
+def _ray_registry(settings: Any, address: str) -> Any:
+    """The front's registry under ``--ray [ADDRESS]``: Ray joined (or started locally), engine replicas deployed.
+
+    Per-replica queue depth and latency are added to ``/metrics`` by chaining the server's renderer.
+    """
+    from zimage_mcp.scale.cluster import front_registry
+
+    registry = front_registry(settings, address or None)
+    logging.getLogger(__name__).info("generation goes to Ray Serve (%d in flight at most)", registry.max_concurrent)
+    return registry
+
+
+def add_ray_metrics(mcp: Any) -> None:
+    """Append the replicas' metrics to ``/metrics`` (a renderer hook in ``Metrics`` would make this one line)."""
+    stats = getattr(mcp.state.registry, "stats", None)
+    if stats is not None:
+        render = mcp.state.metrics.render
+        mcp.state.metrics.render = lambda: render() + stats.render()
