@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from zimage_mcp.engine.device import default_dtype, resolve_device
+from zimage_mcp.engine.device import default_dtype, release_cached_memory, resolve_device
 from zimage_mcp.engine.dit.attention import AttentionBackend
 from zimage_mcp.engine.errors import WeightsError
 from zimage_mcp.engine.pipelines.text_to_image import ZImagePipeline
-from zimage_mcp.engine.speed.optimize import OptimizeMode, check_fp8_support, optimize
+from zimage_mcp.engine.speed.optimize import OptimizeMode, check_fp8_support, fuses_projections, optimize
 from zimage_mcp.engine.weights.components import folder_shift, load_text_encoder_from, load_transformer, load_vae
 from zimage_mcp.engine.weights.layout import ModelFiles, resolve_model_files
 
@@ -96,7 +97,8 @@ def load_pipeline(
             pipe: ZImagePipeline = _omni(Path(folder), dev, dt, attn_backend, acquire)
         else:
             files = resolve_model_files(folder, transformer_file, vae_file, text_encoder_file)
-            pipe = _text_to_image(files, dev, dt, attn_backend, offload_text_encoder, acquire)
+            fuse = fuses_projections(optimize_mode, dev) or fp8
+            pipe = _text_to_image(files, dev, dt, attn_backend, offload_text_encoder, acquire, fuse=fuse, fp8=fp8)
         pipe.shared_keys = tuple(held)
         if shift is not None:
             pipe.shift = shift
@@ -105,6 +107,8 @@ def load_pipeline(
     except BaseException:
         shared.release(*held)
         raise
+    finally:
+        release_cached_memory(dev)  # the load's transients, so the device-wide peak is what the model holds
     return pipe
 
 
@@ -115,16 +119,35 @@ def _text_to_image(
     attn_backend: AttentionBackend | None,
     offload_text_encoder: bool,
     acquire: Callable[[tuple, Callable[[], Any]], Any],
+    *,
+    fuse: bool = False,
+    fp8: bool = False,
 ) -> ZImagePipeline:
     # Low-VRAM mode loads the text encoder straight into host memory: DiT + encoder together (~20 GB)
     # would not fit the 16 GB cards this mode is for, even for a moment.
     te_device = torch.device("cpu") if offload_text_encoder else device
-    transformer = load_transformer(files.transformer, files.transformer_config, device, dtype, attn_backend)
-    text_encoder = acquire(
-        ("text_encoder", files.text_encoder, str(te_device), str(dtype)),
-        lambda: load_text_encoder_from(files, te_device, dtype),
-    )
-    vae = acquire(("vae", files.vae, str(device)), lambda: load_vae(files.vae, files.vae_config, device))
+    # The DiT reads on its own threads while the text encoder and VAE are read here: the components'
+    # files stream to the device side by side (each reader is itself parallel over shards and chunks).
+    with ThreadPoolExecutor(1, thread_name_prefix="zimage-dit") as pool:
+        dit = pool.submit(
+            load_transformer,
+            files.transformer,
+            files.transformer_config,
+            device,
+            dtype,
+            attn_backend,
+            fuse=fuse,
+            fp8=fp8,
+        )
+        try:
+            text_encoder = acquire(
+                ("text_encoder", files.text_encoder, str(te_device), str(dtype)),
+                lambda: load_text_encoder_from(files, te_device, dtype),
+            )
+            vae = acquire(("vae", files.vae, str(device)), lambda: load_vae(files.vae, files.vae_config, device))
+        finally:
+            wait([dit])  # never leave a reader running behind an error
+        transformer = dit.result()
     from_folder = folder_shift(files.scheduler_config)
     pipe = ZImagePipeline(
         transformer,

@@ -27,6 +27,11 @@ def check_fp8_support(device: torch.device) -> None:
         )
 
 
+def fuses_projections(mode: OptimizeMode, device: torch.device) -> bool:
+    """Whether ``optimize(pipe, mode)`` fuses q/k/v and w1/w3 (the loader can then read them fused)."""
+    return not (mode == "off" or (mode == "auto" and device.type != "cuda"))
+
+
 def optimize_vae(vae: AutoencoderKL, compile: bool = True) -> None:
     """channels_last convolutions (tensor-core friendly) and a compiled decoder (fused GroupNorm+SiLU)."""
     vae.to(memory_format=torch.channels_last)
@@ -48,7 +53,7 @@ def optimize(pipe: ZImagePipeline, mode: OptimizeMode = "auto", fp8: bool = Fals
         raise InvalidArgument("optimize", f"must be one of {', '.join(OPTIMIZE_MODES)}, got {mode!r}")
     if fp8:
         check_fp8_support(device)
-    active = not (mode == "off" or (mode == "auto" and device.type != "cuda"))
+    active = fuses_projections(mode, device)
     if active:
         pipe.transformer.fuse_projections()
     if fp8:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from zimage_mcp.engine.errors import WeightsError
 from zimage_mcp.engine.speed.cuda_graphs import ShapeGraphs
-from zimage_mcp.engine.weights.files import require_safetensors, shard_files
+from zimage_mcp.engine.weights.files import read_files, read_shapes, require_safetensors, shard_files
 
 if TYPE_CHECKING:  # transformers is imported where it is used: importing the engine stays cheap
     from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
@@ -204,24 +204,20 @@ def _build(files: list[Path], config: Qwen3Config, device: torch.device | str, d
     model.layers = model.layers[:-1]
     model.norm = nn.Identity()
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    state: dict[str, Tensor] = {}
-    for file in files:
-        require_safetensors(file)
-        if not file.is_file():
+    for file in files:  # the key audit reads headers only
+        if not Path(file).is_file():
             raise WeightsError(f"missing text-encoder weights file {file}")
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as f:  # mmap; skipped keys are never read
-                names = {k: k.removeprefix("model.") for k in f.keys()}
-                unexpected = sorted(
-                    n for n in names.values() if n not in expected and n != "norm.weight" and not n.startswith(dropped)
-                )
-                if unexpected:
-                    raise WeightsError(f"{file}: unexpected text-encoder keys {unexpected}")
-                for key, name in names.items():
-                    if name in expected:
-                        state[name] = f.get_tensor(key).to(device=device, dtype=dtype)
-        except (SafetensorError, OSError, RuntimeError) as e:
-            raise WeightsError(f"{file}: corrupt or truncated safetensors file: {e}") from e
+        names = [k.removeprefix("model.") for k in read_shapes([file])]
+        unexpected = sorted(n for n in names if n not in expected and n != "norm.weight" and not n.startswith(dropped))
+        if unexpected:
+            raise WeightsError(f"{file}: unexpected text-encoder keys {unexpected}")
+
+    def select(key: str) -> str | None:  # skipped keys are never read
+        name = key.removeprefix("model.")
+        return name if name in expected else None
+
+    # Parallel over shards and chunks, straight to the device in the target dtype (weights/files.py).
+    state: dict[str, Tensor] = read_files(files, dtype, device, select=select)
     missing = sorted(set(expected) - set(state))
     if missing:
         raise WeightsError(f"text-encoder keys {missing} not found in {[str(f) for f in files]}")

@@ -29,7 +29,9 @@ from zimage_mcp.engine.weights.files import (
     is_comfy_transformer,
     load_strict,
     read_files,
+    read_shapes,
 )
+from zimage_mcp.engine.weights.fused_load import FusedLoad
 from zimage_mcp.engine.weights.layout import ModelFiles
 
 
@@ -66,15 +68,24 @@ def load_transformer(
     device: torch.device,
     dtype: torch.dtype,
     attn_backend: AttentionBackend | None = None,
+    *,
+    fuse: bool = False,
+    fp8: bool = False,
 ) -> ZImageTransformer:
+    """Strictly loaded DiT. ``fuse``: q/k/v and w1/w3 read straight into fused buffers; ``fp8``: the blocks'
+    GEMM weights quantized tensor by tensor on the way in (implies ``fuse``; no bf16 copy is ever held)."""
     source = ", ".join(str(f) for f in files)
-    sd = read_files(files, dtype, device)
+    shapes = read_shapes(files)
+    plan = None if is_comfy_transformer(shapes) or not (fuse or fp8) else FusedLoad(shapes, device, dtype, fp8)
+    sd = read_files(files, dtype, device, placer=plan.place if plan else None)
     if is_comfy_transformer(sd):
         sd = convert_comfy_transformer(sd)
     cfg = TransformerConfig.from_json(config) if config is not None else infer_transformer_config(sd, source)
     with torch.device("meta"):
         model = ZImageTransformer(cfg, attn_backend or best_backend(device))
     load_strict(model, sd, source)
+    if plan is not None:
+        plan.attach(model)
     return model.eval().requires_grad_(False)
 
 

@@ -8,7 +8,10 @@ Only ``.safetensors`` files are read (``require_safetensors``).
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -34,24 +37,20 @@ def require_safetensors(path: Path) -> None:
 
 def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> StateDict:
     """Read one file tensor by tensor (mmap), casting as we go so fp32 files never sit whole in memory."""
-    path = Path(path)
-    require_safetensors(path)
-    if not path.is_file():
-        raise WeightsError(f"missing weights file: {path}")
-    out: StateDict = {}
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                t = f.get_tensor(key)
-                if dtype is not None and t.is_floating_point():
-                    t = t.to(dtype)
-                t = t.to(device)
-                # Own, aligned storage: mmap views sit at arbitrary file offsets, and CPU kernels pick
-                # different code paths by alignment, so results would depend on the file layout.
-                out[key] = t.clone() if t.device.type == "cpu" else t
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from e
-    return out
+    return read_files([path], dtype, device, workers=1)
+
+
+def place(t: Tensor, dtype: torch.dtype | None, device: torch.device) -> Tensor:
+    """One tensor read from a file (an mmap view) in its place: ``device``, ``dtype`` (floating point only)."""
+    cast = dtype is not None and t.is_floating_point() and t.dtype != dtype
+    if device.type == "cpu":
+        # Own, aligned storage: mmap views sit at arbitrary file offsets, and CPU kernels pick
+        # different code paths by alignment, so results would depend on the file layout.
+        return t.to(dtype) if cast else t.clone()
+    # Copy the stored bytes, then cast on the device: the GPU casts for free, and only this one tensor is
+    # ever held in the wider dtype (never a whole fp32 copy of the model).
+    t = t.to(device)
+    return t.to(dtype) if cast else t
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -83,11 +82,95 @@ def shard_files(folder: Path, index_name: str, single_name: str) -> list[Path]:
     raise WeightsError(f"no weights in {folder}: looked for {index_name} and {single_name}")
 
 
-def read_files(files: Iterable[Path], dtype: torch.dtype | None, device: str | torch.device = "cpu") -> StateDict:
-    sd: StateDict = {}
-    for f in files:
-        sd.update(read_safetensors(f, dtype, device))
-    return sd
+def read_shapes(files: Iterable[Path]) -> dict[str, tuple[int, ...]]:
+    """Every key's shape from the files' headers; no tensor data is read."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        for key, shape, _ in _header(Path(path)):
+            shapes[key] = shape
+    return shapes
+
+
+# A placement hook: (file key, the tensor as stored, an mmap view) -> the state-dict entry, or None for
+# "not mine" (the tensor is then cast and moved as usual). The fused and fp8 loaders fill their own buffers.
+Placer = Callable[[str, Tensor], Tensor | None]
+CHUNK_BYTES = 256 << 20  # a unit of parallel reading: big enough to stream, small enough to spread
+
+
+def read_files(
+    files: Iterable[Path],
+    dtype: torch.dtype | None,
+    device: str | torch.device = "cpu",
+    *,
+    select: Callable[[str], str | None] | None = None,
+    placer: Placer | None = None,
+    workers: int | None = None,
+) -> StateDict:
+    """Read every tensor of ``files`` straight to ``device`` in ``dtype``, in parallel over shards and chunks.
+
+    Each worker opens its own mmap of a file and reads a run of keys; ``select`` maps a file key to its
+    state-dict name (None: skip it unread). The result is in file order then key order, whatever the
+    threads did, and bit-identical to reading the files one tensor at a time.
+    """
+    dev = torch.device(device)
+    units: list[tuple[Path, list[tuple[str, str]]]] = []
+    for path in files:
+        path = Path(path)
+        run: list[tuple[str, str]] = []
+        size = 0
+        for key, _, nbytes in _header(path):
+            name = key if select is None else select(key)
+            if name is None:
+                continue
+            run.append((key, name))
+            size += nbytes
+            if size >= CHUNK_BYTES:
+                units.append((path, run))
+                run, size = [], 0
+        if run or not units or units[-1][0] != path:
+            units.append((path, run))
+    if workers is None:
+        workers = min(8, len(units)) if dev.type == "cuda" else min(4, os.cpu_count() or 1, len(units))
+
+    def read(unit: tuple[Path, list[tuple[str, str]]]) -> list[tuple[str, Tensor]]:
+        path, keys = unit
+        out = []
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for key, name in keys:
+                    t = f.get_tensor(key)
+                    placed = placer(name, t) if placer is not None else None
+                    out.append((name, place(t, dtype, dev) if placed is None else placed))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise WeightsError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from e
+        return out
+
+    if workers <= 1:
+        parts = [read(u) for u in units]
+    else:
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="zimage-load") as pool:
+            parts = list(pool.map(read, units))
+    return {name: t for part in parts for name, t in part}
+
+
+_ITEM_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+
+
+def _header(path: Path) -> list[tuple[str, tuple[int, ...], int]]:
+    """(key, shape, bytes) of every tensor in a safetensors header, in the file's key order."""
+    require_safetensors(path)
+    if not path.is_file():
+        raise WeightsError(f"missing weights file: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            out = []
+            for key in f.keys():
+                sl = f.get_slice(key)
+                shape = tuple(int(n) for n in sl.get_shape())
+                out.append((key, shape, math.prod(shape) * _ITEM_BYTES.get(sl.get_dtype(), 1)))
+            return out
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from e
 
 
 def load_strict(module: nn.Module, sd: StateDict, source: str, ignore: Callable[[str], bool] = lambda k: False) -> None:

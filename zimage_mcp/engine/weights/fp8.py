@@ -17,7 +17,7 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
 
 
-def _rowwise(x: Tensor) -> tuple[Tensor, Tensor]:
+def rowwise(x: Tensor) -> tuple[Tensor, Tensor]:
     """x (R, K) -> fp8 values (R, K) and fp32 scales (R, 1) with x ~= values * scales."""
     xf = x.float()
     scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
@@ -31,11 +31,20 @@ class Float8Linear(nn.Module):
     weight_fp8: Tensor
     weight_scale: Tensor
 
-    def __init__(self, weight: Tensor, bf16_weight: nn.Parameter | None = None) -> None:
+    def __init__(
+        self,
+        weight: Tensor | None,
+        bf16_weight: nn.Parameter | None = None,
+        quantized: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        """From a weight (quantized here) or from ``quantized`` = ``rowwise(weight)`` done earlier (at load)."""
         super().__init__()
         if bf16_weight is not None:
             self.weight = bf16_weight
-        data, scale = _rowwise(weight.detach())
+        if quantized is None:
+            assert weight is not None
+            quantized = rowwise(weight.detach())
+        data, scale = quantized
         self.register_buffer("weight_fp8", data, persistent=False)  # (N, K)
         self.register_buffer("weight_scale", scale.t().contiguous(), persistent=False)  # (1, N)
 
@@ -46,7 +55,7 @@ class Float8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x (..., K) bf16 -> (..., N) in x's dtype."""
         lead = x.shape[:-1]
-        xq, xs = _rowwise(x.reshape(-1, x.shape[-1]))  # (M, K) fp8, (M, 1)
+        xq, xs = rowwise(x.reshape(-1, x.shape[-1]))  # (M, K) fp8, (M, 1)
         # _scaled_mm wants its second operand column-major: the transposed row-major weight is exactly that.
         out = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale, out_dtype=x.dtype)
         return out.reshape(*lead, self.out_features)
@@ -57,7 +66,7 @@ def dequantized(layer: Float8Linear) -> Tensor:
     return layer.weight_fp8.float() * layer.weight_scale.t()
 
 
-def _released(weight: Tensor) -> nn.Parameter:
+def released(weight: Tensor) -> nn.Parameter:
     """An empty stand-in for a bf16 weight an fp8 copy replaces (the fp8 mode's memory saving)."""
     return nn.Parameter(weight.new_empty(0), requires_grad=False)
 
@@ -67,10 +76,10 @@ def _fp8(linear: nn.Module, named: bool, keep_bf16: bool) -> Float8Linear:
     ``named``: it carries a checkpoint name, kept through ``bf16_weight``."""
     if isinstance(linear, Float8Linear):
         if not keep_bf16 and "weight" in linear._parameters:
-            linear.weight = _released(linear.weight)
+            linear.weight = released(linear.weight)
         return linear
     weight = linear.weight
-    return Float8Linear(weight, (weight if keep_bf16 else _released(weight)) if named else None)
+    return Float8Linear(weight, (weight if keep_bf16 else released(weight)) if named else None)
 
 
 def swap_to_fp8(model: nn.Module, keep_bf16: bool = False) -> None:
@@ -92,5 +101,5 @@ def swap_to_fp8(model: nn.Module, keep_bf16: bool = False) -> None:
         ff.w2 = _fp8(ff.w2, named=True, keep_bf16=keep_bf16)
         if not keep_bf16:
             for lin in (att.to_q, att.to_k, att.to_v, ff.w1, ff.w3):
-                lin.weight = _released(lin.weight)
+                lin.weight = released(lin.weight)
     model.precision = "fp8" if not keep_bf16 else "fp8+bf16"
