@@ -153,3 +153,36 @@ def test_overrides_win_and_none_is_ignored(tmp_path: Path) -> None:
 def test_reads_os_environ_only_when_called(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZIMAGE_MCP_DEFAULT_MODEL", "base")
     assert Settings.from_env().default_model == "base"
+
+
+def test_test_gpu_memory_cap_is_parsed_and_reaches_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test-only cap that emulates a 16 GB / 8 GB card on a bigger one: parsed, passed to the backend
+    context, and handed to torch.cuda.set_per_process_memory_fraction (a no-op on the CPU)."""
+    import torch
+    from zimage_builtins import engine_backend
+
+    from zimage_mcp.contract import BackendContext
+    from zimage_mcp.engine import device as engine_device
+    from zimage_mcp.registry import Registry
+
+    reg = tmp_path / "r.toml"
+    reg.write_text("[runtime]\ntest_gpu_memory_gb = 15\n")
+    s = Settings.from_env({}, registry_file=reg, device="cpu")
+    assert s.test_gpu_memory_gb == 15 and Settings.from_env({}).test_gpu_memory_gb is None
+    ctx = Registry.from_settings(s).backend_context()
+    assert ctx.gpu_memory_limit_gb == 15
+    reg.write_text("[runtime]\ntest_gpu_memory_gb = 0\n")
+    with pytest.raises(SettingsError, match="test_gpu_memory_gb: must be a number > 0"):
+        Settings.from_env({}, registry_file=reg)
+
+    assert engine_device.limit_memory(torch.device("cpu"), 8 << 30) is None  # CPU: nothing to cap
+    calls: list[tuple[float, object]] = []
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 140 << 30})(), raising=False
+    )
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append((f, d)))
+    monkeypatch.setattr(engine_device, "use_expandable_segments", lambda: True)
+    engine_backend._prepare_device(BackendContext(gpu_memory_limit_gb=14), torch.device("cuda"))
+    assert calls == [(0.1, torch.device("cuda"))]
+    engine_backend._prepare_device(BackendContext(gpu_memory_limit_gb=14), torch.device("cpu"))
+    assert len(calls) == 1

@@ -7,6 +7,7 @@ never import torch. Variants that read the same text encoder and VAE files share
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,15 +30,17 @@ from zimage_mcp.contract import (
     VariantSpec,
 )
 from zimage_mcp.engine.build import Architecture, SharedComponents, load_pipeline
-from zimage_mcp.engine.device import resolve_device
+from zimage_mcp.engine.device import prepare_device, resolve_device
 from zimage_mcp.engine.errors import GenerationCancelled as EngineCancelled
 from zimage_mcp.engine.errors import InvalidArgument
 from zimage_mcp.engine.errors import WeightsError as EngineWeightsError
 from zimage_mcp.engine.pipelines.img2img import img2img, inpaint
 from zimage_mcp.engine.pipelines.text_to_image import GenerationOutput, StepCallback
+from zimage_mcp.engine.speed.compile_cache import choose_compile_cache
 from zimage_mcp.engine.speed.warm_up import warm_up
 from zimage_mcp.engine.weights.lora_apply import LoraManager
 
+log = logging.getLogger(__name__)
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 SHARED = SharedComponents()  # Turbo and Base (and Omni) hold one text encoder and VAE per set of files
@@ -61,15 +64,41 @@ def _invalid(err: InvalidArgument) -> InvalidRequestError:
     return InvalidRequestError(err.field, err.allowed)
 
 
+INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def use_compile_cache(ctx: BackendContext, device: torch.device) -> Path | None:
+    """Point torch.compile at a folder that outlives the process (``engine.speed.compile_cache`` says which:
+    ``[runtime] compile_cache`` > an inherited ``TORCHINDUCTOR_CACHE_DIR`` > the default), create it, log it."""
+    chosen = choose_compile_cache(
+        device, ctx.compile_cache_dir, ctx.compile_cache_explicit, os.environ.get(INDUCTOR_CACHE)
+    )
+    if chosen is not None:
+        folder, why = chosen
+        (log.warning if "instead of" in why else log.info)("compile cache: %s (%s)", folder, why)
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[INDUCTOR_CACHE] = str(folder)
+    return None if chosen is None else chosen[0]
+
+
+def _prepare_device(ctx: BackendContext, device: torch.device) -> None:
+    tune = not {"PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"} & set(os.environ)  # the user's config wins
+    limit = int(ctx.gpu_memory_limit_gb * 2**30) if ctx.gpu_memory_limit_gb else None
+    if (fraction := prepare_device(device, tune, limit)) is not None:
+        log.warning(
+            "test_gpu_memory_gb: CUDA memory capped at %s GiB (fraction %.3f)", ctx.gpu_memory_limit_gb, fraction
+        )
+
+
 def _load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) -> Any:
     """The engine's one build function with the server's settings; compile artefacts go to a folder
     that outlives the process."""
-    if ctx.compile_cache_dir:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", ctx.compile_cache_dir)  # the user's own choice wins
     w = spec.weights
     if not w.path:  # the registry resolves repo ids to a snapshot folder before calling the factory
         raise BackendLoadError(f"{spec.id}: no weights found; set [variants.{spec.id}.weights] path")
     device = resolve_device(ctx.device)
+    use_compile_cache(ctx, device)
+    _prepare_device(ctx, device)
     try:
         return load_pipeline(
             Path(w.path),

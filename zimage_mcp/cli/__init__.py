@@ -31,6 +31,8 @@ from zimage_mcp.cli.common import LOG_FORMAT, CliError, command_name, protect_st
 from zimage_mcp.cli.generate import add_arguments as add_generate_arguments
 from zimage_mcp.cli.generate import cmd_generate
 from zimage_mcp.cli.serve import cmd_serve
+from zimage_mcp.cli.warm import add_arguments as add_warm_arguments
+from zimage_mcp.cli.warm import cmd_warm
 
 __all__ = ["LOG_FORMAT", "main", "protect_stdout", "setup_logging"]
 
@@ -85,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo = sub.add_parser("demo", parents=common, help="no weights needed: tiny model, its registry, one image")
     demo.add_argument("--dir", default=default_demo_dir(), help="where the model, registry and images go")
+    add_warm_arguments(sub.add_parser("warm", parents=common, help="load and compile variants ahead of time (cache)"))
     lora = sub.add_parser("lora", parents=common, help="LoRA tools")
     lora_sub = lora.add_subparsers(dest="lora_command", required=True)
     inspect = lora_sub.add_parser("inspect", parents=common, help="print what a LoRA file contains (JSON)")
@@ -102,6 +105,7 @@ COMMANDS = {
     "make-tiny": cmd_make_tiny,
     "demo": cmd_demo,
     "lora": cmd_lora,
+    "warm": cmd_warm,
 }
 
 

@@ -55,7 +55,9 @@ class BackendContext:
     offload_text_encoder: bool = False
     fp8: bool = False  # fp8 GEMM weights in the DiT (CUDA, compute capability >= 8.9)
     step_cache: float = 0.0  # first-block cache threshold; 0 = off
-    compile_cache_dir: str | None = None  # where torch.compile keeps its artefacts between runs
+    compile_cache_dir: str | None = None  # base folder for torch.compile artefacts kept between runs
+    compile_cache_explicit: bool = False  # set by the user ([runtime] compile_cache): wins over TORCHINDUCTOR_CACHE_DIR
+    gpu_memory_limit_gb: float | None = None  # test only: emulate a smaller card (CUDA memory fraction)
     hf_home: str | None = None
 
 

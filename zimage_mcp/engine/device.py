@@ -40,3 +40,13 @@ def limit_memory(device: torch.device, limit_bytes: int) -> float | None:
     fraction = min(1.0, limit_bytes / total)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     return fraction
+
+
+def prepare_device(device: torch.device, tune_allocator: bool, limit_bytes: int | None) -> float | None:
+    """Before the first CUDA allocation: expandable segments (``tune_allocator``: the user set no allocator
+    config of their own) and the test-only cap; returns the memory fraction set, if any."""
+    if device.type != "cuda":
+        return None
+    if tune_allocator:
+        use_expandable_segments()
+    return limit_memory(device, limit_bytes) if limit_bytes else None

@@ -42,7 +42,9 @@ def default_output_dir() -> Path:
 
 
 def default_compile_cache_dir() -> Path:
-    """torch.compile artefacts kept between server runs: a restart compiles in seconds, not a minute."""
+    """torch.compile artefacts kept between server runs: a restart compiles in seconds, not a minute.
+
+    The backend adds a subfolder per torch version and GPU (kernels are only valid for one of each)."""
     return Path(platformdirs.user_cache_dir(APP_NAME)) / "torch-compile"
 
 
@@ -87,7 +89,8 @@ class Settings:
     offload_text_encoder: bool = False  # low-VRAM (16 GB cards): keep the text encoder in host memory
     fp8: bool = False  # opt-in, lossy: fp8 GEMM weights in the DiT (faster, half its memory, no LoRAs)
     step_cache: float = 0.0  # opt-in, lossy: first-block cache threshold for many-step sampling; 0 = off
-    compile_cache_dir: Path | None = None  # None: user_cache_dir/torch-compile (TORCHINDUCTOR_CACHE_DIR wins)
+    # None: user_cache_dir/torch-compile, unless TORCHINDUCTOR_CACHE_DIR is set; a set value wins over it
+    compile_cache_dir: Path | None = None
     preload: tuple[str, ...] = ()  # variants to load and compile at server start, in the background
     warm_sizes: tuple[str, ...] = ()  # "WxH" sizes preloading compiles besides each variant's default
     vram_budget_gb: float | None = None  # None: unlimited
@@ -95,6 +98,7 @@ class Settings:
     max_queue: int = 32
     job_timeout_seconds: float = 600.0
     preview_max_bytes: int = 900_000
+    test_gpu_memory_gb: float | None = None  # test only: cap CUDA memory to emulate a 16 / 8 GB card
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -302,6 +306,7 @@ RUNTIME_OPTIONS = (
     Option("max_queue", "max_queue", _number(1, integer=True), "int"),
     Option("job_timeout_seconds", "job_timeout_seconds", _number(0, strict=True), "number"),
     Option("preview_max_bytes", "preview_max_bytes", _number(0, integer=True), "int"),
+    Option("test_gpu_memory_gb", "test_gpu_memory_gb", _number(0, strict=True), "number"),
 )
 OPTIONS = {option.field: option for option in (*ENV_OPTIONS, *RUNTIME_OPTIONS)}
 _PATH_FIELDS = {"registry_file", "output_dir", "lora_dir", "log_file", "compile_cache_dir"}

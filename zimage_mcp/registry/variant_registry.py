@@ -223,6 +223,8 @@ class Registry:
             fp8=self.settings.fp8,
             step_cache=self.settings.step_cache,
             compile_cache_dir=str(self.settings.compile_cache_dir or default_compile_cache_dir()),
+            compile_cache_explicit=self.settings.compile_cache_dir is not None,
+            gpu_memory_limit_gb=self.settings.test_gpu_memory_gb,
             hf_home=self.settings.hf_home,
         )
 
