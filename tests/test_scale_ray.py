@@ -181,6 +181,8 @@ async def test_mcp_generate_through_the_front(front: RayRegistry) -> None:
     from zimage_mcp.server import build_server
 
     server = build_server(front.settings, front)
+    assert server.state.jobs.lock._holders == front.max_concurrent > 1  # the front admits what the replicas can run
+    before = {r: front.stats.count[r] for r in front.stats.replicas_used()}
 
     async def one_client(results: list[bool]) -> None:
         async with Client(server) as c:
@@ -193,6 +195,8 @@ async def test_mcp_generate_through_the_front(front: RayRegistry) -> None:
         for _ in range(8):
             tg.start_soon(one_client, results)
     assert results == [True] * 24
+    used = {r for r in front.stats.replicas_used() if front.stats.count[r] > before.get(r, 0)}
+    assert len(used) == 2, "24 concurrent MCP calls through the one front must reach both replicas"
 
 
 @pytest.fixture

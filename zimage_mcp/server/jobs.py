@@ -54,12 +54,19 @@ class QueueFullError(Exception):
 
 
 class FifoLock:
-    """A lock granted strictly in arrival order; waiters can give up when asked to stop."""
+    """A lock granted strictly in arrival order to at most ``holders`` at once; waiters can give up.
 
-    def __init__(self) -> None:
+    One holder is one local GPU. With Ray Serve replicas (``zimage_mcp.scale``) the front admits as many
+    generations as the replicas can run, still in arrival order.
+    """
+
+    def __init__(self, holders: int = 1) -> None:
+        if holders < 1:
+            raise ValueError("holders must be at least 1")
         self._cond = threading.Condition()
         self._queue: deque[object] = deque()
-        self._held = False
+        self._holders = holders
+        self._held = 0
 
     def reserve(self) -> object:
         """Take a place in line now (at submission), to be redeemed by ``acquire(..., ticket=)`` or ``cancel``."""
@@ -83,15 +90,15 @@ class FifoLock:
             ticket = self.reserve()
         while True:
             with self._cond:
-                if not self._held and self._queue[0] is ticket:
+                if self._held < self._holders and self._queue[0] is ticket:
                     self._queue.popleft()
-                    self._held = True
+                    self._held += 1
                     return True
                 if should_stop():
                     self._queue.remove(ticket)
                     self._cond.notify_all()
                     return False
-                position = self._queue.index(ticket) + (1 if self._held else 0)
+                position = self._queue.index(ticket) + min(self._held, 1)
             if position != last:
                 on_position(position)
                 last = position
@@ -103,12 +110,12 @@ class FifoLock:
         with self._cond:
             if self._held or self._queue:
                 return False
-            self._held = True
+            self._held = 1
             return True
 
     def release(self) -> None:
         with self._cond:
-            self._held = False
+            self._held = max(0, self._held - 1)
             self._cond.notify_all()
 
     @property
@@ -118,7 +125,7 @@ class FifoLock:
 
     @property
     def held(self) -> bool:
-        return self._held
+        return self._held > 0
 
 
 @dataclass
@@ -169,8 +176,8 @@ class Job:
 class JobManager:
     """Owns the GPU lock and the table of jobs (kept for ``get_job`` until ``keep`` newer ones exist)."""
 
-    def __init__(self, max_queue: int, timeout_seconds: float, keep: int = 200) -> None:
-        self.lock = FifoLock()
+    def __init__(self, max_queue: int, timeout_seconds: float, keep: int = 200, max_concurrent: int = 1) -> None:
+        self.lock = FifoLock(max_concurrent)
         self.max_queue = max_queue
         self.timeout_seconds = timeout_seconds
         self._keep = keep
