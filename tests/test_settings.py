@@ -37,11 +37,13 @@ def test_knobs_are_read_from_the_runtime_table(tmp_path: Path) -> None:
         max_queue = 4
         preview_max_bytes = 1000
         dtype = "float32"
+        vae_dtype = "float32"
         offload_text_encoder = true
         """,
     )
     s = Settings.from_env({"ZIMAGE_MCP_REGISTRY": str(user)})
     assert s.fp8 is True and s.compile_cache_dir == tmp_path / "tc" and s.step_cache == 0.1  # relative to the file
+    assert s.vae_dtype == "float32" and Settings.from_env({}).vae_dtype == "auto"
     assert s.preload == ("turbo", "base") and s.warm_sizes == ("1280x720", "720x1280")
     assert (s.vram_budget_gb, s.max_queue, s.preview_max_bytes) == (20.5, 4, 1000)
     assert s.dtype == "float32" and s.offload_text_encoder is True
@@ -59,7 +61,7 @@ def test_the_user_config_file_is_read_without_a_registry_variable() -> None:
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ("max_queu = 4", "[runtime] max_queu: unknown key (allowed: optimize, dtype, offload_text_encoder, fp8,"),
+        ("max_queu = 4", "[runtime] max_queu: unknown key (allowed: optimize, dtype, vae_dtype, offload_text_encoder,"),
         ("max_queue = 0", "[runtime] max_queue: must be an integer >= 1, got '0'"),
         ('max_queue = "4"', '[runtime] max_queue: must be an integer, got "4"'),
         ("step_cache = -1", "[runtime] step_cache: must be a number >= 0, got '-1'"),

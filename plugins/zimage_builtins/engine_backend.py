@@ -108,6 +108,7 @@ def _load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) ->
             architecture=architecture,
             device=device,
             dtype=_DTYPES.get(ctx.dtype) if device.type == "cuda" else torch.float32,
+            vae_dtype=_DTYPES.get(ctx.vae_dtype) if device.type == "cuda" else None,
             # None: the folder's scheduler config decides (3.0 without one); set only by a user's defaults.shift
             shift=spec.defaults.shift,
             optimize_mode=ctx.optimize,

@@ -135,3 +135,17 @@ def test_make_tiny_cli_then_generate_writes_png(tmp_path: Path) -> None:
     img = load_pipeline(model, device="cpu").generate("a lighthouse", width=256, height=256, steps=2, seed=1).images[0]
     img.save(tmp_path / "out.png")
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_vae_dtype_is_its_own_choice(tiny_dir: Path) -> None:
+    """The CPU decodes in float32 whatever the model dtype; an explicit VAE dtype is honoured and keyed apart."""
+    from zimage_mcp.engine import SharedComponents
+
+    shared = SharedComponents()
+    default = load_pipeline(tiny_dir, device="cpu", dtype=torch.bfloat16, shared=shared)
+    assert {p.dtype for p in default.vae.parameters()} == {torch.float32}
+    low = load_pipeline(tiny_dir, device="cpu", vae_dtype=torch.bfloat16, shared=shared)
+    assert {p.dtype for p in low.vae.parameters()} == {torch.bfloat16}
+    assert low.vae is not default.vae  # two dtypes are two shared components, never one reused for the other
+    image = low.generate("a red square", width=256, height=256, steps=2, guidance=0.0, seed=1).images[0]
+    assert image.size == (256, 256)

@@ -51,6 +51,7 @@ class BackendContext:
 
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str = "bfloat16"
+    vae_dtype: str = "auto"  # "auto": the model dtype on CUDA, float32 on the CPU; or a dtype name
     optimize: str = "auto"  # "auto" | "compile" | "fuse" | "off"
     offload_text_encoder: bool = False
     fp8: bool = False  # fp8 GEMM weights in the DiT (CUDA, compute capability >= 8.9)

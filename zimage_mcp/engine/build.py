@@ -59,6 +59,7 @@ def load_pipeline(
     architecture: Architecture = "text_to_image",
     device: str | torch.device = "auto",
     dtype: torch.dtype | None = None,
+    vae_dtype: torch.dtype | None = None,
     shift: float | None = None,
     attn_backend: AttentionBackend | None = None,
     optimize_mode: OptimizeMode = "off",
@@ -73,11 +74,15 @@ def load_pipeline(
     ``shift`` None uses the folder's ``scheduler_config.json`` (3.0 where there is none; the folder's
     value is kept in ``pipe.folder_shift``). ``shared`` lets pipelines hold one text encoder and VAE
     between them; release them with ``shared.release(*pipe.shared_keys)``. ``offload_text_encoder``
-    keeps the text encoder in host memory (16 GB cards; text-to-image only). Raises ``WeightsError`` for bad files and
-    ``InvalidArgument`` for options the device cannot honour (fp8), before loading anything.
+    keeps the text encoder in host memory (16 GB cards; text-to-image only). ``vae_dtype`` None runs the
+    VAE in ``dtype`` on CUDA, as diffusers' ``torch_dtype`` does (its decode in bf16 is 1.9x faster than
+    fp32 at 1024² on an H200), and in float32 on the CPU; float32 keeps the reference pipelines' upcast.
+    Raises ``WeightsError`` for bad files and ``InvalidArgument`` for options the device cannot honour (fp8),
+    before loading anything.
     """
     dev = resolve_device(device)
     dt = dtype or default_dtype(dev)
+    vae_dt = vae_dtype or (dt if dev.type == "cuda" else torch.float32)
     if fp8:
         check_fp8_support(dev)
     shared = shared or SharedComponents()
@@ -94,11 +99,13 @@ def load_pipeline(
                 raise WeightsError("an Omni pipeline loads from its folder only, not from single files")
             if folder is None:
                 raise WeightsError("no model given: pass the Omni model folder")
-            pipe: ZImagePipeline = _omni(Path(folder), dev, dt, attn_backend, acquire)
+            pipe: ZImagePipeline = _omni(Path(folder), dev, dt, vae_dt, attn_backend, acquire)
         else:
             files = resolve_model_files(folder, transformer_file, vae_file, text_encoder_file)
             fuse = fuses_projections(optimize_mode, dev) or fp8
-            pipe = _text_to_image(files, dev, dt, attn_backend, offload_text_encoder, acquire, fuse=fuse, fp8=fp8)
+            pipe = _text_to_image(
+                files, dev, dt, vae_dt, attn_backend, offload_text_encoder, acquire, fuse=fuse, fp8=fp8
+            )
         pipe.shared_keys = tuple(held)
         if shift is not None:
             pipe.shift = shift
@@ -116,6 +123,7 @@ def _text_to_image(
     files: ModelFiles,
     device: torch.device,
     dtype: torch.dtype,
+    vae_dtype: torch.dtype,
     attn_backend: AttentionBackend | None,
     offload_text_encoder: bool,
     acquire: Callable[[tuple, Callable[[], Any]], Any],
@@ -144,7 +152,10 @@ def _text_to_image(
                 ("text_encoder", files.text_encoder, str(te_device), str(dtype)),
                 lambda: load_text_encoder_from(files, te_device, dtype),
             )
-            vae = acquire(("vae", files.vae, str(device)), lambda: load_vae(files.vae, files.vae_config, device))
+            vae = acquire(
+                ("vae", files.vae, str(device), str(vae_dtype)),
+                lambda: load_vae(files.vae, files.vae_config, device, vae_dtype),
+            )
         finally:
             wait([dit])  # never leave a reader running behind an error
         transformer = dit.result()
@@ -164,10 +175,11 @@ def _omni(
     folder: Path,
     device: torch.device,
     dtype: torch.dtype,
+    vae_dtype: torch.dtype,
     attn_backend: AttentionBackend | None,
     acquire: Callable[[tuple, Callable[[], Any]], Any],
 ) -> ZImagePipeline:
-    """Every Omni component from ``folder`` (offline); the VAE runs in fp32 as for text-to-image.
+    """Every Omni component from ``folder`` (offline); the VAE in ``vae_dtype`` as for text-to-image.
     The Omni pipeline keeps its text encoder on ``device`` (no low-VRAM mode yet)."""
     from zimage_mcp.engine.pipelines.omni import OmniPipeline
     from zimage_mcp.engine.text.qwen3 import load_text_encoder
@@ -182,7 +194,10 @@ def _omni(
         raise WeightsError(f"{folder} is not a complete Z-Image Omni folder; missing components: {'; '.join(missing)}")
     transformer = load_omni_transformer(folder / "transformer", device, dtype, attn_backend)
     vae_files = tuple(shard_files(folder / "vae", *DIFFUSERS_WEIGHTS))
-    vae = acquire(("vae", vae_files, str(device)), lambda: load_vae(vae_files, folder / "vae" / "config.json", device))
+    vae = acquire(
+        ("vae", vae_files, str(device), str(vae_dtype)),
+        lambda: load_vae(vae_files, folder / "vae" / "config.json", device, vae_dtype),
+    )
     te_files = tuple(shard_files(folder / "text_encoder", "model.safetensors.index.json", "model.safetensors"))
     text_encoder = acquire(
         ("text_encoder", te_files, str(device), str(dtype)),

@@ -86,6 +86,7 @@ class Settings:
     # Tuning knobs (the [runtime] table, RUNTIME_OPTIONS)
     optimize: str = "auto"  # auto: fused projections + regional torch.compile on CUDA; "off": eager
     dtype: str = "bfloat16"
+    vae_dtype: str = "auto"  # auto: the model dtype on CUDA (as diffusers' torch_dtype), float32 on the CPU
     offload_text_encoder: bool = False  # low-VRAM (16 GB cards): keep the text encoder in host memory
     fp8: bool = False  # opt-in, lossy: fp8 GEMM weights in the DiT (faster, half its memory, no LoRAs)
     step_cache: float = 0.0  # opt-in, lossy: first-block cache threshold for many-step sampling; 0 = off
@@ -295,6 +296,7 @@ ENV_OPTIONS = (
 RUNTIME_OPTIONS = (
     Option("optimize", "optimize", _choice("auto", "compile", "fuse", "off")),
     Option("dtype", "dtype", _choice("bfloat16", "float16", "float32")),
+    Option("vae_dtype", "vae_dtype", _choice("auto", "bfloat16", "float16", "float32")),
     Option("offload_text_encoder", "offload_text_encoder", _bool, "bool"),
     Option("fp8", "fp8", _bool, "bool"),
     Option("step_cache", "step_cache", _number(0), "number"),

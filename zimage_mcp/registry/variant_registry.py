@@ -218,6 +218,7 @@ class Registry:
         return BackendContext(
             device=self.settings.device,
             dtype=self.settings.dtype,
+            vae_dtype=self.settings.vae_dtype,
             optimize=self.settings.optimize,
             offload_text_encoder=self.settings.offload_text_encoder,
             fp8=self.settings.fp8,
