@@ -173,6 +173,32 @@ class Job:
         return self.stop.is_set()
 
 
+PROGRESS_PERIOD = 0.02  # seconds between progress sends: finer than one denoising step on any GPU
+
+
+class ProgressMailbox:
+    """One job's progress, written by its worker thread without waiting and sent in order by the event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[float, float, str]] = deque()
+
+    def put(self, value: float, total: float, message: str) -> None:
+        with self._lock:
+            self._pending.append((value, total, message))
+
+    async def send_newest(self, report: AsyncReporter) -> None:
+        """Send everything put since the last call, oldest first (every step and phase is kept)."""
+        with self._lock:
+            batch = list(self._pending)
+            self._pending.clear()
+        for value, total, message in batch:
+            try:
+                await report(value, total, message)
+            except Exception:  # the caller may be gone (cancelled); progress is best effort
+                return
+
+
 class JobManager:
     """Owns the GPU lock and the table of jobs (kept for ``get_job`` until ``keep`` newer ones exist)."""
 
@@ -271,16 +297,29 @@ class JobManager:
             job.finished.set()
 
     async def run_inline(self, job: Job, work: Work, report: AsyncReporter) -> Any:
-        """Run a job on a worker thread and wait; cancelling the caller stops the engine."""
+        """Run a job on a worker thread and wait; cancelling the caller stops the engine.
 
-        def report_from_thread(value: float, total: float, message: str) -> None:
-            try:
-                anyio.from_thread.run(report, value, total, message)
-            except Exception:  # the caller may be gone (cancelled); progress is best effort
-                pass
+        The worker never waits for the event loop: it leaves its progress in a mailbox, and a task on the
+        loop sends what arrived every ``PROGRESS_PERIOD`` seconds, in order, then once more at the end.
+        A blocking hand-off per step stalled the GPU thread behind other requests' replies (with 4 in
+        flight on an H200: 1076 ms per image for 811 ms of GPU work).
+        """
+        mailbox = ProgressMailbox()
+
+        async def pump() -> None:
+            while True:
+                await mailbox.send_newest(report)
+                await anyio.sleep(PROGRESS_PERIOD)
 
         try:
-            return await anyio.to_thread.run_sync(self.execute, job, work, report_from_thread, abandon_on_cancel=True)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump)
+                try:
+                    return await anyio.to_thread.run_sync(self.execute, job, work, mailbox.put, abandon_on_cancel=True)
+                finally:
+                    tg.cancel_scope.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await mailbox.send_newest(report)  # the final value, before the result goes out
         except anyio.get_cancelled_exc_class():
             job.stop.set()
             self.abandon(job)
