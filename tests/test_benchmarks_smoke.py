@@ -117,3 +117,26 @@ def test_bench_server_tiny_measures_the_real_server(tmp_path: Path) -> None:
     assert engine["engine_ms"] > 0 and engine["runs"] == 1
     assert len(data["ratios"]) == len(latency) and all(r["client_over_engine"] > 0 for r in data["ratios"])
     assert sum(1 for r in rows if r.get("section") == "latency") == len(latency)  # one JSON line per measurement
+
+
+@pytest.mark.slow
+def test_bench_scale_tiny_mix_routes_every_key(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    args = ["--mix", "--replicas", "2", "--clients", "4", "--requests", "1", "--probe", "2", "--port", "8817"]
+    _run(
+        "bench_scale.py",
+        *args,
+        "--weights",
+        str(tmp_path / "w"),
+        "--workdir",
+        str(tmp_path / "run"),
+        "--json",
+        str(out),
+    )
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["replicas"] == 2 and run["images"] == 4 and run["images_per_s"] > 0
+    assert 0 < run["p50_ms"] <= run["p95_ms"]
+    assert sum(run["per_replica"].values()) == 4  # /metrics counted every call on some replica
+    keys = {"z-image-turbo", "z-image-turbo+lora-a", "z-image-base", "z-image-base+lora-b"}
+    assert set(run["per_key"]) == set(run["routing"]) == keys
+    assert all(sum(counts.values()) == 2 for counts in run["routing"].values())
