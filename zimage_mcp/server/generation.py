@@ -21,6 +21,7 @@ from zimage_mcp.contract import (
     OutOfMemoryError,
     UnsupportedEditError,
 )
+from zimage_mcp.server.heartbeat import Heartbeat
 from zimage_mcp.server.jobs import SplitWork
 from zimage_mcp.server.preview import Preview, PreviewMode, make_preview, worker_limit
 from zimage_mcp.server.tool_models import ImageInfo, ImageResult
@@ -69,11 +70,14 @@ def make_work(
         started = time.perf_counter()
         backend_id = prepared.backend_id
         loaded = registry.is_loaded(backend_id)
-        progress("loading", 0, 1, "weights ready" if loaded else f"loading weights for {backend_id}")
-        backend = registry.backend(backend_id)
-        load_s = time.perf_counter() - started
-        progress("loading", 1, 1, "weights ready")
-        return Generated(backend.generate(prepared.request, progress, should_stop), started, load_s)
+        # Loading and a first compile can each run 10-30 s with nothing to report: beat meanwhile.
+        with Heartbeat(progress) as beat:
+            beat("loading", 0, 1, "weights ready" if loaded else f"loading weights for {backend_id}")
+            backend = registry.backend(backend_id)
+            load_s = time.perf_counter() - started
+            beat("loading", 1, 1, "weights ready")
+            result = backend.generate(prepared.request, beat, should_stop)
+        return Generated(result, started, load_s)
 
     def cpu(
         generated: Generated, progress: Callable[[str, int, int, str], None], should_stop: Callable[[], bool]
