@@ -54,6 +54,12 @@ async def test_unknown_argument_names_are_refused(
         assert (await client.call_tool("list_models", {})).is_error is False
 
 
+async def test_a_tool_without_arguments_says_so(settings: Settings, mode: str) -> None:
+    async with Client(build_server(settings), mode=mode) as client:
+        result = await client.call_tool("list_models", {"verbose": True})
+    assert result.is_error and "list_models takes no arguments" in result_text(result), result_text(result)
+
+
 async def test_schemas_forbid_additional_properties(settings: Settings, mode: str) -> None:
     async with Client(build_server(settings), mode=mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}

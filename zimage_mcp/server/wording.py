@@ -58,7 +58,8 @@ def unknown_arguments(tool: str, unknown: Sequence[str], valid: Sequence[str]) -
     """The refusal for argument names a tool does not have."""
     parts = [f"{quote(name, 60)}{did_you_mean(name, valid)}" for name in unknown]
     noun = "argument" if len(unknown) == 1 else "arguments"
-    return f"{tool}: unknown {noun} {', '.join(parts)}; nothing was run. Valid arguments: {', '.join(valid)}"
+    allowed = f"Valid arguments: {', '.join(valid)}" if valid else f"{tool} takes no arguments"
+    return f"{tool}: unknown {noun} {', '.join(parts)}; nothing was run. {allowed}"
 
 
 def field_path(loc: Sequence[Any]) -> str:
