@@ -99,7 +99,7 @@ def make_work(
                 "height": result.height,
                 "timings": result.timings,
                 "created": created,
-                "notes": result.notes,
+                "notes": [*prepared.notes, *result.notes],
             }
             saved.append((store.save(pixels, fmt, meta), pixels))
         ready = [f.result() for f in previews]
@@ -134,7 +134,7 @@ def make_work(
             seeds=list(result.seeds),
             timings=timings,
             elapsed_seconds=round(elapsed, 3),
-            notes=list(result.notes),
+            notes=[*prepared.notes, *result.notes],
             output_format=fmt,
             **params,
         )
@@ -142,7 +142,7 @@ def make_work(
         summary = (
             f"Saved {len(saved)} image(s) in {elapsed:.1f} s with {prepared.variant_id}, "
             f"{result.width}x{result.height}, {prepared.request.steps} steps: {paths}"
-        )
+        ) + "".join(f". Note: {note}" for note in prepared.notes)
         return Outcome(image_result, saved, summary, ready)
 
     return SplitWork(gpu, cpu)

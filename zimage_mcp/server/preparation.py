@@ -206,6 +206,19 @@ class Prepared:
     backend_id: str
     request: GenerationRequest
     params: dict[str, Any]
+    notes: tuple[str, ...] = ()  # said with the result, e.g. a LoRA used on another base than its own
+
+
+def base_notes(registry: Registry, backend_id: str, loras: Sequence[LoraRef]) -> tuple[str, ...]:
+    """A note per LoRA whose declared base (its sidecar or plugin) is not the variant it runs on: it may
+    still work (Base LoRAs often do on Turbo), so it is said, not refused; a LoRA whose shapes do not fit
+    is refused by the backend."""
+    notes = []
+    for ref in loras:
+        declared = registry.resolve_lora(ref.name).base
+        if declared is not None and declared != backend_id:
+            notes.append(f"LoRA '{ref.name}' was trained on {declared}; it ran on {backend_id}, so it may look off")
+    return tuple(notes)
 
 
 def _entry_and_loras(
@@ -268,7 +281,13 @@ def prepare_generate(
         count=count,
         loras=refs,
     )
-    return Prepared(entry.spec.id, backend_id, request, _params(request, entry.spec.id))
+    return Prepared(
+        entry.spec.id,
+        backend_id,
+        request,
+        _params(request, entry.spec.id),
+        notes=base_notes(registry, backend_id, request.loras),
+    )
 
 
 def pick_edit_variant(registry: Registry, model: str | None, wanted: EditMode) -> str | None:
@@ -376,4 +395,4 @@ def prepare_edit(
             "reference_images": list(reference_images or []),
         },
     )
-    return Prepared(entry.spec.id, backend_id, request, params)
+    return Prepared(entry.spec.id, backend_id, request, params, notes=base_notes(registry, backend_id, request.loras))
