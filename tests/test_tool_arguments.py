@@ -220,3 +220,14 @@ async def test_unknown_tool_is_a_protocol_error(settings: Settings, mode: str) -
         assert caught.value.error.code == -32602
         assert "generate_image" in caught.value.error.message
         assert not (await client.call_tool("list_models", {})).is_error
+
+
+async def test_a_huge_resource_uri_is_not_echoed_back(settings: Settings, mode: str) -> None:
+    uri = "zimage://images/" + "a" * 100_000
+    async with Client(build_server(settings), mode=mode) as client:
+        with pytest.raises(MCPError) as caught:
+            await client.read_resource(uri)
+        assert (await client.call_tool("list_models", {})).is_error is False  # still serving
+    error = caught.value
+    assert error.code == -32602
+    assert len(str(error)) < 600 and len(str(getattr(error, "data", ""))) < 600, (len(str(error)), str(error)[:200])

@@ -31,11 +31,12 @@ from zimage_mcp.server.preload import preload_variants
 from zimage_mcp.server.prompts import register_prompts
 from zimage_mcp.server.tool_models import describe_models
 from zimage_mcp.server.tools import ImageTools, register_tools, request_id_var
-from zimage_mcp.server.wording import describe_validation, did_you_mean, quote, unknown_arguments
+from zimage_mcp.server.wording import QUOTE_LIMIT, describe_validation, did_you_mean, quote, unknown_arguments
 from zimage_mcp.store import ImageStore
 
 log = logging.getLogger(__name__)
 TOOL_NAMES = frozenset({"generate_image", "edit_image", "list_models", "get_job", "cancel_job"})
+RESOURCE_KINDS = "resources are zimage://images/<12 hex id>, its /metadata, zimage://gallery/recent, zimage://models"
 IMAGE_URI = re.compile(r"^zimage://images/([0-9a-f]{12})$")
 MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"RIFF", "image/webp"))
 INSTRUCTIONS = """Local image generation with the Z-Image family on this machine's GPU.
@@ -130,7 +131,15 @@ class ZImageServer(MCPServer):
     async def read_resource(
         self, uri: Any, context: Any = None
     ) -> Iterable[ReadResourceContents] | InputRequiredResult:
-        results = await super().read_resource(uri, context)
+        try:
+            results = await super().read_resource(uri, context)
+        except ResourceNotFoundError as exc:
+            # The SDK would echo the whole URI (message, error data and log line); a caller may send 100 kB.
+            message = str(exc)
+            if len(str(uri)) > QUOTE_LIMIT:
+                message = f"no resource at {quote(str(uri))}; {RESOURCE_KINDS}"
+            log.info("resource %s not found", quote(str(uri), 80))
+            raise MCPError(code=INVALID_PARAMS, message=message, data={"uri": quote(str(uri))}) from None
         if isinstance(results, InputRequiredResult) or not IMAGE_URI.match(str(uri)):
             return results
         fixed = []
