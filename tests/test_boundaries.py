@@ -196,6 +196,16 @@ def test_no_import_circles() -> None:
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
 
 
+def test_the_engine_reads_no_environment_variable() -> None:
+    """Callers pass paths and options; only the bridge may look at the environment (for torch's own caches)."""
+    offenders = []
+    for path in sorted((PACKAGE / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv", "unsetenv"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} os.{node.attr}")
+    assert not offenders, offenders
+
+
 def test_modules_stay_short() -> None:
     long = {str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"

@@ -102,10 +102,13 @@ def _missing_parts(
     for c in candidates:
         lacking = [f"{part}/" for part in needed if not (c / part).is_dir()]
         lines.append(f"folder {c} has no {', '.join(lacking)}")
-    repo = w.repo_id or "Tongyi-MAI/Z-Image-Turbo"
+    download = (
+        f", or run `hf download {w.repo_id} --include 'model_index.json' 'tokenizer/*' 'scheduler/*'`"
+        if w.repo_id
+        else " (the published repo's tokenizer/ and scheduler/ folders are enough)"
+    )
     lines.append(
-        f"the tokenizer always comes from a folder: set [variants.{vid}.weights] path to a diffusers folder, or run "
-        f"`hf download {repo} --include 'model_index.json' 'tokenizer/*' 'scheduler/*'`"
+        f"the tokenizer always comes from a folder: set [variants.{vid}.weights] path to a diffusers folder{download}"
     )
     return lines
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from zimage_mcp.contract.rules import MAX_COUNT
+
 if TYPE_CHECKING:
     from zimage_mcp.registry import Registry
 
@@ -57,7 +59,9 @@ Wait = Annotated[
 Size = Annotated[
     int | None, Field(strict=True, description="A multiple of 16 within the variant's limits, typically 256 to 2048")
 ]
-Count = Annotated[int, Field(strict=True, ge=1, le=4, description="Images to make (1-4), seeds seed, seed+1, ...")]
+Count = Annotated[
+    int, Field(strict=True, ge=1, le=MAX_COUNT, description=f"Images to make (1-{MAX_COUNT}), seeds seed, seed+1, ...")
+]
 Strength = Annotated[
     float | None, Field(strict=True, gt=0, le=1, allow_inf_nan=False, description="img2img/inpaint: how much changes")
 ]

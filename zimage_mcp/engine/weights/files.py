@@ -53,16 +53,6 @@ def place(t: Tensor, dtype: torch.dtype | None, device: torch.device) -> Tensor:
     return t.to(dtype) if cast else t
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` table of a safetensors header (adapter configs live there)."""
-    require_safetensors(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: cannot read safetensors header: {e}") from e
-
-
 def shard_files(folder: Path, index_name: str, single_name: str) -> list[Path]:
     """The files of a component folder: the shards named by ``index_name`` or the single file."""
     index = folder / index_name
