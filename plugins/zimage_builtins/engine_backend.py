@@ -257,6 +257,8 @@ class EngineBackend:
                 r.image,
                 r.prompt,
                 strength=r.strength,
+                width=r.width,  # the server fitted the input to the variant's limits (contract.rules.fit_size)
+                height=r.height,
                 negative_prompt=r.negative_prompt,
                 steps=r.steps,
                 guidance=r.guidance,
@@ -275,6 +277,8 @@ class EngineBackend:
                 r.mask,
                 r.prompt,
                 strength=r.strength,
+                width=r.width,  # the server fitted the input to the variant's limits (contract.rules.fit_size)
+                height=r.height,
                 negative_prompt=r.negative_prompt,
                 steps=r.steps,
                 guidance=r.guidance,
