@@ -77,3 +77,35 @@ def test_broken_entry_point_plugins_do_not_stop_the_start(tmp_path: Path, bad_di
     assert "plugin 'typo' failed: unknown hook 'zimage_register_variant' (did you mean" in problems
     assert "plugin 'broken' failed: ImportError: needs torchvision; it is not loaded" in problems
     assert "plugin 'raiser' failed in zimage_register_loras: RuntimeError: cannot read my folder" in problems
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_list_models_names_broken_plugins_and_typos_through_mcp(
+    tmp_path: Path, bad_dist: None, anyio_backend: str
+) -> None:
+    """What an assistant sees: the server starts with the good plugins, list_models lists what is broken."""
+    from mcp import Client
+
+    from zimage_mcp.registry.plugin_manager import plugin_manager_from_settings
+    from zimage_mcp.server import build_server
+
+    settings = _settings(tmp_path, "[variants.z-image-turbo.defaults]\nstepz = 4\n")
+    settings = Settings.from_env(
+        {}, registry_file=settings.registry_file, lora_dir=settings.lora_dir, output_dir=tmp_path / "out"
+    )
+    registry = Registry.from_settings(settings, plugin_manager_from_settings(settings, entrypoints=True))
+    async with Client(build_server(settings, registry)) as client:
+        result = await client.call_tool("list_models", {})
+    assert not result.is_error
+    data = result.structured_content
+    assert data["default_model"] == "z-image-turbo"
+    problems = "\n".join(data["problems"])
+    text = result.content[0].text
+    for needle in (
+        "plugin 'typo' failed: unknown hook 'zimage_register_variant'",
+        "plugin 'broken' failed: ImportError: needs torchvision",
+        "stepz: unknown key",
+    ):
+        assert needle in problems and needle in text, (needle, problems)
+    assert "lora:good" in [v["id"] for v in data["variants"]]
