@@ -164,6 +164,35 @@ def test_serve_says_ready_on_stderr_never_stdout(tiny_env: dict[str, str]) -> No
     assert "z-image-turbo" in ready[0]
 
 
+def test_the_http_daemon_says_ready_with_its_address(tiny_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zimage_mcp", "serve", "--transport", "http", "--port", str(port)],
+        env=tiny_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        ready = ""
+        for line in proc.stderr:  # bounded by the daemon's own start; a hang fails the suite's time-out
+            if "ready" in line:
+                ready = line
+                break
+        assert f"http http://127.0.0.1:{port}/mcp" in ready and tiny_env["ZIMAGE_MCP_OUTPUT_DIR"] in ready, ready
+        assert "z-image-turbo" in ready
+    finally:
+        proc.kill()
+        out, _ = proc.communicate(timeout=30)
+    assert out == ""  # the HTTP daemon prints nothing on stdout either
+
+
 def test_list_and_plugins_show_failed_plugins_with_their_reason(tmp_path: Path, tiny_env: dict[str, str]) -> None:
     site = tmp_path / "site"
     info = site / "broken_zimage_plugin-0.1.dist-info"
