@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import ZImagePipeline
@@ -31,6 +32,7 @@ from zimage_mcp.engine.weights.lora_apply import LoraManager
 
 TOL = 1e-4
 ALPHA, RANK = 8.0, 4
+PROMPT = "a photo of a cat sitting on a mat, 35mm"
 DIFFUSERS_READS = {"diffusers", "ai-toolkit", "kohya", "dot", "lokr", "lokr-rank"}  # ComfyUI-native: diffusers can't
 
 
@@ -125,3 +127,36 @@ def test_two_adapters_with_scales(lora_files: dict[str, Path], base_seed: int) -
     assert (ours_out(model) - diffusers_out(base_seed, [(lora_files["second"], 0.5)])).abs().max() <= TOL
     manager.clear()
     assert (ours_out(model) - diffusers_out(base_seed, [])).abs().max() <= TOL
+
+
+def _assert_latents_match(got: torch.Tensor, want: torch.Tensor) -> None:
+    """The latents carry the comparison: many tiny-model pixels clip to 0 or 1 after the decode."""
+    assert got.shape == want.shape
+    assert (got.float() - want.float()).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.parametrize("dialect", ["kohya", "comfyui"])
+def test_pipeline_latents_with_lora_match_diffusers(tiny_dir: Path, lora_files: dict[str, Path], dialect: str) -> None:
+    """The whole text-to-image loop with a weighted LoRA: latents before the decode, then the pixels."""
+    from zimage_mcp.engine import load_pipeline
+
+    args = dict(width=256, height=256, num_inference_steps=3, guidance_scale=2.0, negative_prompt="blurry")
+    ref = ZImagePipeline.from_pretrained(tiny_dir, dtype=torch.float32)
+    ref.set_progress_bar_config(disable=True)
+    ref.load_lora_weights(str(lora_files["diffusers"]), adapter_name="a")
+    ref.set_adapters(["a"], adapter_weights=[0.8])
+
+    def run(output_type: str):
+        return ref(PROMPT, generator=torch.Generator("cpu").manual_seed(6), output_type=output_type, **args).images
+
+    want_latents, want = run("latent"), run("np")
+
+    ours = load_pipeline(tiny_dir, device="cpu", dtype=torch.float32)
+    kw = dict(width=256, height=256, steps=3, guidance=2.0, negative_prompt="blurry", seed=6)
+    plain = ours.generate(PROMPT, **kw).latents
+    LoraManager(ours.transformer).set_adapters([(lora_files[dialect], 0.8)])
+    latents = ours.generate(PROMPT, **kw).latents
+    assert (latents - plain).abs().max().item() > 1e-2  # the LoRA does something
+    _assert_latents_match(latents, want_latents)
+    got = ours.decode_pixels(latents).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got - want).max() <= 1e-4
