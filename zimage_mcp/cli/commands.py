@@ -194,7 +194,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("next, with this registry and output folder:", file=sys.stderr)
     print(f"  export ZIMAGE_MCP_REGISTRY={registry} ZIMAGE_MCP_OUTPUT_DIR={out_dir}", file=sys.stderr)
     print(f"  {me} generate --prompt 'a cat' --count 2     # then: {me} gallery", file=sys.stderr)
-    print(f"  {sys.executable} examples/client_call.py --registry {registry}   # the same over MCP", file=sys.stderr)
+    example = Path(__file__).resolve().parents[2] / "examples" / "client_call.py"  # a checkout's; absent when installed
+    if example.is_file():
+        print(f"  {sys.executable} {example} --registry {registry}   # the same over MCP", file=sys.stderr)
     return 0
 
 
