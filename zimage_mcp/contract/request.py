@@ -18,6 +18,7 @@ class LoraRef:
     name: str
     file: str
     scale: float
+    base: str | None = None  # the variant the LoRA declares it was trained on (sidecar or plugin), if any
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ def make_work(
         if should_stop():
             raise GenerationCancelled("cancelled before saving")
         created = datetime.now(UTC).isoformat()
+        notes = [*prepared.notes, *result.notes]
         limit = worker_limit(preview_budget, len(result.images))
         previews = [_PREVIEWS.submit(make_preview, px, preview, limit) for px in result.images]
         saved: list[tuple[StoredImage, Pixels]] = []
@@ -99,7 +100,7 @@ def make_work(
                 "height": result.height,
                 "timings": result.timings,
                 "created": created,
-                "notes": [*prepared.notes, *result.notes],
+                "notes": notes,
             }
             saved.append((store.save(pixels, fmt, meta), pixels))
         ready = [f.result() for f in previews]
@@ -134,7 +135,7 @@ def make_work(
             seeds=list(result.seeds),
             timings=timings,
             elapsed_seconds=round(elapsed, 3),
-            notes=[*prepared.notes, *result.notes],
+            notes=notes,
             output_format=fmt,
             **params,
         )

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from zimage_mcp.contract import GenerationCancelled
@@ -187,7 +186,7 @@ class ProgressMailbox:
         with self._lock:
             self._pending.append((value, total, message))
 
-    async def send_newest(self, report: AsyncReporter) -> None:
+    async def send_pending(self, report: AsyncReporter) -> None:
         """Send everything put since the last call, oldest first (every step and phase is kept)."""
         with self._lock:
             batch = list(self._pending)
@@ -308,7 +307,7 @@ class JobManager:
 
         async def pump() -> None:
             while True:
-                await mailbox.send_newest(report)
+                await mailbox.send_pending(report)
                 await anyio.sleep(PROGRESS_PERIOD)
 
         try:
@@ -319,7 +318,7 @@ class JobManager:
                 finally:
                     tg.cancel_scope.cancel()
                     with anyio.CancelScope(shield=True):
-                        await mailbox.send_newest(report)  # the final value, before the result goes out
+                        await mailbox.send_pending(report)  # the final value, before the result goes out
         except anyio.get_cancelled_exc_class():
             job.stop.set()
             self.abandon(job)

@@ -112,7 +112,7 @@ def resolve_loras(
             raise InvalidRequestError("loras", str(exc)) from None
         if any(ref.name == spec.name for ref in refs):
             raise InvalidRequestError("loras", f"LoRA '{spec.name}' is given twice")
-        refs.append(LoraRef(spec.name, spec.file, choice.scale))
+        refs.append(LoraRef(spec.name, spec.file, choice.scale, spec.base))
     return tuple(refs)
 
 
@@ -209,16 +209,15 @@ class Prepared:
     notes: tuple[str, ...] = ()  # said with the result, e.g. a LoRA used on another base than its own
 
 
-def base_notes(registry: Registry, backend_id: str, loras: Sequence[LoraRef]) -> tuple[str, ...]:
+def base_notes(backend_id: str, loras: Sequence[LoraRef]) -> tuple[str, ...]:
     """A note per LoRA whose declared base (its sidecar or plugin) is not the variant it runs on: it may
     still work (Base LoRAs often do on Turbo), so it is said, not refused; a LoRA whose shapes do not fit
     is refused by the backend."""
-    notes = []
-    for ref in loras:
-        declared = registry.resolve_lora(ref.name).base
-        if declared is not None and declared != backend_id:
-            notes.append(f"LoRA '{ref.name}' was trained on {declared}; it ran on {backend_id}, so it may look off")
-    return tuple(notes)
+    return tuple(
+        f"LoRA '{ref.name}' was trained on {ref.base}; it ran on {backend_id}, so it may look off"
+        for ref in loras
+        if ref.base is not None and ref.base != backend_id
+    )
 
 
 def _entry_and_loras(
@@ -232,7 +231,7 @@ def _entry_and_loras(
     backend_id, base_lora = entry.spec.id, None
     if target is not None:
         backend_id, lora_spec = target
-        base_lora = LoraRef(lora_spec.name, lora_spec.file, lora_spec.scale)
+        base_lora = LoraRef(lora_spec.name, lora_spec.file, lora_spec.scale, lora_spec.base)
     return entry, backend_id, resolve_loras(registry, entry.spec.id, choices, base_lora)
 
 
@@ -286,7 +285,7 @@ def prepare_generate(
         backend_id,
         request,
         _params(request, entry.spec.id),
-        notes=base_notes(registry, backend_id, request.loras),
+        notes=base_notes(backend_id, request.loras),
     )
 
 
@@ -395,4 +394,4 @@ def prepare_edit(
             "reference_images": list(reference_images or []),
         },
     )
-    return Prepared(entry.spec.id, backend_id, request, params, notes=base_notes(registry, backend_id, request.loras))
+    return Prepared(entry.spec.id, backend_id, request, params, notes=base_notes(backend_id, request.loras))
