@@ -226,7 +226,7 @@ def reap_servers() -> None:
 class Server:
     """One real server process over stdio, opened with the SDK client; ``open_s`` is the initialize reply."""
 
-    def __init__(self, a: argparse.Namespace, registry: Path) -> None:
+    def __init__(self, a: argparse.Namespace, registry: Path, log_name: str = "") -> None:
         from mcp import Client, StdioServerParameters
 
         env = base_env(
@@ -235,6 +235,9 @@ class Server:
             ZIMAGE_MCP_DEVICE=a.device,
             ZIMAGE_MCP_LOG_LEVEL="WARNING",
         )
+        if a.server_log and log_name:  # the server's own account (load phases, compile cache) at INFO
+            a.server_log.mkdir(parents=True, exist_ok=True)
+            env.update(ZIMAGE_MCP_LOG_LEVEL="INFO", ZIMAGE_MCP_LOG_FILE=str(a.server_log / f"{log_name}.log"))
         params = StdioServerParameters(
             command=sys.executable, args=["-m", "zimage_mcp", "serve"], env=env, cwd=str(REPO)
         )
@@ -279,6 +282,8 @@ class Server:
             "since_start_s": time.perf_counter() - self.t0,
             "timings": sc.get("timings", {}),
             "queue_wait_s": sc.get("queue_wait_seconds"),
+            "submitted_at": sc.get("submitted_at"),
+            "started_at": sc.get("started_at"),
             "size_bytes": sc["images"][0]["size_bytes"],
             "preview_b64_bytes": inline,
         }
@@ -341,23 +346,53 @@ async def latency(srv: Server, a: argparse.Namespace, prompts: list[str]) -> lis
     return rows
 
 
+def gpu_timeline(results: list[dict]) -> dict:
+    """Where the GPU idled between jobs: each job holds it from ``started_at`` for ``timings.gpu`` seconds.
+
+    A gap while another job had already been submitted is time the server lost; a gap with nobody waiting is
+    the clients' own round trip."""
+    jobs = sorted(
+        (r["started_at"], r["started_at"] + r["timings"]["gpu"], r["submitted_at"])
+        for r in results
+        if r.get("started_at") is not None and "gpu" in r["timings"]
+    )
+    gaps, lost = [], []
+    for (_, end, _), (start, _, submitted) in zip(jobs, jobs[1:], strict=False):
+        gaps.append(round((start - end) * 1000, 2))
+        if submitted < end:  # the next job was already waiting when the GPU came free
+            lost.append(round((start - end) * 1000, 2))
+    span = jobs[-1][1] - jobs[0][0] if jobs else 0.0
+    busy = sum(e - s for s, e, _ in jobs)
+    return {
+        "gpu_ms_all": [round((e - s) * 1000, 1) for s, e, _ in jobs],
+        "gpu_busy_fraction": round(busy / span, 4) if span else None,
+        "span_images_per_s": round(len(jobs) / span, 3) if span else None,
+        "gap_ms_all": gaps,
+        "gap_ms_with_a_job_waiting": lost,
+    }
+
+
 async def throughput(srv: Server, a: argparse.Namespace, prompts: list[str]) -> dict:
     import anyio
 
     size = a.sizes[0]
-    for i in range(a.warmup):  # a no-op cost when the latency section already warmed this server up
-        await srv.generate(prompts[i % len(prompts)], size, i)
     sem = anyio.Semaphore(a.concurrency)
     results: list[dict] = []
 
-    async def one(i: int) -> None:
+    async def one(i: int, keep: bool) -> None:
         async with sem:
-            results.append(await srv.generate(prompts[i % len(prompts)], size, 1000 + i, "png", "thumbnail"))
+            r = await srv.generate(prompts[i % len(prompts)], size, 1000 + i, "png", "thumbnail")
+            if keep:
+                results.append(r)
 
+    # Warm up in flight too: every prompt once, concurrently, so nothing left to compile lands in the timed part.
+    async with anyio.create_task_group() as tg:
+        for i in range(max(a.warmup, len(prompts))):
+            tg.start_soon(one, i, False)
     t = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for i in range(a.images):
-            tg.start_soon(one, i)
+            tg.start_soon(one, i, True)
     wall = time.perf_counter() - t
     return emit(
         {
@@ -373,6 +408,7 @@ async def throughput(srv: Server, a: argparse.Namespace, prompts: list[str]) -> 
             "client_ms_median": median_ms([r["wall_s"] for r in results]),
             "queue_wait_ms_median": median_ms([r["queue_wait_s"] or 0.0 for r in results]),
             "server_timings_ms": timings_ms(results),
+            **gpu_timeline(results),
         }
     )
 
@@ -385,7 +421,7 @@ async def first_image(a: argparse.Namespace, prompts: list[str]) -> dict:
     out: dict[str, Any] = {"section": "first_image", "size": a.sizes[0], "compile_cache": str(cache)}
     for label in ("cold", "warm"):  # warm: the same cache, a new server process
         with anyio.fail_after(a.section_timeout):
-            async with Server(a, reg) as srv:
+            async with Server(a, reg, f"first_image_{label}") as srv:
                 r = await srv.generate(prompts[0], a.sizes[0], 0)
         out[label] = {
             "initialize_s": round(srv.open_s, 3),
@@ -697,7 +733,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2, help="requests per size before timing (latency, engine)")
     ap.add_argument("--steps", type=int, default=8, help="Turbo steps (the variant default)")
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--images", type=int, default=8, help="throughput: images in all")
+    ap.add_argument("--server-log", type=Path, default=None, help="folder for the first-image servers' INFO logs")
+    ap.add_argument("--images", type=int, default=16, help="throughput: images in all")
     ap.add_argument(
         "--memory-steps",
         type=int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,11 +97,13 @@ def _load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) ->
     w = spec.weights
     if not w.path:  # the registry resolves repo ids to a snapshot folder before calling the factory
         raise BackendLoadError(f"{spec.id}: no weights found; set [variants.{spec.id}.weights] path")
+    started = time.perf_counter()
     device = resolve_device(ctx.device)
     use_compile_cache(ctx, device)
-    _prepare_device(ctx, device)
+    _prepare_device(ctx, device)  # the CUDA context is created here on a fresh process
+    prepared = time.perf_counter()
     try:
-        return load_pipeline(
+        pipe = load_pipeline(
             Path(w.path),
             transformer_file=Path(w.single_file) if w.single_file else None,
             vae_file=Path(w.vae_file) if w.vae_file else None,
@@ -119,6 +122,19 @@ def _load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) ->
         )
     except (EngineWeightsError, InvalidArgument) as e:
         raise BackendLoadError(f"{spec.id}: {e}") from e
+    t = pipe.load_timings
+    size = _module_bytes(pipe.transformer, pipe.vae, pipe.text_encoder.model) / 1e9
+    log.info(
+        "%s loaded in %.1f s: device %.1f s, weights %.1f s (%.1f GB, %.1f GB/s), optimize %.1f s",
+        spec.id,
+        time.perf_counter() - started,
+        prepared - started,
+        t["read"],
+        size,
+        size / max(t["read"], 1e-6),
+        t["optimize"],
+    )
+    return pipe
 
 
 class EngineBackend:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -93,6 +94,7 @@ def load_pipeline(
         held.append(key)
         return component
 
+    started = time.perf_counter()
     try:
         if architecture == "omni":
             if transformer_file or vae_file or text_encoder_file:
@@ -110,7 +112,9 @@ def load_pipeline(
         if shift is not None:
             pipe.shift = shift
         pipe.step_cache = step_cache
+        read = time.perf_counter()
         optimize(pipe, optimize_mode, fp8=fp8)
+        pipe.load_timings = {"read": read - started, "optimize": time.perf_counter() - read}
     except BaseException:
         shared.release(*held)
         raise
