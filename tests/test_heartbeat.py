@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from zimage_mcp.server.heartbeat import Heartbeat
 
@@ -27,5 +28,19 @@ def test_silent_work_beats_inside_its_unit_and_stops_after() -> None:
     assert dones == sorted(dones) and len(set(dones)) == len(dones) and all(0 < d < 1 for d in dones)
     assert all(b[3].startswith("loading weights for z-image-turbo (") for b in beats)
     assert ("loading", 1, 1, "weights ready") in sent and all(s[1] <= s[2] for s in sent)  # never past the unit
-    assert not any(t.name == "zimage-heartbeat" for t in threading.enumerate())  # stopped with the block
-    assert len(sent) == after
+    time.sleep(0.05)  # five periods: a heartbeat left open would have beaten again
+    assert len(sent) == after  # stopped with the block
+
+
+def test_heartbeats_share_one_thread() -> None:
+    """Jobs do not start a thread each: that waits for the GIL behind the other jobs, with the GPU idle."""
+    with Heartbeat(lambda *_: None, period=0.01):
+        pass
+    before = threading.active_count()
+    beats: list[int] = []
+    with Heartbeat(lambda *_: beats.append(1), period=0.01) as one, Heartbeat(lambda *_: beats.append(2)) as two:
+        one("loading", 0, 1, "a")
+        two("loading", 0, 1, "b")
+        assert threading.active_count() == before
+        time.sleep(0.1)
+    assert beats.count(1) > 1 and beats.count(2) == 1  # each at its own period: the second has 2 s
