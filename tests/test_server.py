@@ -91,6 +91,7 @@ async def test_generate_content_budget_progress_and_files(settings: Settings, mo
     assert len(result.model_dump_json(by_alias=True)) < settings.preview_max_bytes
     preview = Image.open(__import__("io").BytesIO(base64.b64decode(result.content[2].data)))
     assert max(preview.size) <= 512
+    assert preview.format == "JPEG" and result.content[2].mime_type == "image/jpeg"  # the fastest to encode
     values = [p[0] for p in progress]
     assert values == sorted(values) and len(set(values)) == len(values), progress
     assert all(p[1] == progress[-1][1] for p in progress) and values[-1] == progress[-1][1]

@@ -1,6 +1,8 @@
 """Downscaled previews that keep a whole tool result under the host's size cap.
 
-Also composes the content blocks of an image result. A preview is WebP (JPEG when WebP is unavailable). Base64
+Also composes the content blocks of an image result. A preview is a baseline JPEG: at the same quality and
+size as WebP it encodes about ten times faster (512 px: 0.6 ms against 5.6 ms photo-like, 1.2 against 16 ms
+for noise), every host displays it, and the preview's time is on every call's path. Base64
 inflates bytes by 4/3, so the byte budget handed in is for *encoded* data and this module divides it
 accordingly. ``thumbnail`` starts at 512 px on the long side; ``full`` starts at full resolution. Either way
 quality and then size are lowered until the preview fits, so ``full`` never breaks the budget either.
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mcp.types import Annotations, ContentBlock, ImageContent, ResourceLink, TextContent
-from PIL import Image, features
+from PIL import Image
 
 from zimage_mcp.contract import Pixels
 from zimage_mcp.store import StoredImage
@@ -39,11 +41,7 @@ class Preview:
 
 def _encode(img: Image.Image, quality: int) -> tuple[bytes, str]:
     buf = io.BytesIO()
-    if features.check("webp"):
-        # method 0: the fastest WebP effort; on a 512 px preview it is ~10 ms faster than method 4 and no larger
-        img.save(buf, "WEBP", quality=quality, method=0)
-        return buf.getvalue(), "image/webp"
-    img.convert("RGB").save(buf, "JPEG", quality=quality, optimize=True)
+    img.save(buf, "JPEG", quality=quality)  # no optimize: -11 % bytes for +130 % time
     return buf.getvalue(), "image/jpeg"
 
 

@@ -19,7 +19,10 @@ from PIL import Image, ImageChops
 from zimage_mcp.contract import Pixels
 
 PNG_LEVEL = 1  # zlib level: ~2x faster than Pillow's level 1, ~5x faster than its default; +16% size
-STRIPS = max(1, min(4, os.cpu_count() or 1))  # parallel deflate streams per image
+# Parallel deflate streams per image, each at least STRIP_ROWS rows (smaller strips cost ratio, not time).
+# On the 16-core GPU host a 1024^2 image took 54 ms on 4 strips; the encode is on every call's path.
+STRIPS = max(1, min(16, os.cpu_count() or 1))
+STRIP_ROWS = 64
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _POOL = ThreadPoolExecutor(max_workers=STRIPS, thread_name_prefix="zimage-png")
 
@@ -51,7 +54,7 @@ def _deflate(data: memoryview, last: bool, level: int) -> bytes:
 def encode_png(pixels: Pixels, text: dict[str, str], level: int = PNG_LEVEL) -> bytes:
     """A complete PNG file: IHDR, one tEXt chunk per ``text`` item (Latin-1), IDAT, IEND."""
     raw = memoryview(_filtered_rows(pixels))
-    n = min(STRIPS, pixels.height)
+    n = max(1, min(STRIPS, pixels.height // STRIP_ROWS))
     stride = pixels.width * 3 + 1
     bounds = [pixels.height * i // n * stride for i in range(n + 1)]
     parts = [(raw[a:b], i == n - 1) for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
