@@ -251,12 +251,16 @@ def test_importing_the_engine_is_cheap() -> None:
 
 
 def test_building_the_server_and_listing_models_leaves_torch_out(tmp_path: Path) -> None:
+    # prepare_at_start off: with it on, the engine plugin imports torch in the background by design
+    (tmp_path / "registry.toml").write_text("[runtime]\nprepare_at_start = false\n")
     code = (
         "import sys, pathlib, anyio\n"
         "from mcp import Client\n"
         "from zimage_mcp.registry.settings import Settings\n"
         "from zimage_mcp.server import build_server\n"
-        f"s = Settings.from_env(environ={{}}, output_dir=pathlib.Path({str(tmp_path)!r}))\n"
+        f"s = Settings.from_env(environ={{'ZIMAGE_MCP_REGISTRY': {str(tmp_path / 'registry.toml')!r}}},"
+        f" output_dir=pathlib.Path({str(tmp_path)!r}))\n"
+        "assert not s.prepare_at_start\n"
         "async def main():\n"
         "    async with Client(build_server(s)) as c:\n"
         "        r = await c.call_tool('list_models', {})\n"

@@ -29,7 +29,7 @@ def test_the_key_names_torch_and_the_device() -> None:
 
 
 def test_default_base_folder_is_created_with_a_key_subfolder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from zimage_builtins.engine_backend import use_compile_cache
+    from zimage_builtins.engine_loading import use_compile_cache
 
     from zimage_mcp.engine.speed.compile_cache import compile_cache_key
 
@@ -43,7 +43,7 @@ def test_default_base_folder_is_created_with_a_key_subfolder(tmp_path: Path, cap
 def test_an_inherited_variable_wins_over_the_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from zimage_builtins.engine_backend import use_compile_cache
+    from zimage_builtins.engine_loading import use_compile_cache
 
     caplog.set_level(logging.INFO)
     monkeypatch.setenv(ENV, str(tmp_path / "inherited"))
@@ -58,7 +58,7 @@ def test_the_users_setting_wins_over_an_inherited_variable(
     """Before: os.environ.setdefault let an inherited variable win silently and the folder was not created."""
     import os
 
-    from zimage_builtins.engine_backend import use_compile_cache
+    from zimage_builtins.engine_loading import use_compile_cache
 
     caplog.set_level(logging.INFO)
     monkeypatch.setenv(ENV, str(tmp_path / "inherited"))

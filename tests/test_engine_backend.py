@@ -55,7 +55,7 @@ def _noop(*args: object) -> None:
 
 
 def test_turbo_and_base_share_one_text_encoder_and_vae(registry: Registry) -> None:
-    from zimage_builtins.engine_backend import SHARED
+    from zimage_builtins.engine_loading import SHARED
 
     held = SHARED.count()  # the cache is process-wide: other tests' servers may still hold their own files
     turbo, base = registry.backend("z-image-turbo"), registry.backend("z-image-base")

@@ -61,7 +61,7 @@ def test_builtins_load_first_under_their_module_names() -> None:
         "name": "zimage_engine",
         "distribution": "zimage-mcp",
         "version": "0.1.0",
-        "hooks": ["zimage_register_variants"],
+        "hooks": ["zimage_prepare", "zimage_register_variants"],
         "status": "ok",
         "error": None,
     }

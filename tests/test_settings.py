@@ -161,7 +161,7 @@ def test_test_gpu_memory_cap_is_parsed_and_reaches_the_device(tmp_path: Path, mo
     """The test-only cap that emulates a 16 GB / 8 GB card on a bigger one: parsed, passed to the backend
     context, and handed to torch.cuda.set_per_process_memory_fraction (a no-op on the CPU)."""
     import torch
-    from zimage_builtins import engine_backend
+    from zimage_builtins import engine_loading
 
     from zimage_mcp.contract import BackendContext
     from zimage_mcp.engine import device as engine_device
@@ -184,7 +184,9 @@ def test_test_gpu_memory_cap_is_parsed_and_reaches_the_device(tmp_path: Path, mo
     )
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append((f, d)))
     monkeypatch.setattr(engine_device, "use_expandable_segments", lambda: True)
-    engine_backend._prepare_device(BackendContext(gpu_memory_limit_gb=14), torch.device("cuda"))
+    monkeypatch.setattr(engine_loading, "_PREPARED", set())  # once per device and process
+    engine_loading._prepare_device(BackendContext(gpu_memory_limit_gb=14), torch.device("cuda"))
     assert calls == [(0.1, torch.device("cuda"))]
-    engine_backend._prepare_device(BackendContext(gpu_memory_limit_gb=14), torch.device("cpu"))
-    assert len(calls) == 1
+    engine_loading._prepare_device(BackendContext(gpu_memory_limit_gb=14), torch.device("cuda"))
+    engine_loading._prepare_device(BackendContext(gpu_memory_limit_gb=14), torch.device("cpu"))
+    assert len(calls) == 1  # the second load on the same device does not cap it again

@@ -8,14 +8,13 @@ never import torch. Variants that read the same text encoder and VAE files share
 from __future__ import annotations
 
 import logging
-import os
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zimage_builtins.engine_loading import SHARED, load, module_bytes
 from zimage_mcp.contract import (
     BackendContext,
     BackendLoadError,
@@ -30,29 +29,15 @@ from zimage_mcp.contract import (
     UnsupportedEditError,
     VariantSpec,
 )
-from zimage_mcp.engine.build import Architecture, SharedComponents, load_pipeline
-from zimage_mcp.engine.device import prepare_device, resolve_device
 from zimage_mcp.engine.errors import GenerationCancelled as EngineCancelled
 from zimage_mcp.engine.errors import InvalidArgument
 from zimage_mcp.engine.errors import WeightsError as EngineWeightsError
 from zimage_mcp.engine.pipelines.img2img import img2img, inpaint
 from zimage_mcp.engine.pipelines.text_to_image import GenerationOutput, StepCallback
-from zimage_mcp.engine.speed.compile_cache import choose_compile_cache
 from zimage_mcp.engine.speed.warm_up import warm_up
 from zimage_mcp.engine.weights.lora_apply import LoraManager
 
 log = logging.getLogger(__name__)
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-SHARED = SharedComponents()  # Turbo and Base (and Omni) hold one text encoder and VAE per set of files
-
-
-def _module_bytes(*modules: Any) -> int:
-    total = 0
-    for m in modules:
-        if isinstance(m, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
-    return total
 
 
 def _pixels(image: Any) -> Pixels:
@@ -65,84 +50,12 @@ def _invalid(err: InvalidArgument) -> InvalidRequestError:
     return InvalidRequestError(err.field, err.allowed)
 
 
-INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
-
-
-def use_compile_cache(ctx: BackendContext, device: torch.device) -> Path | None:
-    """Point torch.compile at a folder that outlives the process (``engine.speed.compile_cache`` says which:
-    ``[runtime] compile_cache`` > an inherited ``TORCHINDUCTOR_CACHE_DIR`` > the default), create it, log it."""
-    chosen = choose_compile_cache(
-        device, ctx.compile_cache_dir, ctx.compile_cache_explicit, os.environ.get(INDUCTOR_CACHE)
-    )
-    if chosen is not None:
-        folder, why = chosen
-        (log.warning if "instead of" in why else log.info)("compile cache: %s (%s)", folder, why)
-        folder.mkdir(parents=True, exist_ok=True)
-        os.environ[INDUCTOR_CACHE] = str(folder)
-    return None if chosen is None else chosen[0]
-
-
-def _prepare_device(ctx: BackendContext, device: torch.device) -> None:
-    tune = not {"PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"} & set(os.environ)  # the user's config wins
-    limit = int(ctx.gpu_memory_limit_gb * 2**30) if ctx.gpu_memory_limit_gb else None
-    if (fraction := prepare_device(device, tune, limit)) is not None:
-        log.warning(
-            "test_gpu_memory_gb: CUDA memory capped at %s GiB (fraction %.3f)", ctx.gpu_memory_limit_gb, fraction
-        )
-
-
-def _load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) -> Any:
-    """The engine's one build function with the server's settings; compile artefacts go to a folder
-    that outlives the process."""
-    w = spec.weights
-    if not w.path:  # the registry resolves repo ids to a snapshot folder before calling the factory
-        raise BackendLoadError(f"{spec.id}: no weights found; set [variants.{spec.id}.weights] path")
-    started = time.perf_counter()
-    device = resolve_device(ctx.device)
-    use_compile_cache(ctx, device)
-    _prepare_device(ctx, device)  # the CUDA context is created here on a fresh process
-    prepared = time.perf_counter()
-    try:
-        pipe = load_pipeline(
-            Path(w.path),
-            transformer_file=Path(w.single_file) if w.single_file else None,
-            vae_file=Path(w.vae_file) if w.vae_file else None,
-            text_encoder_file=Path(w.text_encoder_file) if w.text_encoder_file else None,
-            architecture=architecture,
-            device=device,
-            dtype=_DTYPES.get(ctx.dtype) if device.type == "cuda" else torch.float32,
-            vae_dtype=_DTYPES.get(ctx.vae_dtype) if device.type == "cuda" else None,
-            # None: the folder's scheduler config decides (3.0 without one); set only by a user's defaults.shift
-            shift=spec.defaults.shift,
-            optimize_mode=ctx.optimize,
-            fp8=ctx.fp8,
-            offload_text_encoder=ctx.offload_text_encoder and architecture == "text_to_image",
-            step_cache=ctx.step_cache,
-            shared=SHARED,
-        )
-    except (EngineWeightsError, InvalidArgument) as e:
-        raise BackendLoadError(f"{spec.id}: {e}") from e
-    t = pipe.load_timings
-    size = _module_bytes(pipe.transformer, pipe.vae, pipe.text_encoder.model) / 1e9
-    log.info(
-        "%s loaded in %.1f s: device %.1f s, weights %.1f s (%.1f GB, %.1f GB/s), optimize %.1f s",
-        spec.id,
-        time.perf_counter() - started,
-        prepared - started,
-        t["read"],
-        size,
-        size / max(t["read"], 1e-6),
-        t["optimize"],
-    )
-    return pipe
-
-
 class EngineBackend:
     """A loaded Turbo/Base-architecture variant: text-to-image, img2img and inpaint."""
 
     def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:
         self.spec = spec
-        self.pipe = _load(spec, ctx, "text_to_image")
+        self.pipe = load(spec, ctx, "text_to_image")
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path = Path(spec.weights.controlnet) if spec.weights.controlnet else None
         self._controlnet: Any = None
@@ -168,7 +81,7 @@ class EngineBackend:
     # -- Backend protocol -------------------------------------------------------------------------
     def vram_bytes(self) -> int:
         pipe = getattr(self, "pipe", None)
-        return 0 if pipe is None else _module_bytes(pipe.transformer, pipe.vae, pipe.text_encoder.model)
+        return 0 if pipe is None else module_bytes(pipe.transformer, pipe.vae, pipe.text_encoder.model)
 
     def unload(self) -> None:
         if getattr(self, "pipe", None) is None:
@@ -371,13 +284,13 @@ class OmniBackend(EngineBackend):
 
     def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:  # noqa: D107 - no super(): no ControlNet
         self.spec = spec
-        self.pipe = _load(spec, ctx, "omni")
+        self.pipe = load(spec, ctx, "omni")
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path, self._controlnet = None, None
 
     def vram_bytes(self) -> int:
         pipe = getattr(self, "pipe", None)
-        return 0 if pipe is None else super().vram_bytes() + _module_bytes(pipe.siglip.model)
+        return 0 if pipe is None else super().vram_bytes() + module_bytes(pipe.siglip.model)
 
     def _run(self, r: GenerationRequest, on_step: StepCallback, should_stop: StopCheck) -> GenerationOutput:
         if r.mode is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 
@@ -24,9 +26,13 @@ def release_cached_memory(device: torch.device) -> None:
 def use_expandable_segments() -> bool:
     """Let the CUDA caching allocator grow segments in place instead of keeping same-size blocks apart:
     less fragmentation, so a lower device-wide peak for the same tensors. False where this torch lacks it."""
+    # torch 2.10+ moved the setter (the old one still works there, with a FutureWarning on stderr).
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or getattr(
+        torch.cuda.memory, "_set_allocator_settings", None
+    )
     try:
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
-    except (AttributeError, RuntimeError):
+        setter("expandable_segments:True")
+    except (TypeError, AttributeError, RuntimeError):
         return False
     return True
 
@@ -50,3 +56,16 @@ def prepare_device(device: torch.device, tune_allocator: bool, limit_bytes: int 
     if tune_allocator:
         use_expandable_segments()
     return limit_memory(device, limit_bytes) if limit_bytes else None
+
+
+def prepare_runtime(device: torch.device, compile: bool) -> None:
+    """Do ahead of a first load what it would otherwise wait for, loading no weights: create the CUDA
+    context and import the text encoder's transformers classes and, when ``compile``, torch.compile's
+    dynamo and inductor (several seconds together on a GPU host). Idempotent; safe on any thread."""
+    if device.type == "cuda":
+        torch.empty(1, device=device)  # the context; the caching allocator keeps this one block
+    modules = ["transformers.models.qwen3.modeling_qwen3"]  # engine.text.qwen3 imports it lazily
+    if compile:
+        modules += ["torch._dynamo", "torch._inductor.compile_fx"]
+    for name in modules:
+        importlib.import_module(name)

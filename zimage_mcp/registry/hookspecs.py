@@ -20,7 +20,7 @@ from zimage_mcp.registry.catalog import Catalog, CatalogVariant
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from zimage_mcp.contract import BackendFactory, VariantSpec
+    from zimage_mcp.contract import BackendContext, BackendFactory, VariantSpec
 
 # What the hooks receive, importable from here so a plugin needs no other registry module.
 __all__ = ["Catalog", "CatalogVariant", "RefuseLora", "RegisterLora", "RegisterVariant", "hookimpl", "hookspec"]
@@ -105,4 +105,17 @@ def zimage_register_loras(register: RegisterLora, refuse: RefuseLora, catalog: C
 
     If the hook raises, this plugin's LoRAs from this call are dropped, the error is logged and the
     plugin is listed as failed.
+    """
+
+
+@hookspec
+def zimage_prepare(context: BackendContext) -> None:
+    """Get ready for a first load without loading any weights: import the engine, create the device context.
+
+    Optional. ``serve`` calls it once at start, on a background thread, while the server already answers.
+    A first request that arrives meanwhile waits for imports still under way (Python's import lock), never
+    runs them twice. Listing models and the CLI do not call it. ``context`` is the one the factories get.
+
+    If it raises, the error is logged as a warning and nothing else changes: the plugin's variants stay
+    registered, and their first load pays for the same work.
     """

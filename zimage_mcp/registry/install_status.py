@@ -9,6 +9,7 @@ part is missing and names commands that exist.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -124,3 +125,12 @@ def weights_bytes(location: str | None) -> int:
     for folder, _, files in os.walk(path, followlinks=True):
         total += sum(os.path.getsize(os.path.join(folder, f)) for f in files if f.endswith(".safetensors"))
     return total
+
+
+def located_spec(spec: VariantSpec, status: InstallStatus) -> VariantSpec:
+    """The spec handed to the factory: ``weights.path`` points at the folder found (the HF cache snapshot,
+    or for single files the folder that supplies the other parts)."""
+    folder = {"hf_cache": status.location, "single_file": status.folder}.get(status.source)
+    if folder is None:
+        return spec
+    return dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, path=folder))

@@ -159,6 +159,16 @@ def _register(pm: PluginManager, name: str, load: Any) -> None:
         record_failure(pm, name, f"{type(exc).__name__}: {exc}")
 
 
+def prepare_plugins(pm: pluggy.PluginManager, context: Any) -> None:
+    """Run every plugin's ``zimage_prepare`` (imports, device context; no weights). One that raises is logged
+    and skipped: its variants stay registered, and their first load does the same work."""
+    for impl in pm.hook.zimage_prepare.get_hookimpls():
+        try:
+            impl.function(context=context)
+        except Exception as exc:  # noqa: BLE001 - preparing is an optimisation, never a reason to stop
+            log.warning("plugin %s could not prepare: %s: %s", impl.plugin_name, type(exc).__name__, exc)
+
+
 def check_pending(pm: pluggy.PluginManager) -> list[str]:
     """Unregister every plugin with a hookimpl that matches no hookspec (a misspelled hook), record it
     as failed, and return one problem sentence per plugin; the other plugins go on."""

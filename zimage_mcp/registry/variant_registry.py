@@ -34,11 +34,12 @@ from zimage_mcp.registry.backend_cache import BackendCache
 from zimage_mcp.registry.catalog import Catalog, catalog_from_settings
 from zimage_mcp.registry.entries import Duplicate, VariantEntry, folder_stamp
 from zimage_mcp.registry.hub_cache import hub_cache_dir
-from zimage_mcp.registry.install_status import InstallStatus, find_weights, weights_bytes
+from zimage_mcp.registry.install_status import InstallStatus, find_weights, located_spec, weights_bytes
 from zimage_mcp.registry.plugin_manager import (
     check_pending,
     load_failures,
     plugin_manager_from_settings,
+    prepare_plugins,
     record_failure,
 )
 from zimage_mcp.registry.registration_checks import checked_lora, checked_variant
@@ -191,7 +192,7 @@ class Registry:
             status = self.install_status(entry.spec.id)
             if not status.installed:
                 raise NotInstalledError(f"{entry.spec.id} is not installed: {status.how_to_install}")
-            spec = _located(entry.spec, status)
+            spec = located_spec(entry.spec, status)
             build = lambda: entry.factory(spec, self.backend_context())  # noqa: E731
             return self._cache.get(entry.spec.id, build, lambda: weights_bytes(status.location))
 
@@ -228,6 +229,10 @@ class Registry:
             gpu_memory_limit_gb=self.settings.test_gpu_memory_gb,
             hf_home=self.settings.hf_home,
         )
+
+    def prepare_plugins(self) -> None:
+        """Every plugin's ``zimage_prepare`` (``serve`` runs it in the background at start)."""
+        prepare_plugins(self.plugin_manager, self.backend_context())
 
     # -- registration -------------------------------------------------------------------------
 
@@ -383,15 +388,6 @@ class Registry:
             alias = f" (alias {', '.join(entry.aliases)})" if entry.aliases else ""
             names.append(entry.spec.id + alias)
         return ", ".join(names) or "none"
-
-
-def _located(spec: VariantSpec, status: InstallStatus) -> VariantSpec:
-    """The spec handed to the factory: ``weights.path`` points at the folder found (the HF cache snapshot,
-    or for single files the folder that supplies the other parts)."""
-    folder = {"hf_cache": status.location, "single_file": status.folder}.get(status.source)
-    if folder is None:
-        return spec
-    return dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, path=folder))
 
 
 def _never() -> Backend:

@@ -156,6 +156,9 @@ def _rebuilt(name: str, message: str) -> BaseException:
 class RayRegistry(Registry):
     """The front's registry under ``--ray``: resolution and listing as usual, backends are ``RayBackend``s."""
 
+    def prepare_plugins(self) -> None:
+        """Nothing to prepare here: the front runs no engine, each replica prepares as it loads."""
+
     def attach(self, handle: Any, stats: ReplicaStats, retries: int, max_concurrent: int) -> None:
         self._handle = handle
         self.stats = stats
