@@ -8,6 +8,9 @@ the files read / seconds), ``torch.cuda.max_memory_reserved`` and the process's 
 - ``engine``: bf16, everything on the GPU (the default server path, optimize=off so only loading is timed);
 - ``engine-fuse``: as the server's ``optimize=auto`` loads (q/k/v, w1/w3 read into fused buffers);
 - ``engine-offload``: text encoder in host memory; ``engine-offload-fp8``: plus fp8 DiT GEMM weights;
+- ``engine-fuse-pageable``: ``engine-fuse`` with plain pageable copies instead of pinned bounce buffers
+  (``engine/weights/staging.py``), the A/B of that change;
+- ``staging-check``: the DiT's files read both ways on the GPU, every tensor compared bit for bit;
 - ``safetensors-serial`` / ``safetensors-threads``: ``safetensors.torch.load_file(device=...)`` file by file,
   sequentially and with 8 threads (the floor to beat).
 
@@ -27,7 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODES = ("engine", "engine-fuse", "engine-offload", "engine-offload-fp8", "safetensors-serial", "safetensors-threads")
+MODES = (
+    "engine",
+    "engine-fuse",
+    "engine-fuse-pageable",
+    "engine-offload",
+    "engine-offload-fp8",
+    "safetensors-serial",
+    "safetensors-threads",
+    "staging-check",
+)
 
 
 def weight_files(folder: Path, offload: bool = False) -> list[Path]:
@@ -79,7 +91,11 @@ def one(mode: str, folder: Path, device: str) -> dict:
 
     from zimage_mcp.engine import load_pipeline  # imported before the clock starts
     from zimage_mcp.engine.device import use_expandable_segments
+    from zimage_mcp.engine.weights import staging
 
+    if mode == "staging-check":
+        return staging_check(folder, device, dtype)
+    staging.ENABLED = not mode.endswith("-pageable")
     with SmiPeak() as smi:
         start = time.perf_counter()
         if mode.startswith("engine"):
@@ -89,7 +105,7 @@ def one(mode: str, folder: Path, device: str) -> dict:
                 folder,
                 device=device,
                 dtype=dtype,
-                optimize_mode="fuse" if mode == "engine-fuse" else "off",
+                optimize_mode="fuse" if mode.startswith("engine-fuse") else "off",
                 fp8=mode.endswith("fp8"),
                 offload_text_encoder=offload,
             )
@@ -110,6 +126,23 @@ def one(mode: str, folder: Path, device: str) -> dict:
         row["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         row["nvidia_smi_peak_gib"] = round(smi.peak / 1024, 2)
     return row
+
+
+def staging_check(folder: Path, device: str, dtype: object) -> dict:
+    """Pinned bounce buffers against pageable copies: the same bits for every tensor of the DiT."""
+    import torch
+
+    from zimage_mcp.engine.weights import staging
+    from zimage_mcp.engine.weights.files import read_files
+
+    files = sorted((folder / "transformer").glob("*.safetensors"))
+    staging.ENABLED = True
+    pinned = read_files(files, dtype, device)
+    torch.cuda.synchronize()
+    staging.ENABLED = False
+    plain = read_files(files, dtype, device)
+    differ = [k for k in plain if not torch.equal(plain[k], pinned[k])]
+    return {"mode": "staging-check", "keys": len(plain), "equal": not differ and plain.keys() == pinned.keys()}
 
 
 def warm_page_cache(folder: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,20 @@ def _prepare_device(ctx: BackendContext, device: torch.device) -> None:
         )
 
 
+# A preparation and a load never run at once: transformers' lazy module is not safe to import from two
+# threads ("cannot import name 'Qwen3Config'" when a first request raced the start-up thread).
+_PREPARING = threading.Lock()
+
+
 def prepare(ctx: BackendContext) -> None:
     """At server start (``zimage_prepare``): compile cache, allocator, CUDA context and the imports a first
     load and compile need, so the first request does not wait for them."""
     started = time.perf_counter()
-    device = resolve_device(ctx.device)
-    use_compile_cache(ctx, device)
-    _prepare_device(ctx, device)
-    prepare_runtime(device, compile=device.type == "cuda" and ctx.optimize in ("auto", "compile"))
+    with _PREPARING:
+        device = resolve_device(ctx.device)
+        use_compile_cache(ctx, device)
+        _prepare_device(ctx, device)
+        prepare_runtime(device, compile=device.type == "cuda" and ctx.optimize in ("auto", "compile"))
     log.info("engine ready for a first load in %.1f s (%s)", time.perf_counter() - started, device)
 
 
@@ -85,12 +92,31 @@ def load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) -> 
     if not w.path:  # the registry resolves repo ids to a snapshot folder before calling the factory
         raise BackendLoadError(f"{spec.id}: no weights found; set [variants.{spec.id}.weights] path")
     started = time.perf_counter()
-    device = resolve_device(ctx.device)
-    use_compile_cache(ctx, device)
-    _prepare_device(ctx, device)  # the CUDA context is created here on a fresh process
-    prepared = time.perf_counter()
+    with _PREPARING:  # held through the load: its imports must not overlap a preparation's
+        device = resolve_device(ctx.device)
+        use_compile_cache(ctx, device)
+        _prepare_device(ctx, device)
+        prepared = time.perf_counter()
+        pipe = _load_pipeline(spec, ctx, architecture, device)
+    t = pipe.load_timings
+    size = module_bytes(pipe.transformer, pipe.vae, pipe.text_encoder.model) / 1e9
+    log.info(
+        "%s loaded in %.1f s: device %.1f s, weights %.1f s (%.1f GB, %.1f GB/s), optimize %.1f s",
+        spec.id,
+        time.perf_counter() - started,
+        prepared - started,
+        t["read"],
+        size,
+        size / max(t["read"], 1e-6),
+        t["optimize"],
+    )
+    return pipe
+
+
+def _load_pipeline(spec: VariantSpec, ctx: BackendContext, architecture: Architecture, device: torch.device) -> Any:
+    w = spec.weights
     try:
-        pipe = load_pipeline(
+        return load_pipeline(
             Path(w.path),
             transformer_file=Path(w.single_file) if w.single_file else None,
             vae_file=Path(w.vae_file) if w.vae_file else None,
@@ -109,16 +135,3 @@ def load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) -> 
         )
     except (EngineWeightsError, InvalidArgument) as e:
         raise BackendLoadError(f"{spec.id}: {e}") from e
-    t = pipe.load_timings
-    size = module_bytes(pipe.transformer, pipe.vae, pipe.text_encoder.model) / 1e9
-    log.info(
-        "%s loaded in %.1f s: device %.1f s, weights %.1f s (%.1f GB, %.1f GB/s), optimize %.1f s",
-        spec.id,
-        time.perf_counter() - started,
-        prepared - started,
-        t["read"],
-        size,
-        size / max(t["read"], 1e-6),
-        t["optimize"],
-    )
-    return pipe

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from zimage_mcp.engine.errors import WeightsError
+from zimage_mcp.engine.weights.staging import PinnedUploader, release_pinned, uploader_for
 
 StateDict = dict[str, Tensor]
 # (index, single file) of a component folder, in diffusers' and in transformers' naming
@@ -40,8 +42,9 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str |
     return read_files([path], dtype, device, workers=1)
 
 
-def place(t: Tensor, dtype: torch.dtype | None, device: torch.device) -> Tensor:
-    """One tensor read from a file (an mmap view) in its place: ``device``, ``dtype`` (floating point only)."""
+def place(t: Tensor, dtype: torch.dtype | None, device: torch.device, uploader: PinnedUploader | None = None) -> Tensor:
+    """One tensor read from a file (an mmap view) in its place: ``device``, ``dtype`` (floating point only).
+    ``uploader``: the reading thread's pinned route to a GPU (``staging.py``)."""
     cast = dtype is not None and t.is_floating_point() and t.dtype != dtype
     if device.type == "cpu":
         # Own, aligned storage: mmap views sit at arbitrary file offsets, and CPU kernels pick
@@ -49,7 +52,7 @@ def place(t: Tensor, dtype: torch.dtype | None, device: torch.device) -> Tensor:
         return t.to(dtype) if cast else t.clone()
     # Copy the stored bytes, then cast on the device: the GPU casts for free, and only this one tensor is
     # ever held in the wider dtype (never a whole fp32 copy of the model).
-    t = t.to(device)
+    t = uploader.upload(t) if uploader is not None else t.to(device)
     return t.to(dtype) if cast else t
 
 
@@ -122,24 +125,40 @@ def read_files(
     if workers is None:
         workers = min(8, len(units)) if dev.type == "cuda" else min(4, os.cpu_count() or 1, len(units))
 
+    local = threading.local()  # each reader thread's pinned uploader (GPU only)
+    made: list[PinnedUploader] = []
+
     def read(unit: tuple[Path, list[tuple[str, str]]]) -> list[tuple[str, Tensor]]:
         path, keys = unit
         out = []
+        if not hasattr(local, "uploader"):
+            local.uploader = uploader_for(dev)
+            if local.uploader is not None:
+                made.append(local.uploader)
+        up = local.uploader
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for key, name in keys:
                     t = f.get_tensor(key)
+                    if up is not None and placer is not None:
+                        t = up.upload(t)  # the placer's copy into its buffer is then device to device
                     placed = placer(name, t) if placer is not None else None
-                    out.append((name, place(t, dtype, dev) if placed is None else placed))
+                    out.append((name, place(t, dtype, dev, up) if placed is None else placed))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise WeightsError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from e
         return out
 
-    if workers <= 1:
-        parts = [read(u) for u in units]
-    else:
-        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="zimage-load") as pool:
-            parts = list(pool.map(read, units))
+    try:
+        if workers <= 1:
+            parts = [read(u) for u in units]
+        else:
+            with ThreadPoolExecutor(max(1, workers), thread_name_prefix="zimage-load") as pool:
+                parts = list(pool.map(read, units))
+    finally:
+        for uploader in made:
+            uploader.close()
+        if made:
+            release_pinned()
     return {name: t for part in parts for name, t in part}
 
 
