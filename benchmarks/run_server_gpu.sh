@@ -1,17 +1,41 @@
 #!/usr/bin/env bash
 # Issue 17 on one H200, from the repo root, with .whl/ carried (../shared/tools/offline-wheels.sh --ref --mcp,
-# plus platformdirs):
-#   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/run_server_gpu.sh")
-# One job: the server over stdio (latency, 4-client throughput with the GPU's idle gaps, the first image cold
-# and warm with the server's own INFO log) and the engine alone, all on the same weights folder.
-# Extra arguments go to bench_server.py (e.g. --sections first_image memory).
+# plus platformdirs). Two calls, back to back so the second finds the weights folder (~50 s to build):
+#   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/run_server_gpu.sh load")
+#   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/run_server_gpu.sh latency")
+# load:    bench_load (pinned against pageable copies, the raw floor, a bit-for-bit check), then the first image
+#          cold and warm after a restart with the server's own INFO log, and the device-wide peak per mode.
+# latency: the server over stdio per size, the 4-client throughput with the GPU's idle gaps, the engine alone.
+# final:   import times, the loader's A/B, then latency, throughput, engine and first image in one job.
 set -euo pipefail
+part="${1:-latency}"
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD:$PWD/plugins
 nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
-args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(--sections latency throughput engine first_image --formats png)
-timeout 580 python3 benchmarks/bench_server.py "${args[@]}" --server-log "$OUT" --json "$OUT/bench_server.json" \
-  2>&1 | tee "$OUT/bench_server.log" | grep -v '^  warnings.warn' | tail -60
+case "$part" in
+  load)
+    timeout 200 python3 benchmarks/bench_load.py \
+      --modes staging-check engine-fuse engine-fuse-pageable safetensors-threads 2>&1 | tee "$OUT/bench_load.jsonl"
+    sections=(--sections first_image memory) ;;
+  latency) sections=(--sections latency throughput engine --formats png) ;;
+  final)  # what a restart costs, import by import, then everything the user sees, in one job
+    python3 -X importtime -c "import zimage_builtins.engine_backend" 2>"$OUT/importtime.txt"
+    sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -25
+    python3 - <<'PY' | tee "$OUT/startup_parts.json"
+import json, time
+t0 = time.perf_counter(); import torch; t1 = time.perf_counter()
+torch.empty(1, device="cuda"); t2 = time.perf_counter()
+import zimage_builtins.engine_backend; t3 = time.perf_counter()
+from zimage_mcp.engine.device import prepare_runtime
+prepare_runtime(torch.device("cuda"), True); t4 = time.perf_counter()
+print(json.dumps({"import_torch_s": round(t1 - t0, 2), "cuda_context_s": round(t2 - t1, 2),
+                  "import_bridge_s": round(t3 - t2, 2), "prepare_runtime_s": round(t4 - t3, 2)}))
+PY
+    timeout 150 python3 benchmarks/bench_load.py --modes engine-fuse engine-fuse-pageable 2>&1 | tee "$OUT/bench_load.jsonl"
+    sections=(--sections latency throughput engine first_image --formats png) ;;
+  *) echo "usage: $0 load|latency|final" >&2; exit 2 ;;
+esac
+timeout 450 python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
+  2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40

@@ -12,7 +12,7 @@ import zimage_mcp
 from zimage_mcp.registry import hookspecs
 from zimage_mcp.registry.plugin_manager import PluginManager
 
-HOOKS = ("zimage_register_variants", "zimage_register_loras")
+HOOKS = ("zimage_register_variants", "zimage_register_loras", "zimage_prepare")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,7 +31,7 @@ def test_every_spec_is_documented_and_registered(name: str) -> None:
     assert hasattr(PluginManager().hook, name)
 
 
-def test_only_the_two_hooks_exist() -> None:
+def test_only_the_three_hooks_exist() -> None:
     specs = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "zimage_mcp_spec")]
     assert sorted(specs) == sorted(HOOKS)
 

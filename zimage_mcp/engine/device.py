@@ -65,6 +65,8 @@ def prepare_runtime(device: torch.device, compile: bool) -> None:
     if device.type == "cuda":
         torch.empty(1, device=device)  # the context; the caching allocator keeps this one block
     modules = ["transformers.models.qwen3.modeling_qwen3"]  # engine.text.qwen3 imports it lazily
+    if device.type == "cuda":
+        modules.append("zimage_mcp.engine.dit.qk_rope_kernel")  # imports Triton
     if compile:
         modules += ["torch._dynamo", "torch._inductor.compile_fx"]
     for name in modules:

@@ -112,9 +112,13 @@ def zimage_register_loras(register: RegisterLora, refuse: RefuseLora, catalog: C
 def zimage_prepare(context: BackendContext) -> None:
     """Get ready for a first load without loading any weights: import the engine, create the device context.
 
-    Optional. ``serve`` calls it once at start, on a background thread, while the server already answers.
-    A first request that arrives meanwhile waits for imports still under way (Python's import lock), never
-    runs them twice. Listing models and the CLI do not call it. ``context`` is the one the factories get.
+    Called once when ``serve`` starts, on a background thread, while the server already answers (not by
+    ``list_models`` or the CLI; ``[runtime] prepare_at_start = false`` turns it off). Optional. Make a
+    load wait for a preparation still under way rather than run beside it: some libraries (transformers'
+    lazy modules) are not safe to import from two threads at once.
+
+    :param context:
+        The :class:`zimage_mcp.contract.BackendContext` the factories get (device, dtype, compile cache).
 
     If it raises, the error is logged as a warning and nothing else changes: the plugin's variants stay
     registered, and their first load pays for the same work.
