@@ -11,8 +11,10 @@ set -euo pipefail
 part="${1:-latency}"
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD:$PWD/plugins
+if [ -d .whl ]; then  # the lent GPU machine: the MCP stack and diffusers from carried wheels
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD:$PWD/plugins
+fi  # elsewhere: an environment with `pip install -e ".[test]"` (diffusers is the weights writer)
 nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
 case "$part" in
   load)
@@ -22,7 +24,7 @@ case "$part" in
   latency) sections=(--sections latency throughput engine --formats png) ;;
   final)  # what a restart costs, import by import, then everything the user sees, in one job
     python3 -X importtime -c "import zimage_builtins.engine_backend" 2>"$OUT/importtime.txt"
-    sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -25
+    sort -t"|" -k2 -n -r "$OUT/importtime.txt" | head -25 || true
     python3 - <<'PY' | tee "$OUT/startup_parts.json"
 import json, time
 t0 = time.perf_counter(); import torch; t1 = time.perf_counter()
