@@ -58,8 +58,14 @@ class PinnedUploader:
 
 
 def uploader_for(device: torch.device) -> PinnedUploader | None:
-    """A new uploader for one reader thread, or None where plain copies are the way (CPU, or turned off)."""
-    return PinnedUploader(device) if ENABLED and device.type == "cuda" else None
+    """A new uploader for one reader thread, or None where plain copies are the way: the CPU, staging turned
+    off, or no pinned memory to be had (WSL2 and some containers cap it); loading is then slower, not broken."""
+    if not ENABLED or device.type != "cuda":
+        return None
+    try:
+        return PinnedUploader(device)
+    except RuntimeError:
+        return None
 
 
 def release_pinned() -> None:
