@@ -68,6 +68,14 @@ def _prepare_device(ctx: BackendContext, device: torch.device) -> None:
         )
 
 
+def _ready_device(ctx: BackendContext) -> torch.device:
+    """The device, with the compile cache pointed at its folder and the allocator set up."""
+    device = resolve_device(ctx.device)
+    use_compile_cache(ctx, device)
+    _prepare_device(ctx, device)
+    return device
+
+
 # A preparation and a load never run at once: transformers' lazy module is not safe to import from two
 # threads ("cannot import name 'Qwen3Config'" when a first request raced the start-up thread).
 _PREPARING = threading.Lock()
@@ -78,9 +86,7 @@ def prepare(ctx: BackendContext) -> None:
     load and compile need, so the first request does not wait for them."""
     started = time.perf_counter()
     with _PREPARING:
-        device = resolve_device(ctx.device)
-        use_compile_cache(ctx, device)
-        _prepare_device(ctx, device)
+        device = _ready_device(ctx)
         prepare_runtime(device, compile=device.type == "cuda" and ctx.optimize in ("auto", "compile"))
     log.info("engine ready for a first load in %.1f s (%s)", time.perf_counter() - started, device)
 
@@ -93,9 +99,7 @@ def load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) -> 
         raise BackendLoadError(f"{spec.id}: no weights found; set [variants.{spec.id}.weights] path")
     started = time.perf_counter()
     with _PREPARING:  # held through the load: its imports must not overlap a preparation's
-        device = resolve_device(ctx.device)
-        use_compile_cache(ctx, device)
-        _prepare_device(ctx, device)
+        device = _ready_device(ctx)
         prepared = time.perf_counter()
         pipe = _load_pipeline(spec, ctx, architecture, device)
     t = pipe.load_timings

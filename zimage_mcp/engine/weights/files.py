@@ -42,9 +42,9 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str |
     return read_files([path], dtype, device, workers=1)
 
 
-def place(t: Tensor, dtype: torch.dtype | None, device: torch.device, uploader: PinnedUploader | None = None) -> Tensor:
-    """One tensor read from a file (an mmap view) in its place: ``device``, ``dtype`` (floating point only).
-    ``uploader``: the reading thread's pinned route to a GPU (``staging.py``)."""
+def place(t: Tensor, dtype: torch.dtype | None, device: torch.device) -> Tensor:
+    """One tensor read from a file (an mmap view, or already uploaded to ``device``) in its place: ``device``,
+    ``dtype`` (floating point only)."""
     cast = dtype is not None and t.is_floating_point() and t.dtype != dtype
     if device.type == "cpu":
         # Own, aligned storage: mmap views sit at arbitrary file offsets, and CPU kernels pick
@@ -52,7 +52,7 @@ def place(t: Tensor, dtype: torch.dtype | None, device: torch.device, uploader: 
         return t.to(dtype) if cast else t.clone()
     # Copy the stored bytes, then cast on the device: the GPU casts for free, and only this one tensor is
     # ever held in the wider dtype (never a whole fp32 copy of the model).
-    t = uploader.upload(t) if uploader is not None else t.to(device)
+    t = t.to(device)  # a no-op for a tensor the reader already uploaded
     return t.to(dtype) if cast else t
 
 
@@ -140,10 +140,10 @@ def read_files(
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for key, name in keys:
                     t = f.get_tensor(key)
-                    if up is not None and placer is not None:
-                        t = up.upload(t)  # the placer's copy into its buffer is then device to device
+                    if up is not None:
+                        t = up.upload(t)  # once, in the stored dtype; the placer and place() work on the device
                     placed = placer(name, t) if placer is not None else None
-                    out.append((name, place(t, dtype, dev, up) if placed is None else placed))
+                    out.append((name, place(t, dtype, dev) if placed is None else placed))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise WeightsError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from e
         return out
