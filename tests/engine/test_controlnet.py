@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from tests.engine.reference_runs import assert_latents_match, our_pixels, reference_run
 from zimage_mcp.engine import GenerationCancelled, WeightsError, load_pipeline
 from zimage_mcp.engine.dit.controlnet import ControlNetConfig, ZImageControlNet
 from zimage_mcp.engine.pipelines.control import control_generate, control_inpaint
@@ -50,27 +51,8 @@ def _ref_pipe(components: dict, cn_dir: Path, inpaint: bool):
     return pipe
 
 
-def _pixels(pipe, latents: torch.Tensor) -> np.ndarray:
-    return pipe.decode_pixels(latents).permute(0, 2, 3, 1).numpy()
-
-
 def _ref_args(guidance: float) -> dict:
     return dict(negative_prompt=NEG, width=SIZE, height=SIZE, num_inference_steps=STEPS, guidance_scale=guidance)
-
-
-def _ref(ref, seed: int, *args, **kw) -> tuple[torch.Tensor, np.ndarray]:
-    """diffusers' latents before the VAE (``output_type="latent"``) and its decoded pixels, same seed."""
-
-    def run(output_type: str):
-        return ref(*args, generator=torch.Generator("cpu").manual_seed(seed), output_type=output_type, **kw).images
-
-    return run("latent"), run("np")
-
-
-def _assert_latents_match(got: torch.Tensor, want: torch.Tensor) -> None:
-    """The latents carry the comparison: many tiny-model pixels clip to 0 or 1 after the decode."""
-    assert got.shape == want.shape
-    assert (got.float() - want.float()).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
 
 
 @pytest.mark.parametrize(("release", "guidance"), [("2.0", 0.0), ("2.0", 4.0), ("2.1", 0.0), ("2.1", 4.0), ("v1", 0.0)])
@@ -91,9 +73,9 @@ def test_control_generate_matches_diffusers(pipes, tmp_path: Path, release: str,
         seed=5,
     )
     ref = _ref_pipe(components, cn_dir, inpaint=False)
-    want_latents, want = _ref(ref, 5, PROMPT, control_image=control, **_ref_args(guidance))
-    _assert_latents_match(out.latents, want_latents)
-    got = _pixels(ours, out.latents)
+    want_latents, want = reference_run(ref, 5, PROMPT, control_image=control, **_ref_args(guidance))
+    assert_latents_match(out.latents, want_latents)
+    got = our_pixels(ours, out.latents)
     assert got.shape == want.shape == (1, SIZE, SIZE, 3)
     assert np.abs(got - want).max() <= 1e-4
     if release == "2.1" and guidance == 0.0:  # the hints really change the image
@@ -121,11 +103,11 @@ def test_control_inpaint_matches_diffusers(pipes, tmp_path: Path, release: str, 
         seed=9,
     )
     ref = _ref_pipe(components, cn_dir, inpaint=True)
-    want_latents, want = _ref(
+    want_latents, want = reference_run(
         ref, 9, PROMPT, image=image, mask_image=mask, control_image=control, **_ref_args(guidance)
     )
-    _assert_latents_match(out.latents, want_latents)
-    assert np.abs(_pixels(ours, out.latents) - want).max() <= 1e-4
+    assert_latents_match(out.latents, want_latents)
+    assert np.abs(our_pixels(ours, out.latents) - want).max() <= 1e-4
 
 
 @pytest.mark.parametrize("release", ["v1", "2.0", "2.1"])

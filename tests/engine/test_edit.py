@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.engine.reference_runs import assert_latents_match, our_pixels, reference_run
 from zimage_mcp.engine import InvalidArgument, load_pipeline
 from zimage_mcp.engine.pipelines.img2img import fit_image, img2img, inpaint
 
@@ -27,37 +28,18 @@ def source() -> Image.Image:
     return Image.fromarray(np.clip(base + rng.normal(0, 25, (256, 256, 3)), 0, 255).astype(np.uint8))
 
 
-def _pixels(pipe, out) -> np.ndarray:
-    return pipe.decode_pixels(out.latents).permute(0, 2, 3, 1).numpy()
-
-
-def _ref(ref, seed: int, *args, **kw) -> tuple[torch.Tensor, np.ndarray]:
-    """diffusers' latents before the VAE (``output_type="latent"``) and its decoded pixels, same seed."""
-
-    def run(output_type: str):
-        return ref(*args, generator=torch.Generator("cpu").manual_seed(seed), output_type=output_type, **kw).images
-
-    return run("latent"), run("np")
-
-
-def _assert_latents_match(got: torch.Tensor, want: torch.Tensor) -> None:
-    """The latents carry the comparison: many tiny-model pixels clip to 0 or 1 after the decode."""
-    assert got.shape == want.shape
-    assert (got.float() - want.float()).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
-
-
 @pytest.mark.parametrize(("strength", "steps"), [(1.0, 4), (0.6, 8), (0.125, 8), (0.5, 3)])
 def test_img2img_matches_diffusers(tiny_dir: Path, ours, source: Image.Image, strength: float, steps: int) -> None:
     from diffusers import ZImageImg2ImgPipeline
 
     ref = ZImageImg2ImgPipeline.from_pretrained(tiny_dir, dtype=torch.float32)
     ref.set_progress_bar_config(disable=True)
-    want_latents, want = _ref(
+    want_latents, want = reference_run(
         ref, 9, PROMPT, image=source, strength=strength, num_inference_steps=steps, guidance_scale=0.0
     )
     out = img2img(ours, source, PROMPT, strength=strength, steps=steps, guidance=0.0, seed=9)
-    _assert_latents_match(out.latents, want_latents)
-    assert np.abs(_pixels(ours, out) - want).max() <= 1e-4
+    assert_latents_match(out.latents, want_latents)
+    assert np.abs(our_pixels(ours, out.latents) - want).max() <= 1e-4
 
 
 def test_img2img_with_cfg_matches_diffusers(tiny_dir: Path, ours, source: Image.Image) -> None:
@@ -65,7 +47,7 @@ def test_img2img_with_cfg_matches_diffusers(tiny_dir: Path, ours, source: Image.
 
     ref = ZImageImg2ImgPipeline.from_pretrained(tiny_dir, dtype=torch.float32)
     ref.set_progress_bar_config(disable=True)
-    want_latents, want = _ref(
+    want_latents, want = reference_run(
         ref,
         2,
         PROMPT,
@@ -76,8 +58,8 @@ def test_img2img_with_cfg_matches_diffusers(tiny_dir: Path, ours, source: Image.
         negative_prompt="ugly",
     )
     out = img2img(ours, source, PROMPT, strength=0.7, steps=5, guidance=3.0, negative_prompt="ugly", seed=2)
-    _assert_latents_match(out.latents, want_latents)
-    assert np.abs(_pixels(ours, out) - want).max() <= 1e-4
+    assert_latents_match(out.latents, want_latents)
+    assert np.abs(our_pixels(ours, out.latents) - want).max() <= 1e-4
 
 
 def _random_mask(seed: int) -> Image.Image:
@@ -98,12 +80,12 @@ def test_inpaint_matches_diffusers(tiny_dir: Path, ours, source: Image.Image, st
     ref.set_progress_bar_config(disable=True)
     # diffusers blends the kept region in latent space at every step and never pastes back in image space,
     # so its latent output is the blended latents before the decode, and ours (paste_back or not) must match
-    want_latents, want = _ref(
+    want_latents, want = reference_run(
         ref, 4, PROMPT, image=source, mask_image=mask, strength=strength, num_inference_steps=4, guidance_scale=0.0
     )
     out = inpaint(ours, source, mask, PROMPT, strength=strength, steps=4, guidance=0.0, seed=4, paste_back=False)
-    _assert_latents_match(out.latents, want_latents)
-    assert np.abs(_pixels(ours, out) - want).max() <= 1e-4
+    assert_latents_match(out.latents, want_latents)
+    assert np.abs(our_pixels(ours, out.latents) - want).max() <= 1e-4
 
 
 def test_paste_back_keeps_untouched_pixels_bit_exact(ours, source: Image.Image) -> None:

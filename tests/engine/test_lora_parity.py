@@ -27,6 +27,7 @@ from tests.engine.lora_dialects import (
     to_kohya,
     write_peft_lora,
 )
+from tests.engine.reference_runs import assert_latents_match, our_pixels, reference_run
 from zimage_mcp.engine.dit.transformer import ZImageTransformer
 from zimage_mcp.engine.weights.lora_apply import LoraManager
 
@@ -129,12 +130,6 @@ def test_two_adapters_with_scales(lora_files: dict[str, Path], base_seed: int) -
     assert (ours_out(model) - diffusers_out(base_seed, [])).abs().max() <= TOL
 
 
-def _assert_latents_match(got: torch.Tensor, want: torch.Tensor) -> None:
-    """The latents carry the comparison: many tiny-model pixels clip to 0 or 1 after the decode."""
-    assert got.shape == want.shape
-    assert (got.float() - want.float()).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
-
-
 @pytest.mark.parametrize("dialect", ["kohya", "comfyui"])
 def test_pipeline_latents_with_lora_match_diffusers(tiny_dir: Path, lora_files: dict[str, Path], dialect: str) -> None:
     """The whole text-to-image loop with a weighted LoRA: latents before the decode, then the pixels."""
@@ -146,10 +141,7 @@ def test_pipeline_latents_with_lora_match_diffusers(tiny_dir: Path, lora_files: 
     ref.load_lora_weights(str(lora_files["diffusers"]), adapter_name="a")
     ref.set_adapters(["a"], adapter_weights=[0.8])
 
-    def run(output_type: str):
-        return ref(PROMPT, generator=torch.Generator("cpu").manual_seed(6), output_type=output_type, **args).images
-
-    want_latents, want = run("latent"), run("np")
+    want_latents, want = reference_run(ref, 6, PROMPT, **args)
 
     ours = load_pipeline(tiny_dir, device="cpu", dtype=torch.float32)
     kw = dict(width=256, height=256, steps=3, guidance=2.0, negative_prompt="blurry", seed=6)
@@ -157,6 +149,6 @@ def test_pipeline_latents_with_lora_match_diffusers(tiny_dir: Path, lora_files: 
     LoraManager(ours.transformer).set_adapters([(lora_files[dialect], 0.8)])
     latents = ours.generate(PROMPT, **kw).latents
     assert (latents - plain).abs().max().item() > 1e-2  # the LoRA does something
-    _assert_latents_match(latents, want_latents)
-    got = ours.decode_pixels(latents).permute(0, 2, 3, 1).numpy()
+    assert_latents_match(latents, want_latents)
+    got = our_pixels(ours, latents)
     assert np.abs(got - want).max() <= 1e-4

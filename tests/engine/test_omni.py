@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.engine.reference_runs import assert_latents_match, our_pixels, reference_run
 from zimage_mcp.engine import load_pipeline
 from zimage_mcp.engine.config import TRANSFORMER_PRESETS, replace
 from zimage_mcp.engine.dit.omni_transformer import ZImageOmniTransformer
@@ -106,26 +107,21 @@ def test_edit_matches_diffusers(tmp_path: Path, seed: int, refs, size, guidance:
     out = ours.edit(
         PROMPT, images, negative_prompt=NEG, width=width, height=height, steps=2, guidance=guidance, seed=seed, **extra
     )
-    got = ours.decode_pixels(out.latents).permute(0, 2, 3, 1).numpy()
+    got = our_pixels(ours, out.latents)
 
-    def run_ref(output_type: str):
-        return ref(
-            image=images,
-            prompt=PROMPT,
-            negative_prompt=NEG,
-            width=width,
-            height=height,
-            num_inference_steps=2,
-            guidance_scale=guidance,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            output_type=output_type,
-            **extra,
-        ).images
-
-    want_latents, want = run_ref("latent"), run_ref("np")
-    # latents before the VAE: the decoded tiny-model pixels clip to 0 or 1 in large areas
-    assert out.latents.shape == want_latents.shape
-    assert (out.latents - want_latents).abs().max().item() <= 1e-4 * max(1.0, want_latents.abs().max().item())
+    want_latents, want = reference_run(
+        ref,
+        seed,
+        image=images,
+        prompt=PROMPT,
+        negative_prompt=NEG,
+        width=width,
+        height=height,
+        num_inference_steps=2,
+        guidance_scale=guidance,
+        **extra,
+    )
+    assert_latents_match(out.latents, want_latents)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-4
     if width is None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.engine.reference_runs import assert_latents_match, our_pixels, reference_run
 from zimage_mcp.engine import load_pipeline
 
 PROMPT = "a photo of a cat sitting on a mat, 35mm"
@@ -24,32 +25,13 @@ def pipes(tiny_dir: Path):
 
 def _ours(pipe, **kw) -> tuple[torch.Tensor, np.ndarray]:
     out = pipe.generate(PROMPT, **kw)
-    return out.latents, pipe.decode_pixels(out.latents).permute(0, 2, 3, 1).numpy()
+    return out.latents, our_pixels(pipe, out.latents)
 
 
 def _ref(ref, width: int, height: int, steps: int, guidance: float, seed: int, **kw) -> tuple[torch.Tensor, np.ndarray]:
-    """diffusers' latents before the VAE (``output_type="latent"``) and its decoded pixels."""
-
-    def run(output_type: str):
-        gen = torch.Generator("cpu").manual_seed(seed)
-        return ref(
-            PROMPT,
-            width=width,
-            height=height,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=gen,
-            output_type=output_type,
-            **kw,
-        ).images
-
-    return run("latent"), run("np")
-
-
-def _assert_latents_match(got: torch.Tensor, want: torch.Tensor) -> None:
-    """The latents carry the comparison: many tiny-model pixels clip to 0 or 1 after the decode."""
-    assert got.shape == want.shape
-    assert (got.float() - want.float()).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+    return reference_run(
+        ref, seed, PROMPT, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance, **kw
+    )
 
 
 @pytest.mark.parametrize(("width", "height"), [(256, 256), (256, 320)])
@@ -57,7 +39,7 @@ def test_turbo_settings_match_diffusers(pipes, width: int, height: int) -> None:
     ours, ref = pipes
     latents, got = _ours(ours, width=width, height=height, steps=8, guidance=0.0, seed=11)
     want_latents, want = _ref(ref, width, height, 8, 0.0, 11)
-    _assert_latents_match(latents, want_latents)
+    assert_latents_match(latents, want_latents)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-4
 
@@ -77,7 +59,7 @@ def test_base_settings_with_cfg_truncation_and_normalization_match_diffusers(pip
     }
     latents, got = _ours(ours, **args, cfg_truncation=0.3)
     want_latents, want = _ref(ref, 256, 256, 6, 4.0, 3, negative_prompt=neg, cfg_truncation=0.3, cfg_normalization=1.5)
-    _assert_latents_match(latents, want_latents)
+    assert_latents_match(latents, want_latents)
     assert np.abs(got - want).max() <= 1e-4
     # the cutoff is crossed: without it the same call gives other latents
     untruncated, _ = _ours(ours, **args, cfg_truncation=1.0)
