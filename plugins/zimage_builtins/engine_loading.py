@@ -68,11 +68,19 @@ def _prepare_device(ctx: BackendContext, device: torch.device) -> None:
         )
 
 
+_READY: set[tuple[str, str | None, bool]] = set()  # (device, compile cache setting) already set up here
+
+
 def _ready_device(ctx: BackendContext) -> torch.device:
-    """The device, with the compile cache pointed at its folder and the allocator set up."""
+    """The device, with the compile cache pointed at its folder and the allocator set up, once per process
+    and setting: a second pass (the load after the start-up preparation) found our own variable and logged
+    it as "the inherited TORCHINDUCTOR_CACHE_DIR"."""
     device = resolve_device(ctx.device)
-    use_compile_cache(ctx, device)
-    _prepare_device(ctx, device)
+    key = (str(device), ctx.compile_cache_dir, ctx.compile_cache_explicit)
+    if key not in _READY:
+        use_compile_cache(ctx, device)
+        _prepare_device(ctx, device)
+        _READY.add(key)
     return device
 
 
