@@ -113,7 +113,7 @@ def load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) -> 
     t = pipe.load_timings
     size = module_bytes(pipe.transformer, pipe.vae, pipe.text_encoder.model) / 1e9
     log.info(
-        "%s loaded in %.1f s: device %.1f s, weights %.1f s (%.1f GB, %.1f GB/s), optimize %.1f s",
+        "%s loaded in %.1f s: device and imports %.1f s, weights %.1f s (%.1f GB, %.1f GB/s), optimize %.1f s",
         spec.id,
         time.perf_counter() - started,
         prepared - started,
