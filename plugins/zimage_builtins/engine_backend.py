@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zimage_builtins.compile_queue import CompileQueue
 from zimage_builtins.engine_loading import SHARED, load, module_bytes
 from zimage_mcp.contract import (
     BackendContext,
@@ -59,6 +61,7 @@ class EngineBackend:
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path = Path(spec.weights.controlnet) if spec.weights.controlnet else None
         self._controlnet: Any = None
+        self._compile_queue = CompileQueue(self._replay) if ctx.defer_compile else None
 
     def controlnet(self) -> Any:
         """The paired ControlNet-Union, loaded on first use; it reuses this transformer's embedders."""
@@ -87,6 +90,8 @@ class EngineBackend:
         if getattr(self, "pipe", None) is None:
             return
         self.loras.clear()
+        if self._compile_queue is not None:
+            self._compile_queue.clear()
         SHARED.release(*self.pipe.shared_keys)
         self.pipe = None  # type: ignore[assignment]
         if torch.cuda.is_available():
@@ -99,6 +104,19 @@ class EngineBackend:
             raise BackendLoadError(f"{self.spec.id} was unloaded")
         d = self.spec.defaults
         yield from warm_up(self.pipe, list(dict.fromkeys([(d.width, d.height), *sizes])))
+
+    def compile_pending(self) -> bool:
+        return self.pipe is not None and self._compile_queue is not None and self._compile_queue.pending()
+
+    def compile_next(self) -> str | None:
+        """One unit of the deferred compilation (``compile_queue``); the caller holds the GPU."""
+        if self.pipe is None or self._compile_queue is None:
+            return None
+        return self._compile_queue.next()
+
+    def _replay(self, request: GenerationRequest) -> None:
+        with self.pipe.text_encoder.uncached():  # the prompt's features are cached; the encoder must run
+            self._run(request, lambda _i, _n: None, lambda: False)
 
     def generate(
         self, request: GenerationRequest, progress: ProgressCallback, should_stop: StopCheck
@@ -126,7 +144,8 @@ class EngineBackend:
 
         progress("encoding", 0, 1, "encoding prompt")
         try:
-            out = self._run(request, on_step, should_stop)
+            with self._compile_queue.request(request) if self._compile_queue is not None else nullcontext():
+                out = self._run(request, on_step, should_stop)
         except EngineCancelled as e:
             raise GenerationCancelled(str(e)) from e
         except torch.cuda.OutOfMemoryError as e:
@@ -287,6 +306,7 @@ class OmniBackend(EngineBackend):
         self.pipe = load(spec, ctx, "omni")
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path, self._controlnet = None, None
+        self._compile_queue = CompileQueue(self._replay) if ctx.defer_compile else None
 
     def vram_bytes(self) -> int:
         pipe = getattr(self, "pipe", None)

@@ -95,7 +95,10 @@ def prepare(ctx: BackendContext) -> None:
     started = time.perf_counter()
     with _PREPARING:
         device = _ready_device(ctx)
-        prepare_runtime(device, compile=device.type == "cuda" and ctx.optimize in ("auto", "compile"))
+        # With compilation deferred, the first request runs eagerly: dynamo and inductor (seconds of imports)
+        # are imported by the first background compilation instead.
+        compiles_first = device.type == "cuda" and ctx.optimize in ("auto", "compile") and not ctx.defer_compile
+        prepare_runtime(device, compile=compiles_first)
     log.info("engine ready for a first load in %.1f s (%s)", time.perf_counter() - started, device)
 
 

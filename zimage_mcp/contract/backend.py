@@ -45,6 +45,20 @@ class WarmableBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class BackgroundCompiling(Protocol):
+    """A backend that runs inputs it has not compiled for eagerly and compiles them later, one unit at a time,
+    when the server finds the GPU idle (``BackendContext.defer_compile``); optional."""
+
+    def compile_pending(self) -> bool:
+        """Whether requests ran eagerly that a compilation unit would speed up."""
+        ...
+
+    def compile_next(self) -> str | None:
+        """Run one unit of that compilation (the caller holds the GPU); its label, or None if none was left."""
+        ...
+
+
 @dataclass(frozen=True)
 class BackendContext:
     """What a factory gets besides the spec: where things are and how to place them."""
@@ -59,6 +73,9 @@ class BackendContext:
     compile_cache_dir: str | None = None  # base folder for torch.compile artefacts kept between runs
     compile_cache_explicit: bool = False  # set by the user ([runtime] compile_cache): wins over TORCHINDUCTOR_CACHE_DIR
     gpu_memory_limit_gb: float | None = None  # test only: emulate a smaller card (CUDA memory fraction)
+    # Requests run new shapes eagerly and the backend compiles them later (BackgroundCompiling), in time the
+    # server finds the GPU idle; False: the request that needs a compilation waits for it.
+    defer_compile: bool = False
     hf_home: str | None = None
 
 

@@ -100,6 +100,11 @@ class BackendCache:
             log.info("unloaded %s", variant_id)
             return True
 
+    def loaded(self, variant_id: str) -> Backend | None:
+        """The built backend, or None; never builds and does not count as a use."""
+        with self.lock:
+            return self._loaded.get(variant_id)
+
     def unload_all(self) -> None:
         with self.lock:
             for variant_id in list(self._loaded):

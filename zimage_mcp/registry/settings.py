@@ -93,6 +93,7 @@ class Settings:
     # None: user_cache_dir/torch-compile, unless TORCHINDUCTOR_CACHE_DIR is set; a set value wins over it
     compile_cache_dir: Path | None = None
     prepare_at_start: bool = True  # plugins import the engine and create the device context in the background
+    compile_in_background: bool = True  # requests never wait for the compiler; idle GPU time compiles
     preload: tuple[str, ...] = ()  # variants to load and compile at server start, in the background
     warm_sizes: tuple[str, ...] = ()  # "WxH" sizes preloading compiles besides each variant's default
     vram_budget_gb: float | None = None  # None: unlimited
@@ -303,6 +304,7 @@ RUNTIME_OPTIONS = (
     Option("step_cache", "step_cache", _number(0), "number"),
     Option("compile_cache_dir", "compile_cache", _optional_path),
     Option("prepare_at_start", "prepare_at_start", _bool, "bool"),
+    Option("compile_in_background", "compile_in_background", _bool, "bool"),
     Option("preload", "preload", _names, "list"),
     Option("warm_sizes", "warm_sizes", _sizes, "list"),
     Option("vram_budget_gb", "vram_budget_gb", _number(0, strict=True), "number"),

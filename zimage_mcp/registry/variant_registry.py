@@ -200,6 +200,11 @@ class Registry:
         target = self.lora_variant_target(variant_id)
         return self._cache.is_loaded(target[0] if target else self.resolve(variant_id).spec.id)
 
+    def loaded_backend(self, variant_id: str) -> Backend | None:
+        """The variant's backend if it is built (a LoRA variant's is its base's); never builds one."""
+        target = self.lora_variant_target(variant_id)
+        return self._cache.loaded(target[0] if target else self.resolve(variant_id).spec.id)
+
     def failed(self) -> dict[str, str]:
         """Variant id -> error text for backends whose build raised."""
         return self._cache.failed()
@@ -227,6 +232,7 @@ class Registry:
             compile_cache_dir=str(self.settings.compile_cache_dir or default_compile_cache_dir()),
             compile_cache_explicit=self.settings.compile_cache_dir is not None,
             gpu_memory_limit_gb=self.settings.test_gpu_memory_gb,
+            defer_compile=self.settings.compile_in_background,
             hf_home=self.settings.hf_home,
         )
 

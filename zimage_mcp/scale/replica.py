@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -50,7 +51,9 @@ class EngineReplica:
     """The deployment class; built by ``engine_app``. Its methods run on the replica's event loop."""
 
     def __init__(self, settings: Settings, options: ScaleOptions) -> None:
-        self.registry = Registry.from_settings(settings)
+        # A replica has no idle-time compiler (its generations are admitted by the front), so a request that
+        # needs a compilation pays for it there, as the engine does by default.
+        self.registry = Registry.from_settings(dataclasses.replace(settings, compile_in_background=False))
         self.replica_id = _replica_id()
 
         async def _load_for_multiplex(key: str) -> _Held:

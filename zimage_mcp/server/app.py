@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from zimage_mcp import __version__
 from zimage_mcp.registry import Registry, Settings
 from zimage_mcp.server.app_state import AppState
+from zimage_mcp.server.background_compile import compile_when_idle
 from zimage_mcp.server.jobs import JobManager
 from zimage_mcp.server.preload import preload_variants
 from zimage_mcp.server.prompts import register_prompts
@@ -214,6 +215,8 @@ def build_server(settings: Settings, registry: Registry | None = None) -> ZImage
             threading.Thread(target=state.registry.prepare_plugins, name="zimage-prepare", daemon=True).start()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_idle_unloader, state)
+            if settings.compile_in_background:
+                tg.start_soon(compile_when_idle, state.registry, state.jobs.lock)
             if settings.preload:
                 tg.start_soon(_preload, state, stopping)
             try:

@@ -66,6 +66,7 @@ class FifoLock:
         self._queue: deque[object] = deque()
         self._holders = holders
         self._held = 0
+        self._idle_since = time.monotonic()
 
     def reserve(self) -> object:
         """Take a place in line now (at submission), to be redeemed by ``acquire(..., ticket=)`` or ``cancel``."""
@@ -115,7 +116,14 @@ class FifoLock:
     def release(self) -> None:
         with self._cond:
             self._held = max(0, self._held - 1)
+            if not self._held:
+                self._idle_since = time.monotonic()
             self._cond.notify_all()
+
+    def idle_for(self) -> float:
+        """Seconds since the last holder released it while nobody holds it or waits; 0.0 otherwise."""
+        with self._cond:
+            return 0.0 if self._held or self._queue else time.monotonic() - self._idle_since
 
     @property
     def waiting(self) -> int:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from zimage_mcp.contract import BackgroundCompiling
 from zimage_mcp.contract.rules import MAX_COUNT
 
 if TYPE_CHECKING:
@@ -144,6 +145,9 @@ class VariantInfo(BaseModel):
     source: str = ""
     how_to_install: str = ""
     loaded: bool = False
+    compiling: bool = Field(
+        False, description="loaded, and compiling shapes that requests ran eagerly, while the GPU is idle"
+    )
     failed: str | None = None
 
 
@@ -165,6 +169,11 @@ class ModelsInfo(BaseModel):
     failed: dict[str, str] = Field(default_factory=dict)
     problems: list[str] = Field(default_factory=list)
     output_dir: str = ""
+
+
+def _compiling(registry: Registry, variant_id: str) -> bool:
+    backend = registry.loaded_backend(variant_id)
+    return isinstance(backend, BackgroundCompiling) and backend.compile_pending()
 
 
 def describe_models(registry: Registry, output_dir: str = "") -> ModelsInfo:
@@ -193,6 +202,7 @@ def describe_models(registry: Registry, output_dir: str = "") -> ModelsInfo:
                 source=status.source,
                 how_to_install="" if status.installed else status.how_to_install,
                 loaded=registry.is_loaded(spec.id),
+                compiling=_compiling(registry, spec.id),
                 failed=failed.get(spec.id),
             )
         )

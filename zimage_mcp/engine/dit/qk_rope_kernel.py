@@ -11,13 +11,15 @@ weight dtype, times the weight (rounded again), then the rotation in fp32 and a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
 try:
     import triton  # type: ignore[import-not-found]
     import triton.language as tl  # type: ignore[import-not-found]
-    from torch.library import triton_op, wrap_triton
 except ImportError:  # CPU-only installs: the PyTorch path is used
     triton = None
 
@@ -63,16 +65,32 @@ if triton is not None:
             out_ptr + rows[:, None] * (2 * HALF) + d[None, :], out.to(out_ptr.dtype.element_ty), mask=live[:, None]
         )
 
+
+def _launch(kernel: Any, x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, eps: float) -> Tensor:
+    b, s, h, dh = x.shape
+    out = torch.empty((b, s, h, dh), dtype=x.dtype, device=x.device)
+    n_rows = b * s * h
+    grid = (triton.cdiv(n_rows, ROWS_PER_PROGRAM),)
+    kernel[grid](x, weight, cos, sin, out, n_rows, h, x.stride(1), eps, HALF=dh // 2, ROWS=ROWS_PER_PROGRAM)
+    return out
+
+
+_COMPILED_OP: list[Callable[..., Tensor]] = []  # the custom op torch.compile traces; see register_compiled_op
+
+
+def register_compiled_op() -> None:
+    """Register the kernel as a ``torch.library.triton_op`` for torch.compile (inductor then schedules it
+    like its own kernels). Done before the first compilation, not at import: ``torch.library.triton_op``
+    imports dynamo and inductor (about 4 s), which an eager first request does not need."""
+    if _COMPILED_OP or triton is None:
+        return
+    from torch.library import triton_op, wrap_triton
+
     @triton_op("zimage::qk_norm_rope", mutates_args={})
-    def _qk_norm_rope_op(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, eps: float) -> Tensor:
-        b, s, h, dh = x.shape
-        out = torch.empty((b, s, h, dh), dtype=x.dtype, device=x.device)
-        n_rows = b * s * h
-        grid = (triton.cdiv(n_rows, ROWS_PER_PROGRAM),)
-        wrap_triton(_qk_norm_rope)[grid](
-            x, weight, cos, sin, out, n_rows, h, x.stride(1), eps, HALF=dh // 2, ROWS=ROWS_PER_PROGRAM
-        )
-        return out
+    def op(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, eps: float) -> Tensor:
+        return _launch(wrap_triton(_qk_norm_rope), x, weight, cos, sin, eps)
+
+    _COMPILED_OP.append(op)
 
 
 def qk_norm_rope(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, eps: float) -> Tensor:
@@ -83,4 +101,9 @@ def qk_norm_rope(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, eps: float
     b, s, h, dh = x.shape
     if x.stride(3) != 1 or x.stride(2) != dh or x.stride(0) != s * x.stride(1):
         x = x.contiguous()
-    return _qk_norm_rope_op(x, weight, cos.contiguous(), sin.contiguous(), eps)
+    cos, sin = cos.contiguous(), sin.contiguous()
+    if torch.compiler.is_compiling():
+        if not _COMPILED_OP:
+            raise RuntimeError("qk_rope_kernel.register_compiled_op() must run before compiling the DiT blocks")
+        return _COMPILED_OP[0](x, weight, cos, sin, eps)
+    return _launch(_qk_norm_rope, x, weight, cos, sin, eps)

@@ -18,6 +18,7 @@ from zimage_mcp.engine.config import TransformerConfig
 from zimage_mcp.engine.dit.attention import AttentionBackend
 from zimage_mcp.engine.dit.layers import FinalLayer, RMSNorm, TimestepEmbedder, TransformerBlock
 from zimage_mcp.engine.dit.rope import axis_angles, caption_pos_ids, image_pos_ids, rope_cos_sin
+from zimage_mcp.engine.speed.compile_policy import compile_module
 
 SEQ_MULTI_OF = 32  # both streams are padded to a multiple of 32 with learned pad tokens
 PATCH_KEY = "2-1"  # ModuleDict key "{patch}-{f_patch}" used by the checkpoints
@@ -39,6 +40,16 @@ def unpatchify(tokens: Tensor, h: int, w: int, c: int, p: int = 2) -> Tensor:
     b = tokens.shape[0]
     x = tokens.view(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)  # (B, C, h, pH, w, pW)
     return x.reshape(b, c, h * p, w * p)
+
+
+def _before_first_compile() -> None:
+    import torch._dynamo
+
+    from zimage_mcp.engine.dit import qk_rope_kernel
+
+    # one graph per (size, caption bucket) and block kind: far more than torch's default limit of 8
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    qk_rope_kernel.register_compiled_op()
 
 
 @dataclass
@@ -107,13 +118,11 @@ class ZImageTransformer(nn.Module):
 
         ``dynamic=False`` specialises per sequence length (image tokens are a function of the size
         bucket, captions are padded to multiples of 32), so each new (size, caption bucket) pair costs
-        one recompile; ``dynamic=True`` compiles once for all lengths.
+        one recompile; ``dynamic=True`` compiles once for all lengths. Nothing is compiled until a call
+        that ``speed.compile_policy`` allows to.
         """
-        import torch._dynamo
-
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
         for blk in self.blocks():
-            blk.compile(dynamic=dynamic, mode=mode)
+            compile_module(blk, "dit", before_first_compile=_before_first_compile, dynamic=dynamic, mode=mode)
 
     @property
     def compiled(self) -> bool:

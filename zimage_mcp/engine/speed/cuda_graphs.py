@@ -13,12 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zimage_mcp.engine.speed.compile_policy import may_compile, record_miss
+
 
 class ShapeGraphs:
-    """``fn(x) -> Tensor`` with a CUDA graph captured on the first call of each ``x.shape``."""
+    """``fn(x) -> Tensor`` with a CUDA graph captured on the first call of each ``x.shape``, when
+    ``compile_policy`` lets ``component`` compile; otherwise a new shape runs ``fn`` as it is."""
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], max_graphs: int = 16) -> None:
+    def __init__(self, fn: Callable[[Tensor], Tensor], max_graphs: int = 16, component: str = "text") -> None:
         self.fn = fn
+        self.component = component
         self.max_graphs = max_graphs
         self._graphs: dict[tuple[int, ...], tuple[Tensor, Tensor, torch.cuda.CUDAGraph]] = {}
         self._pool: Any = None  # torch.cuda.graph_pool_handle(), shared by every graph
@@ -32,6 +36,9 @@ class ShapeGraphs:
         if entry is None:
             if len(self._graphs) >= self.max_graphs:
                 return self.fn(x)  # an unusual shape: eager, rather than pinning memory for one more graph
+            if not may_compile(self.component):
+                record_miss(self.component)
+                return self.fn(x)
             entry = self._capture(x)
         static_in, static_out, graph = entry
         static_in.copy_(x)

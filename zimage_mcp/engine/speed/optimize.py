@@ -13,6 +13,7 @@ import torch
 from zimage_mcp.engine.dit import qk_rope_kernel
 from zimage_mcp.engine.errors import InvalidArgument
 from zimage_mcp.engine.pipelines.text_to_image import ZImagePipeline
+from zimage_mcp.engine.speed.compile_policy import compile_module
 from zimage_mcp.engine.vae.model import AutoencoderKL
 
 OptimizeMode = Literal["auto", "compile", "fuse", "off"]
@@ -36,7 +37,7 @@ def optimize_vae(vae: AutoencoderKL, compile: bool = True) -> None:
     """channels_last convolutions (tensor-core friendly) and a compiled decoder (fused GroupNorm+SiLU)."""
     vae.to(memory_format=torch.channels_last)
     if compile:
-        vae.decoder.compile(dynamic=False)
+        compile_module(vae.decoder, "vae", dynamic=False)
 
 
 def optimize(pipe: ZImagePipeline, mode: OptimizeMode = "auto", fp8: bool = False) -> None:

@@ -7,6 +7,8 @@ output of decoder layer ``num_hidden_layers - 2``, before the final norm), real 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from zimage_mcp.engine.errors import WeightsError
+from zimage_mcp.engine.speed.compile_policy import compile_module
 from zimage_mcp.engine.speed.cuda_graphs import ShapeGraphs
 from zimage_mcp.engine.weights.files import read_files, read_shapes, require_safetensors, shard_files
 
@@ -45,6 +48,7 @@ class TextEncoder:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], Tensor] = OrderedDict()
         self._graphs: ShapeGraphs | None = None  # see ``use_cuda_graphs``
+        self._bypass_cache = False  # see ``uncached``
         # Passing the mask mapping pre-built skips HF's mask construction, which syncs with the GPU
         # (and so cannot be captured); None per layer type means plain causal attention.
         self._no_mask = {kind: None for kind in set(model.config.layer_types or ["full_attention"])}
@@ -56,9 +60,22 @@ class TextEncoder:
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    @contextmanager
+    def uncached(self) -> Iterator[None]:
+        """Inside, ``encode`` runs the model even for cached prompts (a warm-up replay must reach it)."""
+        self._bypass_cache = True
+        try:
+            yield
+        finally:
+            self._bypass_cache = False
+
     def encode(self, prompts: list[str], max_length: int = 512) -> list[Tensor]:
         """Features of the real tokens of each prompt. Cached tensors are shared: treat them as read-only."""
-        found = {p: self._cache[(p, max_length)] for p in prompts if (p, max_length) in self._cache}
+        found = {
+            p: self._cache[(p, max_length)]
+            for p in prompts
+            if (p, max_length) in self._cache and not self._bypass_cache
+        }
         todo = [p for p in dict.fromkeys(prompts) if p not in found]
         if todo:
             found.update(zip(todo, self._run(todo, max_length), strict=False))
@@ -108,7 +125,7 @@ class TextEncoder:
             raise ValueError(f"CUDA graphs need the encoder on a CUDA device, not {self.device}")
         if enabled and self._graphs is not None:
             return  # shared by Turbo and Base: keep the graphs already captured
-        self._graphs = ShapeGraphs(self._forward) if enabled else None
+        self._graphs = ShapeGraphs(self._forward, component="text") if enabled else None
 
     def compile_layers(self) -> None:
         """Inductor-fused decoder layers: RMSNorms, RoPE, silu·mul and residual adds in a few kernels
@@ -118,9 +135,9 @@ class TextEncoder:
         as eager's are. Graphs captured before are dropped and recaptured."""
         for layer in self.model.layers:
             if getattr(layer, "_compiled_call_impl", None) is None:
-                layer.compile(dynamic=True, options={"emulate_precision_casts": True})
+                compile_module(layer, "text", dynamic=True, options={"emulate_precision_casts": True})
         if self._graphs is not None:
-            self._graphs = ShapeGraphs(self._forward)
+            self._graphs = ShapeGraphs(self._forward, component="text")
 
     @property
     def compiled(self) -> bool:

@@ -1,0 +1,72 @@
+"""Compile in the GPU's idle time what requests ran eagerly (``[runtime] compile_in_background``).
+
+Requests never wait for the compiler: a backend that ran a new shape eagerly keeps it pending
+(``contract.BackgroundCompiling``). This task runs one pending unit at a time, only once the FIFO lock has
+been free, with nobody waiting, for ``idle_seconds``: a client that sends its next request as soon as the
+last one returned gets the GPU first. A request that arrives during a unit waits for that unit only (a few
+seconds with a warm compile cache). A failed unit is logged and dropped; the request it came from worked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+import anyio.to_thread
+
+from zimage_mcp.contract import Backend, BackgroundCompiling
+from zimage_mcp.registry import Registry
+from zimage_mcp.server.jobs import FifoLock
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 0.5
+POLL_SECONDS = 0.1
+
+
+def pending_backends(registry: Registry) -> list[tuple[str, BackgroundCompiling]]:
+    """Built backends with compilation pending, by variant id (a backend shared by aliases once)."""
+    found: dict[int, tuple[str, BackgroundCompiling]] = {}
+    for entry in registry.variants():
+        backend: Backend | None = registry.loaded_backend(entry.spec.id)
+        if isinstance(backend, BackgroundCompiling) and backend.compile_pending():
+            found.setdefault(id(backend), (entry.spec.id, backend))
+    return list(found.values())
+
+
+def compile_one_unit(registry: Registry, given_up: set[int]) -> str | None:
+    """Run one pending unit (the caller holds the GPU); what it compiled, for the log, or None. A backend
+    whose unit raised is added to ``given_up`` and not asked again (its requests keep running eagerly)."""
+    for variant_id, backend in pending_backends(registry):
+        if id(backend) in given_up:
+            continue
+        started = time.perf_counter()
+        try:
+            label = backend.compile_next()
+        except Exception as e:  # noqa: BLE001 - a failed unit must not stop the server or later units
+            given_up.add(id(backend))
+            log.warning(
+                "background compilation of %s failed (%s: %s); its new shapes stay eager until a restart",
+                variant_id,
+                type(e).__name__,
+                e,
+            )
+            return None
+        if label is not None:
+            log.info("compiled %s in the background: %s (%.1f s)", variant_id, label, time.perf_counter() - started)
+            return label
+    return None
+
+
+async def compile_when_idle(registry: Registry, lock: FifoLock, idle_seconds: float = IDLE_SECONDS) -> None:
+    """Forever: when the GPU has been idle for ``idle_seconds`` and a backend has a unit pending, run it."""
+    given_up: set[int] = set()
+    while True:
+        await anyio.sleep(POLL_SECONDS)
+        if lock.idle_for() < idle_seconds or not lock.try_acquire():
+            continue
+        try:
+            await anyio.to_thread.run_sync(compile_one_unit, registry, given_up)
+        finally:
+            lock.release()
