@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -55,3 +57,13 @@ def test_pixels_and_text_round_trip_through_any_number_of_strips(
     image.load()
     assert image.mode == "RGB" and np.array_equal(np.asarray(image), pixels)
     assert image.info["parameters"] == '{"seed": 7}'
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priority on this OS")
+def test_encoder_workers_run_nicer_than_the_thread_that_feeds_the_gpu() -> None:
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = niceness()
+    assert png._POOL.submit(niceness).result() == min(19, mine + png.ENCODER_NICENESS)
+    assert niceness() == mine  # the caller's own priority is untouched

@@ -25,6 +25,7 @@ from zimage_mcp.server.heartbeat import Heartbeat
 from zimage_mcp.server.jobs import SplitWork
 from zimage_mcp.server.preview import Preview, PreviewMode, make_preview, worker_limit
 from zimage_mcp.server.tool_models import ImageInfo, ImageResult
+from zimage_mcp.store.png import nice_thread
 
 if TYPE_CHECKING:
     from zimage_mcp.contract import GenerationResult, Pixels
@@ -149,7 +150,8 @@ def make_work(
     return SplitWork(gpu, cpu)
 
 
-_PREVIEWS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zimage-preview")  # beside the PNG encoding
+# beside the PNG encoding, and as nice as its workers
+_PREVIEWS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zimage-preview", initializer=nice_thread)
 
 
 def describe_failure(exc: BaseException, timed_out: bool, timeout: float) -> str:

@@ -2,9 +2,9 @@
 
 A PNG's image data is one zlib stream, but it may be split over any number of IDAT chunks, and a deflate
 stream may be cut into pieces that end byte-aligned (a sync flush). So each strip of rows becomes its own
-IDAT chunk, built start to finish by one worker: the Sub filter (Pillow's C loops), raw deflate at level 1,
-the chunk's CRC, and the strip's Adler-32. The zlib header and the combined Adler-32 trailer are two tiny
-chunks of their own. Nothing else passes over the whole image.
+IDAT chunk, built start to finish by one worker: the Sub filter (Pillow's C loops), raw deflate at level 1
+with run-length matches only (``PNG_STRATEGY``), the chunk's CRC, and the strip's Adler-32. The zlib header
+and the combined Adler-32 trailer are two tiny chunks of their own. Nothing else passes over the whole image.
 
 Measured by ``benchmarks/bench_encode.py`` on a photo-like 1024^2 image (2 shared cores): Pillow's default
 (level 6, adaptive filter) 233-268 ms / 1.62 MB, Pillow level 1 101 ms / 1.88 MB, this writer 19 ms on 2 strips
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,12 +25,29 @@ from PIL import Image, ImageChops
 from zimage_mcp.contract import Pixels
 
 PNG_LEVEL = 1  # zlib level: ~2x faster than Pillow's level 1, ~5x faster than its default; +16% size
+# Run-length matches only: on Sub-filtered rows of photos as small as level 1's full matching (a 1024^2 photo:
+# 2.02 against 2.07 MB) in 30 % less time, and 2.4x faster on noise (the random-weight benchmarks' images).
+PNG_STRATEGY = zlib.Z_RLE
+ENCODER_NICENESS = 5  # encoder threads yield the CPU to the thread that feeds the GPU (see nice_thread)
 STRIPS = max(1, min(16, os.cpu_count() or 1))  # parallel workers, one strip (and one IDAT chunk) each
 STRIP_ROWS = 32  # the fewest rows a strip gets (smaller strips cost ratio, not time)
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, the "fastest" level flag
 _ADLER_BASE = 65521
-_POOL = ThreadPoolExecutor(max_workers=STRIPS, thread_name_prefix="zimage-png")
+
+
+def nice_thread() -> None:
+    """Make the calling thread nicer (Linux niceness is per thread): with several jobs in flight, 16 strip
+    workers encoding one image would otherwise compete for cores with the thread launching the next job's
+    GPU work. Where the OS has no per-thread priority, nothing changes."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + ENCODER_NICENESS))
+    except (AttributeError, OSError):
+        pass
+
+
+_POOL = ThreadPoolExecutor(max_workers=STRIPS, thread_name_prefix="zimage-png", initializer=nice_thread)
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:
@@ -64,7 +82,7 @@ def _filtered_rows(pixels: Pixels, top: int, bottom: int) -> bytes:
 def _strip(pixels: Pixels, top: int, bottom: int, last: bool, level: int) -> tuple[bytes, int, int]:
     """One strip as a complete IDAT chunk, with the Adler-32 and length of its filtered bytes."""
     data = _filtered_rows(pixels, top, bottom)
-    c = zlib.compressobj(level, zlib.DEFLATED, -15)  # raw deflate: the zlib wrapper is written once, apart
+    c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, PNG_STRATEGY)  # raw deflate: the zlib wrapper is apart
     # Every strip but the last ends byte-aligned (sync flush), so the pieces concatenate into one stream.
     body = c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
     return chunk(b"IDAT", body), zlib.adler32(data), len(data)
