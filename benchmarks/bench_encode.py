@@ -29,8 +29,8 @@ SETTINGS: list[tuple[str, str, dict]] = [
     *[(f"webp q{q} m{m}", "WEBP", {"quality": q, "method": m}) for q, m in ((95, 4), (90, 4), (80, 4), (90, 0))],
     ("webp lossless m0", "WEBP", {"lossless": True, "method": 0}),
     *[(f"jpeg q{q}", "JPEG", {"quality": q}) for q in (95, 90, 80)],
-    ("store png, 1 strip", "OURS", {"strips": 1}),
-    (f"store png, {STRIPS} strips", "OURS", {"strips": STRIPS}),
+    # the store's writer per worker count: how the strips scale on this host
+    *[(f"store png, {n} strip{'s' * (n > 1)}", "OURS", {"strips": n}) for n in sorted({1, 2, 4, 8, 16, STRIPS})],
 ]
 
 
@@ -72,17 +72,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", nargs="*", default=None, help="setting names to run (default: all)")
     ap.add_argument("--tiny", action="store_true", help="smoke run: 128^2, one timed run")
+    ap.add_argument("--image", choices=("photo", "noise"), default="photo", help="noise: what random weights render")
     args = ap.parse_args(argv)
     if args.tiny:
         args.size, args.runs = 128, 1
-    img = photo_like(args.size)
+    if args.image == "noise":
+        rng = np.random.default_rng(0)
+        img = Image.fromarray(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8), "RGB")
+    else:
+        img = photo_like(args.size)
     raw = args.size * args.size * 3
     rows = []
     for name, fmt, kwargs in SETTINGS:
         if args.only and name not in args.only:
             continue
         ms, size = measure(img, fmt, kwargs, args.runs)
-        rows.append({"setting": name, "ms": round(ms, 1), "bytes": size, "ratio": round(size / raw, 3)})
+        rows.append(
+            {"image": args.image, "setting": name, "ms": round(ms, 1), "bytes": size, "ratio": round(size / raw, 3)}
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

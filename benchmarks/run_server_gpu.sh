@@ -5,7 +5,9 @@
 #   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/run_server_gpu.sh latency")
 # load:    bench_load (pinned against pageable copies, the raw floor, a bit-for-bit check), then the first image
 #          cold and warm after a restart with the server's own INFO log, and the device-wide peak per mode.
-# latency: the server over stdio per size, the 4-client throughput with the GPU's idle gaps, the engine alone.
+# latency: host CPUs and the PNG writer per strip count, the loader's bit-for-bit check, then the server over
+#          stdio per size, the 4-client throughput with the GPU's idle gaps, the engine alone.
+# first:   import times, then the first image cold and warm (and the idle-time compilation after it), peaks.
 # final:   import times, the loader's A/B, then latency, throughput, engine and first image in one job.
 set -euo pipefail
 part="${1:-latency}"
@@ -16,28 +18,45 @@ if [ -d .whl ]; then  # the lent GPU machine: the MCP stack and diffusers from c
   export PYTHONPATH=/tmp/site:$PWD:$PWD/plugins
 fi  # elsewhere: an environment with `pip install -e ".[test]"` (diffusers is the weights writer)
 nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
+host_cpus() {  # what the encoders can use: cores, affinity and any cgroup quota
+  python3 -c "import os, json; print(json.dumps({'cpu_count': os.cpu_count(), 'affinity': len(os.sched_getaffinity(0))}))"
+  cat /sys/fs/cgroup/cpu.max 2>/dev/null || true
+}
 case "$part" in
   load)
     timeout 200 python3 benchmarks/bench_load.py \
       --modes staging-check engine-fuse engine-fuse-pageable safetensors-threads 2>&1 | tee "$OUT/bench_load.jsonl"
     sections=(--sections first_image memory) ;;
-  latency) sections=(--sections latency throughput engine --formats png) ;;
-  final)  # what a restart costs, import by import, then everything the user sees, in one job
+  latency)  # the host's encoders, the loader's bit-for-bit check, then what a user sees per request
+    host_cpus | tee "$OUT/host_cpus.txt"
+    for image in noise photo; do
+      timeout 60 python3 benchmarks/bench_encode.py --runs 3 --image "$image" \
+        --only "png level 1" "store png, 1 strip" "store png, 2 strips" "store png, 4 strips" "store png, 8 strips" \
+        "store png, 16 strips" 2>&1 | tee -a "$OUT/bench_encode.jsonl"
+    done
+    timeout 120 python3 benchmarks/bench_load.py --modes staging-check engine-fuse 2>&1 | tee "$OUT/bench_load.jsonl"
+    sections=(--sections latency throughput engine --formats png) ;;
+  first)  # what a restart costs, import by import, then the first image cold and warm, and the peaks
     python3 -X importtime -c "import zimage_builtins.engine_backend" 2>"$OUT/importtime.txt"
     sort -t"|" -k2 -n -r "$OUT/importtime.txt" | head -25 || true
     python3 - <<'PY' | tee "$OUT/startup_parts.json"
-import json, time
+import json, sys, time
 t0 = time.perf_counter(); import torch; t1 = time.perf_counter()
 torch.empty(1, device="cuda"); t2 = time.perf_counter()
 import zimage_builtins.engine_backend; t3 = time.perf_counter()
 from zimage_mcp.engine.device import prepare_runtime
-prepare_runtime(torch.device("cuda"), True); t4 = time.perf_counter()
+prepare_runtime(torch.device("cuda"), False); t4 = time.perf_counter()
 print(json.dumps({"import_torch_s": round(t1 - t0, 2), "cuda_context_s": round(t2 - t1, 2),
-                  "import_bridge_s": round(t3 - t2, 2), "prepare_runtime_s": round(t4 - t3, 2)}))
+                  "import_bridge_s": round(t3 - t2, 2), "prepare_runtime_eager_s": round(t4 - t3, 2),
+                  "dynamo_imported": "torch._dynamo" in sys.modules, "transformers_imported": "transformers" in sys.modules}))
 PY
+    sections=(--sections first_image memory) ;;
+  final)  # what a restart costs, import by import, then everything the user sees, in one job
+    python3 -X importtime -c "import zimage_builtins.engine_backend" 2>"$OUT/importtime.txt"
+    sort -t"|" -k2 -n -r "$OUT/importtime.txt" | head -25 || true
     timeout 150 python3 benchmarks/bench_load.py --modes engine-fuse engine-fuse-pageable 2>&1 | tee "$OUT/bench_load.jsonl"
     sections=(--sections latency throughput engine first_image --formats png) ;;
-  *) echo "usage: $0 load|latency|final" >&2; exit 2 ;;
+  *) echo "usage: $0 load|latency|first|final" >&2; exit 2 ;;
 esac
-timeout 450 python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
+timeout 420 python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
