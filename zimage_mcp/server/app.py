@@ -216,7 +216,7 @@ def build_server(settings: Settings, registry: Registry | None = None) -> ZImage
         async with anyio.create_task_group() as tg:
             tg.start_soon(_idle_unloader, state)
             if settings.compile_in_background:
-                tg.start_soon(compile_when_idle, state.registry, state.jobs.lock)
+                tg.start_soon(compile_when_idle, state.registry, state.jobs.lock, stopping)
             if settings.preload:
                 tg.start_soon(_preload, state, stopping)
             try:

@@ -10,10 +10,10 @@ seconds with a warm compile cache). A failed unit is logged and dropped; the req
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import anyio
-import anyio.to_thread
 
 from zimage_mcp.contract import Backend, BackgroundCompiling
 from zimage_mcp.registry import Registry
@@ -35,9 +35,10 @@ def pending_backends(registry: Registry) -> list[tuple[str, BackgroundCompiling]
     return list(found.values())
 
 
-def compile_one_unit(registry: Registry, given_up: set[int]) -> str | None:
+def compile_one_unit(registry: Registry, given_up: set[int], stopping: threading.Event | None = None) -> str | None:
     """Run one pending unit (the caller holds the GPU); what it compiled, for the log, or None. A backend
-    whose unit raised is added to ``given_up`` and not asked again (its requests keep running eagerly)."""
+    whose unit raised is added to ``given_up`` and not asked again (its requests keep running eagerly).
+    Once ``stopping`` is set, a unit that fails (the shutdown unloads its model under it) is not reported."""
     for variant_id, backend in pending_backends(registry):
         if id(backend) in given_up:
             continue
@@ -46,7 +47,7 @@ def compile_one_unit(registry: Registry, given_up: set[int]) -> str | None:
             label = backend.compile_next()
         except Exception as e:  # noqa: BLE001 - a failed unit must not stop the server or later units
             given_up.add(id(backend))
-            log.warning(
+            (log.debug if stopping is not None and stopping.is_set() else log.warning)(
                 "background compilation of %s failed (%s: %s); its new shapes stay eager until a restart",
                 variant_id,
                 type(e).__name__,
@@ -59,14 +60,27 @@ def compile_one_unit(registry: Registry, given_up: set[int]) -> str | None:
     return None
 
 
-async def compile_when_idle(registry: Registry, lock: FifoLock, idle_seconds: float = IDLE_SECONDS) -> None:
-    """Forever: when the GPU has been idle for ``idle_seconds`` and a backend has a unit pending, run it."""
+async def compile_when_idle(
+    registry: Registry, lock: FifoLock, stopping: threading.Event, idle_seconds: float = IDLE_SECONDS
+) -> None:
+    """Forever: when the GPU has been idle for ``idle_seconds`` and a backend has a unit pending, run it.
+
+    A unit runs on a daemon thread that releases the lock itself: a compilation cannot be interrupted, and a
+    server asked to stop must not wait for one (tens of seconds with an empty compile cache)."""
     given_up: set[int] = set()
     while True:
         await anyio.sleep(POLL_SECONDS)
-        if lock.idle_for() < idle_seconds or not lock.try_acquire():
+        if lock.idle_for() < idle_seconds or not pending_backends(registry) or not lock.try_acquire():
             continue
-        try:
-            await anyio.to_thread.run_sync(compile_one_unit, registry, given_up)
-        finally:
-            lock.release()
+        done = threading.Event()
+
+        def unit(done: threading.Event = done) -> None:
+            try:
+                compile_one_unit(registry, given_up, stopping)
+            finally:
+                lock.release()
+                done.set()
+
+        threading.Thread(target=unit, name="zimage-compile", daemon=True).start()
+        while not done.is_set():
+            await anyio.sleep(POLL_SECONDS)
