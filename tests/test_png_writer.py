@@ -67,3 +67,22 @@ def test_encoder_workers_run_nicer_than_the_thread_that_feeds_the_gpu() -> None:
     mine = niceness()
     assert png._POOL.submit(niceness).result() == min(19, mine + png.ENCODER_NICENESS)
     assert niceness() == mine  # the caller's own priority is untouched
+
+
+@pytest.mark.parametrize("strips", [1, 3, 16])
+def test_rows_the_engine_backend_filters_give_the_same_file(monkeypatch: pytest.MonkeyPatch, strips: int) -> None:
+    from zimage_builtins.engine_backend import _pixels
+
+    monkeypatch.setattr(png, "STRIPS", strips)
+    monkeypatch.setattr(png, "STRIP_ROWS", 4)
+    image = Image.fromarray(np.random.default_rng(strips).integers(0, 256, (37, 53, 3), dtype=np.uint8), "RGB")
+    pixels = _pixels(image)
+    assert pixels.data == image.tobytes()
+    assert pixels.png_rows == png._filtered_rows(pixels, 0, pixels.height)
+    text = {"parameters": "{}"}
+    assert png.encode_png(pixels, text) == png.encode_png(Pixels(53, 37, pixels.data), text)
+
+
+def test_filtered_rows_of_the_wrong_size_are_refused() -> None:
+    with pytest.raises(ValueError, match="not 2 Sub-filtered rows of 3 px"):
+        Pixels(3, 2, bytes(18), png_rows=bytes(18))

@@ -81,7 +81,11 @@ def _filtered_rows(pixels: Pixels, top: int, bottom: int) -> bytes:
 
 def _strip(pixels: Pixels, top: int, bottom: int, last: bool, level: int) -> tuple[bytes, int, int]:
     """One strip as a complete IDAT chunk, with the Adler-32 and length of its filtered bytes."""
-    data = _filtered_rows(pixels, top, bottom)
+    if pixels.png_rows is not None:  # filtered by the backend, without the GIL
+        line = 1 + pixels.width * 3
+        data: bytes | memoryview = memoryview(pixels.png_rows)[top * line : bottom * line]
+    else:
+        data = _filtered_rows(pixels, top, bottom)
     c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, PNG_STRATEGY)  # raw deflate: the zlib wrapper is apart
     # Every strip but the last ends byte-aligned (sync flush), so the pieces concatenate into one stream.
     body = c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
