@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 from zimage_mcp.contract import GenerationRequest
 from zimage_mcp.engine.speed.compile_policy import compile_only
 
 # The DiT first: once its blocks are compiled, the replays for the other parts run it fast.
 REPLAY_ORDER = ("dit", "text", "vae")
+
+
+def shape_key(r: GenerationRequest) -> tuple[Any, ...]:
+    """What decides the shapes a request runs (not its seed or step count): two requests with the same key
+    need the same compilation, so the second is not replayed."""
+    images = tuple(im.size for im in (r.image, *r.reference_images) if im is not None)
+    control = r.control.type if r.control is not None else None
+    cfg = (r.guidance > 0, r.cfg_truncation, r.negative_prompt)
+    return (r.mode, r.width, r.height, r.count, r.prompt, cfg, r.strength, control, images, r.mask is not None)
 
 
 def replay_request(r: GenerationRequest) -> GenerationRequest:
@@ -34,9 +44,13 @@ def replay_request(r: GenerationRequest) -> GenerationRequest:
 class CompileQueue:
     """The requests that ran some part eagerly, and the parts, in arrival order (at most ``limit``)."""
 
-    def __init__(self, replay: Callable[[GenerationRequest], object], limit: int = 8) -> None:
+    def __init__(self, replay: Callable[[GenerationRequest], object], limit: int = 64) -> None:
         self._replay = replay
-        self._pending: deque[tuple[GenerationRequest, list[str]]] = deque(maxlen=limit)
+        self._pending: deque[tuple[GenerationRequest, list[str]]] = deque()
+        self._limit = limit
+        # Keys pending or replayed already: a repeat (another seed) is not kept again; a request whose
+        # replay did not cover it is not replayed twice either (no loop of useless replays).
+        self._keys: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._lock = threading.Lock()
         self._running = False
 
@@ -46,7 +60,13 @@ class CompileQueue:
         with compile_only() as policy:
             yield
         if policy.missed:
+            key = shape_key(request)
             with self._lock:
+                if key in self._keys or len(self._pending) >= self._limit:
+                    return  # kept already, or too many waiting: a later request of these shapes is kept
+                self._keys[key] = None
+                while len(self._keys) > 4 * self._limit:
+                    self._keys.popitem(last=False)
                 self._pending.append((request, [c for c in REPLAY_ORDER if c in policy.missed]))
 
     def pending(self) -> bool:
@@ -56,6 +76,7 @@ class CompileQueue:
     def clear(self) -> None:
         with self._lock:
             self._pending.clear()
+            self._keys.clear()
 
     def next(self) -> str | None:
         """Replay the oldest kept request with its next part allowed to compile; a label, or None."""
