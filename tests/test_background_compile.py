@@ -15,9 +15,9 @@ import pytest
 import torch
 from mcp import Client
 from PIL import Image
+from zimage_builtins.engine_backend import EngineBackend
 
 from tests.server_fixtures import anyio_backend, input_dir, make_settings, registry_file, tiny_model_dir  # noqa: F401
-from zimage_builtins.engine_backend import EngineBackend
 from zimage_mcp import hookimpl
 from zimage_mcp.registry import Registry
 from zimage_mcp.registry.plugin_manager import plugin_manager_from_settings

@@ -84,8 +84,9 @@ def _ready_device(ctx: BackendContext) -> torch.device:
     return device
 
 
-# A preparation and a load never run at once: transformers' lazy module is not safe to import from two
-# threads ("cannot import name 'Qwen3Config'" when a first request raced the start-up thread).
+# A preparation and a load never run at once: transformers' lazy modules (SigLIP for the Omni variant) are not
+# safe to import from two threads ("cannot import name 'Qwen3Config'" when a first request raced the start-up
+# thread, before the text encoder was ours).
 _PREPARING = threading.Lock()
 
 

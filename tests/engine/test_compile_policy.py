@@ -3,6 +3,8 @@ the replay with a part allowed compiles it; eager runs under the policy are the 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,26 @@ def test_graphs_are_not_captured_for_a_new_shape_under_the_policy() -> None:
         out = graphs(torch.ones(1, 32))  # on the CPU a capture would fail: it is not attempted
     assert policy.missed == {"text"} and graphs.shapes == [] and calls == [(1, 32)]
     assert torch.equal(out, torch.full((1, 32), 2.0))
+
+
+def test_an_eager_request_never_imports_the_compiler(tiny_dir: Path) -> None:
+    """Compilation set up at load, a first request under the policy: dynamo and inductor stay unimported
+    (several seconds of imports on the first image's path)."""
+    code = f"""
+import sys, torch
+from pathlib import Path
+from zimage_mcp.engine import load_pipeline
+from zimage_mcp.engine.speed.compile_policy import compile_only
+from zimage_mcp.engine.speed.optimize import optimize_vae
+pipe = load_pipeline(Path({str(tiny_dir)!r}), device="cpu", dtype=torch.float32)
+pipe.transformer.compile_blocks(dynamic=False)
+optimize_vae(pipe.vae, compile=True)
+with compile_only() as policy:
+    pipe.generate("a cat", "", 256, 256, 2, 0.0, seed=0)
+print(sorted(policy.missed), "torch._dynamo" in sys.modules, "torch._inductor" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split("\n")[-2] == "['dit', 'vae'] False False"
 
 
 def test_a_replay_reaches_the_text_encoder_through_the_prompt_cache(tiny_dir: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from zimage_mcp.engine.presets.tiny_text import (
     write_tiny_tokenizer,
 )
 from zimage_mcp.engine.text.qwen3 import TextEncoder, chat_prompt, load_text_encoder, load_text_encoder_file
+from zimage_mcp.engine.text.qwen3_model import Qwen3TextConfig
 
 PROMPTS = ["a cat on a table", "", "一只猫坐在窗台上，阳光明媚", "a very long prompt " * 30]
 MAX_LEN = 64
@@ -46,16 +49,21 @@ def _copy(tiny: Path, tmp_path: Path) -> Path:
 # (a) template and layout
 
 
-def test_chat_template_renders_like_qwen3(encoder: TextEncoder) -> None:
-    tok = encoder.tokenizer
-    assert chat_prompt(tok, "a cat") == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
-    off = tok.apply_chat_template(
+def test_chat_template_renders_like_qwen3(tiny: Path, encoder: TextEncoder) -> None:
+    assert chat_prompt("a cat") == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
+    hf = AutoTokenizer.from_pretrained(tiny / "tokenizer", local_files_only=True)
+    on = hf.apply_chat_template(
+        [{"role": "user", "content": "a cat"}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    assert on == chat_prompt("a cat")  # test_tokenizer.py compares many more prompts
+    off = hf.apply_chat_template(
         [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True, enable_thinking=False
     )
     assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    tok = encoder.tokenizer
     assert tok.model_max_length == 131072
-    assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id == tok.convert_tokens_to_ids("<|endoftext|>")
-    assert 1000 <= len(tok) <= TINY_VOCAB_SIZE
+    assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id == hf.convert_tokens_to_ids("<|endoftext|>")
+    assert 1000 <= len(tok) == len(hf) <= TINY_VOCAB_SIZE
 
 
 def test_sharded_layout_loads_in_transformers(tiny: Path) -> None:
@@ -111,7 +119,7 @@ def test_comfyui_single_file_matches_folder(tiny: Path, encoder: TextEncoder, tm
     given = load_text_encoder_file(
         tmp_path / "qwen_3_4b.safetensors",
         tiny / "tokenizer",
-        tiny_text_encoder_config(TINY_VOCAB_SIZE),
+        Qwen3TextConfig.from_dict(tiny_text_encoder_config(TINY_VOCAB_SIZE).to_dict(), "tiny_text_encoder_config"),
         "cpu",
         torch.float32,
     )
@@ -239,7 +247,7 @@ def test_bucketed_unmasked_right_padding_gives_the_same_features(tiny: Path) -> 
     prompts = ["a cat", "一只猫坐在垫子上", "a much longer prompt about a lighthouse on a cliff at dusk, waves below"]
     plain = te.encode(prompts)
     for p, ref in zip(prompts, plain, strict=True):
-        ids = te.tokenizer(chat_prompt(te.tokenizer, p), return_tensors="pt").input_ids  # (1, n)
+        ids = te.tokenizer([chat_prompt(p)], max_length=512).input_ids  # (1, n)
         n = ids.shape[1]
         bucket = length_bucket(n)
         assert bucket >= n and bucket in (32, 64, 128)
@@ -249,15 +257,34 @@ def test_bucketed_unmasked_right_padding_gives_the_same_features(tiny: Path) -> 
         assert torch.allclose(out, ref, atol=1e-5)
 
 
-def test_prebuilt_mask_mapping_matches_the_default_forward(tiny: Path) -> None:
-    """The mask-free call used for CUDA graphs computes what HF's own causal path computes."""
+def test_mask_free_forward_matches_transformers_default_forward(tiny: Path) -> None:
+    """The mask-free call used for CUDA graphs computes what transformers' own causal path computes, and
+    what our explicit-mask path computes when nothing is padded."""
     from zimage_mcp.engine.text.qwen3 import load_text_encoder
 
     te = load_text_encoder(tiny / "text_encoder", tiny / "tokenizer", "cpu", torch.float32, cache_size=0)
+    hf = Qwen3Model.from_pretrained(tiny / "text_encoder").eval()
     ids = torch.randint(0, 1000, (2, 37))
     with torch.no_grad():
-        ref = te.model(input_ids=ids, use_cache=False).last_hidden_state
+        ref = hf(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states[-2]
         assert torch.equal(te._forward(ids), ref)
+        masked = te.model(input_ids=ids, mask=torch.ones(2, 37, dtype=torch.bool))
+    torch.testing.assert_close(masked, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_text_to_image_load_and_generation_never_import_transformers(tiny_dir: Path) -> None:
+    """transformers costs ~4 s of imports (torch._dynamo, sympy) on the first image's path: not any more."""
+    code = f"""
+import sys, torch
+from pathlib import Path
+from zimage_mcp.engine import load_pipeline
+pipe = load_pipeline(Path({str(tiny_dir)!r}), device="cpu", dtype=torch.float32)
+out = pipe.generate("a cat", "", 256, 256, 2, 0.0, seed=0)
+print(len(out.images), sorted(m for m in sys.modules if m.split(".")[0] == "transformers")[:5])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split("\n")[-2] == "1 []", out.stdout[-2000:]
 
 
 def test_length_buckets_and_cuda_graphs_need_cuda(tiny: Path) -> None:

@@ -60,9 +60,10 @@ def prepare_device(device: torch.device, tune_allocator: bool, limit_bytes: int 
 
 def prepare_runtime(device: torch.device, compile: bool) -> None:
     """Do ahead of a first load what it would otherwise wait for, loading no weights: create the CUDA
-    context and import the text encoder's transformers classes and, when ``compile``, torch.compile's
-    dynamo and inductor (several seconds together on a GPU host). Idempotent; safe on any thread."""
-    modules = ["transformers.models.qwen3.modeling_qwen3"]  # engine.text.qwen3 imports it lazily
+    context and import the text encoder (our Qwen3 and the ``tokenizers`` library: no ``transformers``)
+    and, when ``compile``, torch.compile's dynamo and inductor (several seconds together on a GPU host).
+    Idempotent; safe on any thread."""
+    modules = ["tokenizers", "zimage_mcp.engine.text.qwen3"]
     if device.type == "cuda":
         torch.empty(1, device=device)  # the context; the caching allocator keeps this one block
         modules.append("zimage_mcp.engine.dit.qk_rope_kernel")  # imports Triton

@@ -54,15 +54,15 @@ def omni_segments(prompt: str, n_images: int, name: str = "prompt") -> list[str]
 def encode_segments(text_encoder: TextEncoder, segments: list[str], max_length: int = 512) -> list[Tensor]:
     """Real-token features (L_j, hidden) of each segment, each its own sequence (``hidden_states[-2]``).
 
-    ``text_encoder.model`` already ends at that layer (see ``text_encoder.py``).
+    ``text_encoder.model`` already ends at that layer (see ``qwen3.py``).
     Right padding with causal attention leaves real-token states unchanged, so segments are batched.
     """
     unique = list(dict.fromkeys(segments))
-    batch = text_encoder.tokenizer(
-        unique, padding="longest", max_length=max_length, truncation=True, padding_side="right", return_tensors="pt"
-    )
-    ids = batch.input_ids.to(text_encoder.device)
-    mask = batch.attention_mask.to(text_encoder.device).bool()
-    hidden = text_encoder.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    feats = {s: h[m] for s, h, m in zip(unique, hidden, mask, strict=False)}
+    batch = text_encoder.tokenizer(unique, max_length=max_length)  # (B, L), right-padded
+    lengths = batch.attention_mask.sum(dim=1).tolist()  # on the CPU: no device sync to unpad
+    # The padding mask, as diffusers passes it (None without padding, as transformers then drops it).
+    padded = not bool(batch.attention_mask.all())
+    mask = batch.attention_mask.to(text_encoder.device) if padded else None
+    hidden = text_encoder.model(input_ids=batch.input_ids.to(text_encoder.device), mask=mask)  # (B, L, hidden)
+    feats = {s: h[:n] for s, h, n in zip(unique, hidden, lengths, strict=True)}
     return [feats[s] for s in segments]

@@ -1,7 +1,8 @@
-"""Qwen3 text encoder: chat template, truncated Qwen3Model, real-token features, LRU cache.
+"""Qwen3 text encoder: chat template, truncated Qwen3 decoder, real-token features, LRU cache.
 
 Features match diffusers' ``ZImagePipeline.encode_prompt``: ``hidden_states[-2]`` of Qwen3 (the
-output of decoder layer ``num_hidden_layers - 2``, before the final norm), real tokens only.
+output of decoder layer ``num_hidden_layers - 2``, before the final norm), real tokens only. The decoder
+(``qwen3_model``) and tokenizer (``tokenizer``) are ours, so a first request imports no ``transformers``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -19,39 +19,24 @@ from torch import Tensor, nn
 from zimage_mcp.engine.errors import WeightsError
 from zimage_mcp.engine.speed.compile_policy import compile_module
 from zimage_mcp.engine.speed.cuda_graphs import ShapeGraphs
+from zimage_mcp.engine.text.qwen3_model import Qwen3TextConfig, Qwen3TextModel, read_config
+from zimage_mcp.engine.text.tokenizer import Qwen3Tokenizer, chat_prompt, load_tokenizer
 from zimage_mcp.engine.weights.files import read_files, read_shapes, require_safetensors, shard_files
 
-if TYPE_CHECKING:  # transformers is imported where it is used: importing the engine stays cheap
-    from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
-
 # Config values of Qwen3-4B that cannot be read off the weight shapes (ComfyUI single files).
-_QWEN3_4B_EXTRA = {
-    "rms_norm_eps": 1e-6,
-    "max_position_embeddings": 40960,
-    "tie_word_embeddings": True,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
-}
-
-
-def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    """``<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n``, rendered as diffusers does."""
-    messages = [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+_QWEN3_4B_EXTRA = {"rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": 40960}
 
 
 class TextEncoder:
-    """A truncated ``Qwen3Model`` plus its tokenizer; ``encode`` returns one (L_i, hidden) tensor per prompt."""
+    """A truncated Qwen3 decoder plus its tokenizer; ``encode`` returns one (L_i, hidden) tensor per prompt."""
 
-    def __init__(self, model: Qwen3Model, tokenizer: PreTrainedTokenizerBase, cache_size: int = 64) -> None:
+    def __init__(self, model: Qwen3TextModel, tokenizer: Qwen3Tokenizer, cache_size: int = 64) -> None:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], Tensor] = OrderedDict()
         self._graphs: ShapeGraphs | None = None  # see ``use_cuda_graphs``
         self._bypass_cache = False  # see ``uncached``
-        # Passing the mask mapping pre-built skips HF's mask construction, which syncs with the GPU
-        # (and so cannot be captured); None per layer type means plain causal attention.
-        self._no_mask = {kind: None for kind in set(model.config.layer_types or ["full_attention"])}
 
     @property
     def device(self) -> torch.device:
@@ -91,14 +76,7 @@ class TextEncoder:
     def _run(self, prompts: list[str], max_length: int) -> list[Tensor]:
         # Truncate at max_length (template tokens count) and right-pad only to the longest prompt:
         # with causal attention, right padding leaves the real-token states unchanged.
-        batch = self.tokenizer(
-            [chat_prompt(self.tokenizer, p) for p in prompts],
-            padding="longest",
-            max_length=max_length,
-            truncation=True,
-            padding_side="right",
-            return_tensors="pt",
-        )
+        batch = self.tokenizer([chat_prompt(p) for p in prompts], max_length=max_length)  # (B, L)
         lengths = batch.attention_mask.sum(dim=1).tolist()  # on the CPU: no device sync to unpad
         ids = batch.input_ids
         if self._graphs is not None and self.device.type == "cuda":  # one graph per (batch, length bucket)
@@ -112,9 +90,9 @@ class TextEncoder:
 
     def _forward(self, ids: Tensor) -> Tensor:
         """ids (B, L) -> features (B, L, hidden). No mask at all: pads sit to the right and attention is
-        causal, so no real token ever sees one (Qwen3's position ids do not depend on the mask either);
-        this keeps the fast causal kernel."""
-        return self.model(input_ids=ids, attention_mask=self._no_mask, use_cache=False).last_hidden_state
+        causal, so no real token ever sees one (Qwen3's positions do not depend on the mask either); this
+        keeps the fast causal kernel, and the call has no host sync, so it can be captured as a graph."""
+        return self.model(input_ids=ids)
 
     def use_cuda_graphs(self, enabled: bool = True) -> None:
         """Replay the encoder as CUDA graphs, one per (batch, length bucket); CUDA only, lossless.
@@ -158,21 +136,8 @@ def length_bucket(n: int) -> int:
     return max(32, 1 << (n - 1).bit_length())
 
 
-def _read_config(path: Path) -> Qwen3Config:
-    from transformers import Qwen3Config
-
-    if not path.is_file():
-        raise WeightsError(f"missing text-encoder config: looked for {path}")
-    try:
-        return Qwen3Config.from_json_file(str(path))
-    except (OSError, ValueError, TypeError) as e:
-        raise WeightsError(f"text-encoder config {path} is unreadable: {e}") from e
-
-
-def _infer_config(file: Path) -> Qwen3Config:
+def _infer_config(file: Path) -> Qwen3TextConfig:
     """Read a Qwen3 config off the tensor shapes of a single file (Qwen3-4B values for the rest)."""
-    from transformers import Qwen3Config
-
     require_safetensors(file)
     try:
         with safe_open(str(file), framework="pt") as f:
@@ -183,7 +148,7 @@ def _infer_config(file: Path) -> Qwen3Config:
         vocab, hidden = shape["embed_tokens.weight"]
         head_dim = shape["layers.0.self_attn.q_norm.weight"][0]
         n_layers = 1 + max(int(k.split(".")[1]) for k in shape if k.startswith("layers."))
-        return Qwen3Config(
+        return Qwen3TextConfig(
             vocab_size=vocab,
             hidden_size=hidden,
             num_hidden_layers=n_layers,
@@ -197,26 +162,14 @@ def _infer_config(file: Path) -> Qwen3Config:
         raise WeightsError(f"{file} does not look like a Qwen3 text encoder (missing {e})") from e
 
 
-def _load_tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
-
-    if not (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
-        raise WeightsError(f"missing tokenizer: looked for tokenizer_config.json in {tokenizer_dir}")
-    try:
-        return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"tokenizer in {tokenizer_dir} failed to load: {e}") from e
-
-
-def _build(files: list[Path], config: Qwen3Config, device: torch.device | str, dtype: torch.dtype) -> Qwen3Model:
-    from transformers import Qwen3Model
-    from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
-
-    with torch.device("meta"):
-        model = Qwen3Model(config)
+def _build(
+    files: list[Path], config: Qwen3TextConfig, device: torch.device | str, dtype: torch.dtype
+) -> Qwen3TextModel:
+    with torch.device("meta"):  # no init work: every parameter is assigned from the checkpoint below
+        model = Qwen3TextModel(config)
     # The features are hidden_states[-2], i.e. the output of layer index n-2 *before* the final norm
     # (HF applies model.norm only to the last entry). So the last layer and the norm are never needed:
-    # drop the layer and make the norm an identity, and last_hidden_state is exactly those features.
+    # drop the layer and make the norm an identity, and the model's output is exactly those features.
     dropped = f"layers.{config.num_hidden_layers - 1}."
     model.layers = model.layers[:-1]
     model.norm = nn.Identity()
@@ -242,7 +195,7 @@ def _build(files: list[Path], config: Qwen3Config, device: torch.device | str, d
     if wrong:
         raise WeightsError(f"text-encoder shape mismatch in {[str(f) for f in files]}: {wrong}")
     model.load_state_dict(state, strict=True, assign=True)
-    model.rotary_emb = Qwen3RotaryEmbedding(config).to(device)  # its buffers are not in the checkpoint
+    model.rotary_emb.to(device)  # its inv_freq (computed on the CPU) is not in the checkpoint
     return model
 
 
@@ -253,15 +206,15 @@ def load_text_encoder(
     folder = Path(text_encoder_dir)
     if not folder.is_dir():
         raise WeightsError(f"text-encoder folder not found: {folder}")
-    config = _read_config(folder / "config.json")
+    config = read_config(folder / "config.json")
     model = _build(shard_files(folder, "model.safetensors.index.json", "model.safetensors"), config, device, dtype)
-    return TextEncoder(model, _load_tokenizer(Path(tokenizer_dir)), cache_size)
+    return TextEncoder(model, load_tokenizer(Path(tokenizer_dir)), cache_size)
 
 
 def load_text_encoder_file(
     file: Path,
     tokenizer_dir: Path,
-    config: Qwen3Config | None = None,
+    config: Qwen3TextConfig | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.bfloat16,
     cache_size: int = 64,
@@ -271,4 +224,4 @@ def load_text_encoder_file(
     if not file.is_file():
         raise WeightsError(f"text-encoder file not found: {file}")
     model = _build([file], config or _infer_config(file), device, dtype)
-    return TextEncoder(model, _load_tokenizer(Path(tokenizer_dir)), cache_size)
+    return TextEncoder(model, load_tokenizer(Path(tokenizer_dir)), cache_size)
