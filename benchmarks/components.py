@@ -18,6 +18,8 @@ from zimage_mcp.engine.config import TRANSFORMER_PRESETS, VAE_PRESETS
 from zimage_mcp.engine.dit.transformer import ZImageTransformer
 from zimage_mcp.engine.pipelines.text_to_image import ZImagePipeline
 from zimage_mcp.engine.text.qwen3 import TextEncoder
+from zimage_mcp.engine.text.qwen3_model import Qwen3TextConfig, Qwen3TextModel
+from zimage_mcp.engine.text.tokenizer import load_tokenizer
 from zimage_mcp.engine.vae.model import AutoencoderKL
 
 QWEN3_4B = dict(
@@ -121,22 +123,22 @@ def build(
     # ours runs the same weights minus the last layer and the final norm (features = layer 34's output)
     ours_cfg = Qwen3Config(**{**(QWEN3_TINY if tiny else QWEN3_4B), "num_hidden_layers": qcfg.num_hidden_layers - 1})
     with torch.device("meta"):
-        te = Qwen3Model(ours_cfg)
+        te = Qwen3TextModel(Qwen3TextConfig.from_dict(ours_cfg.to_dict(), "the benchmark's Qwen3 config"))
+    te.norm = torch.nn.Identity()
     sd = {
         k: v
         for k, v in ref_te.state_dict().items()
         if not k.startswith(f"layers.{qcfg.num_hidden_layers - 1}.") and k != "norm.weight"
     }
-    te.load_state_dict(sd, strict=False, assign=True)
-    te.norm = torch.nn.Identity()
-    te.rotary_emb = type(ref_te.rotary_emb)(ours_cfg).to(dev)  # buffers are not weights: rebuild off meta
+    te.load_state_dict(sd, strict=True, assign=True)
+    te.rotary_emb.to(dev)  # its inv_freq is not a weight: computed off the meta device
     te.eval().requires_grad_(False)
 
     tok_dir = Path(tempfile.mkdtemp()) / "tokenizer"
     write_tiny_tokenizer(tok_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)  # diffusers' side
 
-    ours = ZImagePipeline(dit, vae, TextEncoder(te, tokenizer), shift=3.0)
+    ours = ZImagePipeline(dit, vae, TextEncoder(te, load_tokenizer(tok_dir)), shift=3.0)
     ref = RefPipe(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=ref_vae,

@@ -273,6 +273,7 @@ def test_backend_is_built_lazily_once_and_gets_the_context() -> None:
         dtype="float32",
         hf_home=registry.settings.hf_home,
         compile_cache_dir=str(default_compile_cache_dir()),
+        defer_compile=True,  # [runtime] compile_in_background's default
     )
 
 
