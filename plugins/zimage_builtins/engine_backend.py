@@ -192,119 +192,56 @@ class EngineBackend:
         )
 
     def _run(self, r: GenerationRequest, on_step: StepCallback, should_stop: StopCheck) -> GenerationOutput:
+        common = _sampling(r, on_step, should_stop)
+        # the server fitted edit inputs to the variant's limits (contract.rules.fit_size): width/height are final
+        size = {"width": r.width, "height": r.height}
         if r.mode is None:
-            return self.pipe.generate(
-                r.prompt,
-                negative_prompt=r.negative_prompt,
-                width=r.width,
-                height=r.height,
-                steps=r.steps,
-                guidance=r.guidance,
-                seed=r.seed,
-                cfg_truncation=r.cfg_truncation,
-                cfg_normalization=r.cfg_normalization,
-                count=r.count,
-                shift=r.shift,
-                on_step=on_step,
-                should_stop=should_stop,
-            )
+            return self.pipe.generate(r.prompt, **size, count=r.count, **common)
         if r.mode == "img2img" and r.image is not None:
-            return img2img(
-                self.pipe,
-                r.image,
-                r.prompt,
-                strength=r.strength,
-                width=r.width,  # the server fitted the input to the variant's limits (contract.rules.fit_size)
-                height=r.height,
-                negative_prompt=r.negative_prompt,
-                steps=r.steps,
-                guidance=r.guidance,
-                seed=r.seed,
-                count=r.count,
-                cfg_truncation=r.cfg_truncation,
-                cfg_normalization=r.cfg_normalization,
-                shift=r.shift,
-                on_step=on_step,
-                should_stop=should_stop,
-            )
+            return img2img(self.pipe, r.image, r.prompt, strength=r.strength, **size, count=r.count, **common)
         if r.mode == "inpaint" and r.image is not None and r.mask is not None:
-            return inpaint(
-                self.pipe,
-                r.image,
-                r.mask,
-                r.prompt,
-                strength=r.strength,
-                width=r.width,  # the server fitted the input to the variant's limits (contract.rules.fit_size)
-                height=r.height,
-                negative_prompt=r.negative_prompt,
-                steps=r.steps,
-                guidance=r.guidance,
-                seed=r.seed,
-                count=r.count,
-                cfg_truncation=r.cfg_truncation,
-                cfg_normalization=r.cfg_normalization,
-                shift=r.shift,
-                on_step=on_step,
-                should_stop=should_stop,
-            )
+            return inpaint(self.pipe, r.image, r.mask, r.prompt, strength=r.strength, **size, count=r.count, **common)
         if r.mode == "control" and r.control is not None:
-            return self._control(r, on_step, should_stop)
+            return self._control(r, common)
         raise UnsupportedEditError(
             f"{self.spec.id} cannot do '{r.mode}' edits; it supports img2img, inpaint and (with a ControlNet) control"
         )
 
-    def _control(self, r: GenerationRequest, on_step: StepCallback, should_stop: StopCheck) -> GenerationOutput:
+    def _control(self, r: GenerationRequest, common: dict[str, Any]) -> GenerationOutput:
         from zimage_mcp.engine.pipelines.control import control_generate, control_inpaint
 
         assert r.control is not None
         hint, detect = r.control.type, False
         if hint.startswith("photo-"):  # "photo-canny": compute the edge map from a photo (OpenCV)
             hint, detect = hint[len("photo-") :], True
+        control = {
+            "controlnet_conditioning_scale": r.control.scale,
+            "hint": hint,
+            "detect": detect,
+            "width": r.width,
+            "height": r.height,
+            "count": r.count,
+        }
         if r.mask is not None and r.image is not None:
             return control_inpaint(
-                self.pipe,
-                self.controlnet(),
-                r.image,
-                r.mask,
-                r.control.image,
-                r.prompt,
-                negative_prompt=r.negative_prompt,
-                steps=r.steps,
-                guidance=r.guidance,
-                seed=r.seed,
-                count=r.count,
-                cfg_truncation=r.cfg_truncation,
-                cfg_normalization=r.cfg_normalization,
-                shift=r.shift,
-                controlnet_conditioning_scale=r.control.scale,
-                hint=hint,
-                detect=detect,
-                width=r.width,
-                height=r.height,
-                on_step=on_step,
-                should_stop=should_stop,
+                self.pipe, self.controlnet(), r.image, r.mask, r.control.image, r.prompt, **control, **common
             )
-        return control_generate(
-            self.pipe,
-            self.controlnet(),
-            r.control.image,
-            r.prompt,
-            negative_prompt=r.negative_prompt,
-            steps=r.steps,
-            guidance=r.guidance,
-            seed=r.seed,
-            count=r.count,
-            cfg_truncation=r.cfg_truncation,
-            cfg_normalization=r.cfg_normalization,
-            shift=r.shift,
-            controlnet_conditioning_scale=r.control.scale,
-            hint=hint,
-            detect=detect,
-            width=r.width,
-            height=r.height,
-            on_step=on_step,
-            should_stop=should_stop,
-        )
+        return control_generate(self.pipe, self.controlnet(), r.control.image, r.prompt, **control, **common)
+
+
+def _sampling(r: GenerationRequest, on_step: StepCallback, should_stop: StopCheck) -> dict[str, Any]:
+    """The sampling arguments every engine call takes, from the request (one place for all five calls)."""
+    return {
+        "negative_prompt": r.negative_prompt,
+        "steps": r.steps,
+        "guidance": r.guidance,
+        "seed": r.seed,
+        "cfg_truncation": r.cfg_truncation,
+        "cfg_normalization": r.cfg_normalization,
+        "shift": r.shift,
+        "on_step": on_step,
+        "should_stop": should_stop,
+    }
 
 
 class OmniBackend(EngineBackend):
@@ -327,21 +264,10 @@ class OmniBackend(EngineBackend):
         if r.mode != "reference" or r.image is None:
             raise UnsupportedEditError(f"{self.spec.id} edits from reference images only (mode 'reference')")
         images = [r.image, *r.reference_images]
-        outs = [
-            self.pipe.edit(
-                r.prompt,
-                images,
-                negative_prompt=r.negative_prompt,
-                steps=r.steps,
-                guidance=r.guidance,
-                seed=r.seed + i,
-                cfg_truncation=r.cfg_truncation,
-                cfg_normalization=r.cfg_normalization,
-                shift=r.shift,
-                max_images=self.spec.limits.max_reference_images or 4,
-                on_step=on_step,
-                should_stop=should_stop,
-            )
+        common = _sampling(r, on_step, should_stop)
+        max_images = self.spec.limits.max_reference_images or 4
+        outs = [  # one edit per image asked for, seeds counting up (the Omni pipeline edits one at a time)
+            self.pipe.edit(r.prompt, images, max_images=max_images, **{**common, "seed": r.seed + i})
             for i in range(r.count)
         ]
         first = outs[0]
