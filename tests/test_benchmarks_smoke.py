@@ -30,7 +30,7 @@ def _run(script: str, *args: str) -> list[dict]:
 @pytest.mark.slow
 def test_parity_full_tiny_agrees() -> None:
     rows = _run("parity_full.py")
-    assert {r["check"].split("_")[0] for r in rows} >= {"dit", "vae", "controlnet", "omni"}
+    assert {r["check"].split("_")[0] for r in rows} >= {"dit", "vae", "text", "controlnet", "omni"}
     assert all(r["rel_err"] <= 1e-5 for r in rows), rows
 
 
