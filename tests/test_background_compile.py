@@ -112,11 +112,14 @@ async def test_a_failing_compilation_is_logged_once_and_requests_still_run(
 
     pm = plugin_manager_from_settings(settings)
     pm.register(Plugin(), name="crashy_plugin")
-    async with Client(build_server(settings, Registry.from_settings(settings, pm=pm))) as client:
+    server = build_server(settings, Registry.from_settings(settings, pm=pm))
+    async with Client(server) as client:
         for seed in (1, 2):
             result = await client.call_tool("generate_image", {**SMALL, "model": "crashy", "seed": seed})
             assert not result.is_error, result.content[0].text
             await anyio.sleep(1.5)  # three idle periods: a retry loop would have run again
+        # nothing takes the GPU lock for it any more (each unit's release would restart the idle clock)
+        assert server.state.jobs.lock.idle_for() > 1.0
         warnings = [r for r in caplog.records if "background compilation of crashy failed" in r.getMessage()]
     assert CompilerCrashes.units == 1 and len(warnings) == 1
     assert "RuntimeError: inductor: ptxas ran out of registers" in warnings[0].getMessage()

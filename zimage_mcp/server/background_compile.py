@@ -70,7 +70,10 @@ async def compile_when_idle(
     given_up: set[int] = set()
     while True:
         await anyio.sleep(POLL_SECONDS)
-        if lock.idle_for() < idle_seconds or not pending_backends(registry) or not lock.try_acquire():
+        if lock.idle_for() < idle_seconds:
+            continue
+        # a backend given up on stays pending: without this filter the GPU lock would be taken 10 times a second
+        if not any(id(b) not in given_up for _, b in pending_backends(registry)) or not lock.try_acquire():
             continue
         done = threading.Event()
 
