@@ -69,12 +69,20 @@ def test_encoder_workers_run_nicer_than_the_thread_that_feeds_the_gpu() -> None:
     assert niceness() == mine  # the caller's own priority is untouched
 
 
-@pytest.mark.parametrize(("width", "top", "bottom"), [(1, 0, 4), (5, 0, 7), (53, 11, 30), (53, 0, 37)])
-def test_rows_are_sub_filtered_as_the_png_spec_defines(width: int, top: int, bottom: int) -> None:
-    data = np.random.default_rng(width).integers(0, 256, (37, width, 3), dtype=np.uint8).tobytes()
-    stride = width * 3
-    want = bytearray()
-    for y in range(top, bottom):  # PNG Sub: filter type 1, then Raw(x) - Raw(x - bpp) mod 256, bpp = 3
-        row = data[y * stride : (y + 1) * stride]
-        want += bytes([1]) + bytes((row[x] - (row[x - 3] if x >= 3 else 0)) % 256 for x in range(stride))
-    assert bytes(png._filtered_rows(Pixels(width, 37, data), top, bottom)) == bytes(want)
+@pytest.mark.parametrize("strips", [1, 3, 16])
+def test_rows_the_engine_backend_filters_give_the_same_file(monkeypatch: pytest.MonkeyPatch, strips: int) -> None:
+    from zimage_builtins.engine_backend import _pixels
+
+    monkeypatch.setattr(png, "STRIPS", strips)
+    monkeypatch.setattr(png, "STRIP_ROWS", 4)
+    image = Image.fromarray(np.random.default_rng(strips).integers(0, 256, (37, 53, 3), dtype=np.uint8), "RGB")
+    pixels = _pixels(image)
+    assert pixels.data == image.tobytes()
+    assert pixels.png_rows == png._filtered_rows(pixels, 0, pixels.height)
+    text = {"parameters": "{}"}
+    assert png.encode_png(pixels, text) == png.encode_png(Pixels(53, 37, pixels.data), text)
+
+
+def test_filtered_rows_of_the_wrong_size_are_refused() -> None:
+    with pytest.raises(ValueError, match="not 2 Sub-filtered rows of 3 px"):
+        Pixels(3, 2, bytes(18), png_rows=bytes(18))

@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from zimage_builtins.compile_queue import CompileQueue
@@ -43,9 +44,17 @@ log = logging.getLogger(__name__)
 
 
 def _pixels(image: Any) -> Pixels:
-    """A decoded PIL image as the contract's RGB8 pixels (the engine hands back RGB; no encoding here)."""
+    """A decoded PIL image as the contract's RGB8 pixels (the engine hands back RGB; no encoding here),
+    with its PNG scanlines Sub-filtered by numpy, whose loops release the GIL: filtered by the store's
+    Pillow calls, which hold it, the filtering of 16 strips ran one after another, and a 16-core host
+    encoded a 1024^2 image no faster with 16 workers than with 4."""
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return Pixels(rgb.width, rgb.height, rgb.tobytes())
+    a = np.asarray(rgb).reshape(rgb.height, rgb.width * 3)  # (H, 3W) bytes
+    rows = np.empty((rgb.height, 1 + rgb.width * 3), np.uint8)  # (H, 1 + 3W): a filter byte, then the row
+    rows[:, 0] = 1  # Sub
+    rows[:, 1:4] = a[:, :3]  # the first pixel has no left neighbour
+    np.subtract(a[:, 3:], a[:, :-3], out=rows[:, 4:])  # uint8 wraps: mod 256
+    return Pixels(rgb.width, rgb.height, a.tobytes(), rows.tobytes())
 
 
 def _invalid(err: InvalidArgument) -> InvalidRequestError:

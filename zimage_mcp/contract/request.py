@@ -65,10 +65,16 @@ class Pixels:
     width: int
     height: int
     data: bytes
+    # Optional: the same rows as PNG scanlines with the Sub filter (``height * (1 + width * 3)`` bytes: a
+    # filter byte 1, then each byte minus the one 3 to its left, mod 256). A backend that can compute them
+    # without holding the GIL (numpy) saves the PNG writer its only pass that holds it.
+    png_rows: bytes | None = None
 
     def __post_init__(self) -> None:
         if len(self.data) != self.width * self.height * 3:
             raise ValueError(f"{len(self.data)} bytes is not {self.width}x{self.height} RGB8")
+        if self.png_rows is not None and len(self.png_rows) != self.height * (1 + self.width * 3):
+            raise ValueError(f"{len(self.png_rows)} bytes are not {self.height} Sub-filtered rows of {self.width} px")
 
 
 @dataclass

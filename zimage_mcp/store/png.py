@@ -2,7 +2,7 @@
 
 A PNG's image data is one zlib stream, but it may be split over any number of IDAT chunks, and a deflate
 stream may be cut into pieces that end byte-aligned (a sync flush). So each strip of rows becomes its own
-IDAT chunk, built start to finish by one worker: the Sub filter (numpy, outside the GIL), raw deflate at level 1
+IDAT chunk, built start to finish by one worker: the Sub filter (Pillow's C loops), raw deflate at level 1
 with run-length matches only (``PNG_STRATEGY``), the chunk's CRC, and the strip's Adler-32. The zlib header
 and the combined Adler-32 trailer are two tiny chunks of their own. Nothing else passes over the whole image.
 
@@ -20,7 +20,7 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+from PIL import Image, ImageChops
 
 from zimage_mcp.contract import Pixels
 
@@ -64,25 +64,28 @@ def adler32_combine(first: int, second: int, second_length: int) -> int:
     return sum1 | (sum2 << 16)
 
 
-def _filtered_rows(pixels: Pixels, top: int, bottom: int) -> memoryview:
+def _filtered_rows(pixels: Pixels, top: int, bottom: int) -> bytes:
     """Rows [top, bottom) as scanlines: a Sub filter byte (1), then every byte minus the one 3 bytes to its left.
 
-    numpy's loops release the GIL, so every strip worker filters at once (Pillow's, used before, hold it: on a
-    16-core host the 16 strips' filters ran one after another, and the writer stopped scaling at 4 workers).
-    The Sub filter looks only along its own row, so strips are independent.
+    The bytes are handled as an 8-bit image of width 3W, so Pillow's C loops do the filtering; the Sub
+    filter looks only along its own row, so strips are independent.
     """
-    stride, h = pixels.width * 3, bottom - top
-    raw = np.frombuffer(pixels.data, np.uint8, count=h * stride, offset=top * stride).reshape(h, stride)  # (h, 3W)
-    rows = np.empty((h, 1 + stride), np.uint8)  # (h, 1 + 3W): the filter type, then the row
-    rows[:, 0] = 1  # Sub
-    rows[:, 1:4] = raw[:, :3]  # the first pixel of a row has no left neighbour
-    np.subtract(raw[:, 3:], raw[:, :-3], out=rows[:, 4:])  # uint8 wraps: mod 256
-    return memoryview(rows).cast("B")
+    w, h, stride = pixels.width * 3, bottom - top, pixels.width * 3
+    raw = Image.frombuffer("L", (w, h), memoryview(pixels.data)[top * stride : bottom * stride], "raw", "L", 0, 1)
+    diff = ImageChops.subtract_modulo(raw, ImageChops.offset(raw, 3, 0))
+    rows = Image.new("L", (w + 1, h), 1)  # column 0: the filter type of every row
+    rows.paste(diff, (1, 0))
+    rows.paste(raw.crop((0, 0, 3, h)), (1, 0))  # the first pixel of a row has no left neighbour
+    return rows.tobytes()
 
 
 def _strip(pixels: Pixels, top: int, bottom: int, last: bool, level: int) -> tuple[bytes, int, int]:
     """One strip as a complete IDAT chunk, with the Adler-32 and length of its filtered bytes."""
-    data = _filtered_rows(pixels, top, bottom)
+    if pixels.png_rows is not None:  # filtered by the backend, without the GIL
+        line = 1 + pixels.width * 3
+        data: bytes | memoryview = memoryview(pixels.png_rows)[top * line : bottom * line]
+    else:
+        data = _filtered_rows(pixels, top, bottom)
     c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, PNG_STRATEGY)  # raw deflate: the zlib wrapper is apart
     # Every strip but the last ends byte-aligned (sync flush), so the pieces concatenate into one stream.
     body = c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
