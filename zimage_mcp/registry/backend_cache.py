@@ -60,8 +60,7 @@ class BackendCache:
             return backend
 
     def is_loaded(self, variant_id: str) -> bool:
-        with self.lock:
-            return variant_id in self._loaded
+        return self.loaded(variant_id) is not None
 
     def failed(self) -> dict[str, str]:
         with self.lock:

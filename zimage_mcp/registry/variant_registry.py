@@ -197,8 +197,7 @@ class Registry:
             return self._cache.get(entry.spec.id, build, lambda: weights_bytes(status.location))
 
     def is_loaded(self, variant_id: str) -> bool:
-        target = self.lora_variant_target(variant_id)
-        return self._cache.is_loaded(target[0] if target else self.resolve(variant_id).spec.id)
+        return self.loaded_backend(variant_id) is not None
 
     def loaded_backend(self, variant_id: str) -> Backend | None:
         """The variant's backend if it is built (a LoRA variant's is its base's); never builds one."""

@@ -25,29 +25,34 @@ IDLE_SECONDS = 0.5
 POLL_SECONDS = 0.1
 
 
-def pending_backends(registry: Registry) -> list[tuple[str, BackgroundCompiling]]:
-    """Built backends with compilation pending, by variant id (a backend shared by aliases once)."""
+def compiling_backend(registry: Registry, variant_id: str) -> BackgroundCompiling | None:
+    """The variant's built backend if it has compilation pending (what ``list_models`` shows as compiling)."""
+    backend: Backend | None = registry.loaded_backend(variant_id)
+    return backend if isinstance(backend, BackgroundCompiling) and backend.compile_pending() else None
+
+
+def pending_backends(registry: Registry, given_up: set[int]) -> list[tuple[str, BackgroundCompiling]]:
+    """Built backends with compilation pending, by variant id (a backend shared by aliases once), but for
+    those given up on (they stay pending: their units raised)."""
     found: dict[int, tuple[str, BackgroundCompiling]] = {}
     for entry in registry.variants():
-        backend: Backend | None = registry.loaded_backend(entry.spec.id)
-        if isinstance(backend, BackgroundCompiling) and backend.compile_pending():
+        backend = compiling_backend(registry, entry.spec.id)
+        if backend is not None and id(backend) not in given_up:
             found.setdefault(id(backend), (entry.spec.id, backend))
     return list(found.values())
 
 
-def compile_one_unit(registry: Registry, given_up: set[int], stopping: threading.Event | None = None) -> str | None:
+def compile_one_unit(registry: Registry, given_up: set[int], stopping: threading.Event) -> str | None:
     """Run one pending unit (the caller holds the GPU); what it compiled, for the log, or None. A backend
     whose unit raised is added to ``given_up`` and not asked again (its requests keep running eagerly).
     Once ``stopping`` is set, a unit that fails (the shutdown unloads its model under it) is not reported."""
-    for variant_id, backend in pending_backends(registry):
-        if id(backend) in given_up:
-            continue
+    for variant_id, backend in pending_backends(registry, given_up):
         started = time.perf_counter()
         try:
             label = backend.compile_next()
         except Exception as e:  # noqa: BLE001 - a failed unit must not stop the server or later units
             given_up.add(id(backend))
-            (log.debug if stopping is not None and stopping.is_set() else log.warning)(
+            (log.debug if stopping.is_set() else log.warning)(
                 "background compilation of %s failed (%s: %s); its new shapes stay eager until a restart",
                 variant_id,
                 type(e).__name__,
@@ -70,10 +75,7 @@ async def compile_when_idle(
     given_up: set[int] = set()
     while True:
         await anyio.sleep(POLL_SECONDS)
-        if lock.idle_for() < idle_seconds:
-            continue
-        # a backend given up on stays pending: without this filter the GPU lock would be taken 10 times a second
-        if not any(id(b) not in given_up for _, b in pending_backends(registry)) or not lock.try_acquire():
+        if lock.idle_for() < idle_seconds or not pending_backends(registry, given_up) or not lock.try_acquire():
             continue
         done = threading.Event()
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from zimage_mcp.contract import BackgroundCompiling
 from zimage_mcp.contract.rules import MAX_COUNT
+from zimage_mcp.server.background_compile import compiling_backend
 
 if TYPE_CHECKING:
     from zimage_mcp.registry import Registry
@@ -171,11 +171,6 @@ class ModelsInfo(BaseModel):
     output_dir: str = ""
 
 
-def _compiling(registry: Registry, variant_id: str) -> bool:
-    backend = registry.loaded_backend(variant_id)
-    return isinstance(backend, BackgroundCompiling) and backend.compile_pending()
-
-
 def describe_models(registry: Registry, output_dir: str = "") -> ModelsInfo:
     """The catalogue as the model sees it: every variant with its install and load state, and the LoRAs."""
     failed = registry.failed()
@@ -202,7 +197,7 @@ def describe_models(registry: Registry, output_dir: str = "") -> ModelsInfo:
                 source=status.source,
                 how_to_install="" if status.installed else status.how_to_install,
                 loaded=registry.is_loaded(spec.id),
-                compiling=_compiling(registry, spec.id),
+                compiling=compiling_backend(registry, spec.id) is not None,
                 failed=failed.get(spec.id),
             )
         )
