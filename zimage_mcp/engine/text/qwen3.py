@@ -23,9 +23,6 @@ from zimage_mcp.engine.text.qwen3_model import Qwen3TextConfig, Qwen3TextModel, 
 from zimage_mcp.engine.text.tokenizer import Qwen3Tokenizer, chat_prompt, load_tokenizer
 from zimage_mcp.engine.weights.files import read_files, read_shapes, require_safetensors, shard_files
 
-# Config values of Qwen3-4B that cannot be read off the weight shapes (ComfyUI single files).
-_QWEN3_4B_EXTRA = {"rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": 40960}
-
 
 class TextEncoder:
     """A truncated Qwen3 decoder plus its tokenizer; ``encode`` returns one (L_i, hidden) tensor per prompt."""
@@ -156,7 +153,8 @@ def _infer_config(file: Path) -> Qwen3TextConfig:
             num_attention_heads=shape["layers.0.self_attn.q_proj.weight"][0] // head_dim,
             num_key_value_heads=shape["layers.0.self_attn.k_proj.weight"][0] // head_dim,
             intermediate_size=shape["layers.0.mlp.gate_proj.weight"][0],
-            **_QWEN3_4B_EXTRA,
+            # rms_norm_eps, rope_theta and max_position_embeddings cannot be read off the shapes: the
+            # config's defaults are Qwen3-4B's
         )
     except (KeyError, ValueError) as e:
         raise WeightsError(f"{file} does not look like a Qwen3 text encoder (missing {e})") from e
