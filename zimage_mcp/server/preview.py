@@ -58,8 +58,9 @@ def make_preview(pixels: Pixels, mode: PreviewMode, max_b64_chars: int) -> Previ
     while True:
         scale = side / max(img.size)
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        # A box reduce first, then Lanczos on the small image (reducing_gap): no full-size copy.
-        scaled = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0) if scale < 1 else img
+        # A box reduce by the whole factor first, then Lanczos on the small image for the rest: reducing_gap=2.0
+        # reduced nothing at the usual 2x (1024 -> 512), and a full-size Lanczos took 24 ms against 2.3.
+        scaled = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=1.0) if scale < 1 else img
         for quality in QUALITIES:
             data, mime = _encode(scaled, quality)
             if len(data) <= max_bytes:
