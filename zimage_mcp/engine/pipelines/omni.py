@@ -18,6 +18,7 @@ from torch import Tensor
 from zimage_mcp.engine.dit.omni_transformer import ZImageOmniTransformer
 from zimage_mcp.engine.errors import InvalidArgument
 from zimage_mcp.engine.pipelines.arguments import SIZE_MAX, SIZE_MIN, check_args, expand_seeds
+from zimage_mcp.engine.pipelines.phase_clock import PhaseClock
 from zimage_mcp.engine.pipelines.sampler import get_sigmas
 from zimage_mcp.engine.pipelines.text_to_image import (
     GenerationOutput,
@@ -25,7 +26,6 @@ from zimage_mcp.engine.pipelines.text_to_image import (
     StepCallback,
     StopCheck,
     ZImagePipeline,
-    lap,
 )
 from zimage_mcp.engine.text.omni_prompt import encode_segments, omni_segments
 from zimage_mcp.engine.text.siglip import SiglipEncoder, check_reference, encode_reference, fit_reference
@@ -86,8 +86,7 @@ class OmniPipeline(ZImagePipeline):
         use_cfg = guidance > 0
         neg_segs = omni_segments(negative_prompt, len(images), "negative_prompt") if use_cfg else []
         seed = expand_seeds(seed, 1)[0]
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        clock = PhaseClock(self.device, time.perf_counter())
         latents_ref, feats, (w_ref, h_ref) = self.references(images, width, height, max_images)
         width, height = width or w_ref, height or h_ref
         for name, v in (("width", width), ("height", height)):
@@ -97,12 +96,11 @@ class OmniPipeline(ZImagePipeline):
                 )
         caps = encode_segments(self.text_encoder, pos_segs + neg_segs)
         pos, neg = caps[: len(pos_segs)], caps[len(pos_segs) :]
-        timings["encode"] = lap(t0, self.device)
+        clock.mark("encode")
 
         latents = self.initial_noise([seed], height, width)
         hw = (latents.shape[-2], latents.shape[-1])
         model = self.transformer
-        t1 = time.perf_counter()
         cond_pos = model.prepare_omni([pos], latents_ref, feats, hw)
         latents = self.euler_loop(
             latents,
@@ -114,12 +112,10 @@ class OmniPipeline(ZImagePipeline):
             on_step,
             should_stop,
         )
-        timings["denoise"] = lap(t1, self.device)
-        t2 = time.perf_counter()
-        images_out = self.decode(latents)
-        timings["decode"] = lap(t2, self.device)
-        timings["total"] = time.perf_counter() - t0
-        return GenerationOutput(images=images_out, seeds=[seed], timings=timings, latents=latents)
+        clock.mark("denoise")
+        images_out = self.decode(latents)  # the one synchronisation: the pixels' copy to the host
+        clock.mark("decode")
+        return GenerationOutput(images=images_out, seeds=[seed], timings=clock.timings(), latents=latents)
 
 
 def _check_count(images: object, max_images: int) -> None:

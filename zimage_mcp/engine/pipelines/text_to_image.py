@@ -18,6 +18,7 @@ from torch import Tensor
 from zimage_mcp.engine.dit.transformer import Conditioning, ZImageTransformer
 from zimage_mcp.engine.errors import GenerationCancelled
 from zimage_mcp.engine.pipelines.arguments import check_args, expand_seeds
+from zimage_mcp.engine.pipelines.phase_clock import PhaseClock
 from zimage_mcp.engine.pipelines.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, model_time, noise_like
 from zimage_mcp.engine.pipelines.step_cache import FirstBlockCache
 from zimage_mcp.engine.vae.model import AutoencoderKL, denormalize_latents, tensor_to_images
@@ -212,20 +213,19 @@ class ZImagePipeline:
         forward: Callable[[Tensor, Tensor, Conditioning], Tensor] | None = None,
     ) -> GenerationOutput:
         """Encode the prompts, denoise ``latents`` over ``sigmas``, decode; timings counted from ``t0``."""
-        timings = dict(timings or {})
+        clock = PhaseClock(self.device, t0)
         count = latents.shape[0]
         use_cfg = guidance.scale > 0
         feats = self.encode_prompts([prompt] + ([negative_prompt] if use_cfg else []))
         pos, neg = [feats[0]] * count, ([feats[1]] * count if use_cfg else None)
-        timings["encode"] = lap(t0, self.device)
-        t1 = time.perf_counter()
+        clock.mark("encode")
         latents = self.denoise(latents, sigmas, pos, neg, guidance, on_step, should_stop, after_step, forward)
-        timings["denoise"] = lap(t1, self.device)
-        t2 = time.perf_counter()
-        images = self.decode(latents)
-        timings["decode"] = lap(t2, self.device)
-        timings["total"] = time.perf_counter() - t0
-        return GenerationOutput(images=images, seeds=seeds, timings=timings, latents=latents)
+        clock.mark("denoise")
+        images = self.decode(latents)  # the one synchronisation: the pixels' copy to the host
+        clock.mark("decode")
+        return GenerationOutput(
+            images=images, seeds=seeds, timings={**(timings or {}), **clock.timings()}, latents=latents
+        )
 
     def _batch_masked_cfg(self) -> bool:
         """Batch CFG with a key-padding mask, or run two unmasked passes (``cfg_mode``)."""
@@ -267,9 +267,3 @@ class ZImagePipeline:
             should_stop,
             t0,
         )
-
-
-def lap(start: float, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
