@@ -15,6 +15,11 @@ from zimage_mcp.server.stdio_transport import run_stdio
 if TYPE_CHECKING:
     import argparse
 
+# How long a thread waiting for the GIL lets the holder run before asking for it (Python's default: 5 ms).
+# The thread that feeds the GPU waits for it after every synchronisation, while other requests' encoders,
+# previews and replies hold it in turns: at 5 ms that was milliseconds of an idle GPU per request in flight.
+GIL_SWITCH_SECONDS = 0.001
+
 
 def ready_line(transport: str, address: str, output_dir: Any, installed: list[str]) -> None:
     """One line on stderr once the server is built (never stdout: in stdio mode that is the MCP wire)."""
@@ -35,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     wire = protect_stdout() if args.transport == "stdio" or args.attach else None
     settings = settings_from(args)
     setup_logging(settings.log_level, settings.log_file)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     if args.attach:
         import anyio
 
