@@ -460,7 +460,9 @@ class Sampler:
     """Device-wide ``memory.used`` (MiB) every ``period`` s: NVML when pynvml is importable, else nvidia-smi -lms."""
 
     def __init__(self, gpu: int, period: float = 0.05) -> None:
-        self.gpu, self.period, self.samples = gpu, period, []
+        self.gpu, self.period = gpu, period
+        self.samples: list[float] = []
+        self.times: list[float] = []  # perf_counter of each sample, to split the peak by phase
         self._stop = threading.Event()
         self._proc: subprocess.Popen[str] | None = None
         self.source = "nvml"
@@ -506,9 +508,11 @@ class Sampler:
         if self._proc is not None and self._proc.stdout is not None:
             for line in self._proc.stdout:
                 if line.strip():
+                    self.times.append(time.perf_counter())
                     self.samples.append(float(line.split()[0]))
             return
         while not self._stop.is_set():
+            self.times.append(time.perf_counter())
             self.samples.append(self._read())  # type: ignore[misc]
             time.sleep(self.period)
 
@@ -518,6 +522,16 @@ class Sampler:
             self._proc.kill()
             self._proc.wait(timeout=10)
         self._thread.join(timeout=10)
+
+    def phase_peaks(self, marks: list[tuple[str, float]]) -> dict[str, float]:
+        """The peak (MiB) in each phase; ``marks`` are (phase, its end) in order, the first from the start."""
+        peaks: dict[str, float] = {}
+        start = float("-inf")
+        for name, end in marks:
+            inside = [m for t, m in zip(self.times, self.samples, strict=True) if start <= t <= end]
+            peaks[name] = max(inside, default=float("nan"))
+            start = end
+        return peaks
 
 
 async def memory(a: argparse.Namespace, prompts: list[str], cache: Path) -> list[dict]:
@@ -543,15 +557,19 @@ async def memory(a: argparse.Namespace, prompts: list[str], cache: Path) -> list
         }
         try:
             with sampler, anyio.fail_after(a.section_timeout):
-                async with Server(a, reg) as srv:
+                async with Server(a, reg, f"memory_{mode}") as srv:  # its log: the allocator's high-water marks
                     kwargs = dict(model="z-image-base", steps=a.memory_steps, guidance=4.0, negative_prompt=NEGATIVE)
                     r = await srv.generate(prompts[0], "1024x1024", 0, **kwargs)
+                    marks = [("load_and_first_image", time.perf_counter())]
                     # the peak covers the compiled path too: the idle-time compilation, then an image through it
                     await srv.until_compiled("z-image-base")
+                    marks.append(("idle_time_compilation", time.perf_counter()))
                     await srv.generate(prompts[0], "1024x1024", 1, **kwargs)
+                    marks.append(("compiled_image", time.perf_counter()))
             row.update(
                 peak_mib=max(sampler.samples),
                 peak_over_baseline_gib=round((max(sampler.samples) - baseline) / 1024, 2),
+                phase_peak_gib={k: round(v / 1024, 2) for k, v in sampler.phase_peaks(marks).items()},
                 samples=len(sampler.samples),
                 first_image_s=round(r["since_start_s"], 3),
                 server_timings_ms=timings_ms([r]),

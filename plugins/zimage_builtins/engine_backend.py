@@ -58,6 +58,40 @@ def _pixels(image: Any) -> Pixels:
     return Pixels(rgb.width, rgb.height, data, rows.tobytes())
 
 
+class MemoryHighWater:
+    """Logs the CUDA allocator's peaks each time they rise, naming what raised them: the one place a user
+    with a small card (or a benchmark) can see whether loading, an eager request or a compilation set the peak."""
+
+    def __init__(self) -> None:
+        self.reserved = 0
+
+    def note(self, after: str) -> None:
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return
+        reserved = torch.cuda.max_memory_reserved()
+        if reserved > self.reserved:
+            self.reserved = reserved
+            log.info(
+                "GPU memory high-water mark %.2f GiB reserved (%.2f GiB allocated at most; %.2f GiB reserved now) "
+                "after %s",
+                reserved / 2**30,
+                torch.cuda.max_memory_allocated() / 2**30,
+                torch.cuda.memory_reserved() / 2**30,
+                after,
+            )
+
+
+HIGH_WATER = MemoryHighWater()
+
+
+def release_cached_memory() -> None:
+    """Hand the allocator's cached, unused blocks back to the driver. Before an idle-time compilation the
+    cache still holds what the eager request used, and the CUDA graphs captured next take their own pool:
+    both would count against the card at once (an 8 GB card's margin)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def _invalid(err: InvalidArgument) -> InvalidRequestError:
     return InvalidRequestError(err.field, err.allowed)
 
@@ -68,6 +102,7 @@ class EngineBackend:
     def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:
         self.spec = spec
         self.pipe = load(spec, ctx, "text_to_image")
+        HIGH_WATER.note(f"loading {spec.id}")
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path = Path(spec.weights.controlnet) if spec.weights.controlnet else None
         self._controlnet: Any = None
@@ -122,7 +157,11 @@ class EngineBackend:
         """One unit of the deferred compilation (``compile_queue``); the caller holds the GPU."""
         if self.pipe is None or self._compile_queue is None:
             return None
-        return self._compile_queue.next()
+        release_cached_memory()
+        label = self._compile_queue.next()
+        release_cached_memory()  # the compiler's scratch; what stays is the weights and the graphs' pools
+        HIGH_WATER.note(f"compiling {self.spec.id}: {label}")
+        return label
 
     def _replay(self, request: GenerationRequest) -> None:
         with self.pipe.text_encoder.uncached():  # the prompt's features are cached; the encoder must run
@@ -166,6 +205,7 @@ class EngineBackend:
             ) from e
         except InvalidArgument as e:
             raise _invalid(e) from e
+        HIGH_WATER.note(f"a {request.width}x{request.height} request on {self.spec.id}")
         size = out.images[0].size
         return GenerationResult(
             images=[_pixels(im) for im in out.images],  # the server encodes them once, outside the GPU lock
@@ -251,6 +291,7 @@ class OmniBackend(EngineBackend):
     def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:  # noqa: D107 - no super(): no ControlNet
         self.spec = spec
         self.pipe = load(spec, ctx, "omni")
+        HIGH_WATER.note(f"loading {spec.id}")
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path, self._controlnet = None, None
         self._compile_queue = CompileQueue(self._replay) if ctx.defer_compile else None
