@@ -550,6 +550,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="set up our engine with engine.speed.optimize (as the server does) instead of the "
         "experiments' baseline (fused projections + compiled blocks only)",
     )
+    ap.add_argument(
+        "--eager",
+        action="store_true",
+        help="run every section as a server's first request does, with nothing compiled (engine.speed."
+        "compile_policy.compile_only: compiled parts run eagerly); with --server-setup, the first image's path",
+    )
     args = ap.parse_args(argv)
     dev = "cpu" if args.tiny else "cuda"
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -603,10 +609,15 @@ def main(argv: list[str] | None = None) -> dict:
         "fp8": lambda: fp8_section(c, args.runs, args.out, size),
         "low_vram_fp8": lambda: low_vram_section(c, size, fp8_only=True) if dev == "cuda" else {},
     }
+    from contextlib import nullcontext
+
+    from zimage_mcp.engine.speed.compile_policy import compile_only
+
     for name in args.sections:
         start = time.perf_counter()
         try:
-            report[name] = sections[name]()
+            with compile_only() if args.eager else nullcontext():
+                report[name] = sections[name]()
         except Exception as e:  # record and go on: one broken section must not cost the others
             report[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
         report[name]["section_s"] = round(time.perf_counter() - start, 1)

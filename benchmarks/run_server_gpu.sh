@@ -9,6 +9,9 @@
 #          stdio per size, the 4-client throughput with the GPU's idle gaps, the engine alone.
 # first:   import times, then the first image cold and warm (and the idle-time compilation after it), peaks.
 # final:   import times, the loader's A/B, then latency, throughput, engine and first image in one job.
+# user:    latency, throughput, engine and the device-wide peaks per mode, split by phase (load and the
+#          eager first image, the idle-time compilation, a compiled image), with the servers' high-water logs.
+# eager:   the first image, cold and warm, then what an uncompiled (first) request runs, kernel by kernel.
 set -euo pipefail
 part="${1:-latency}"
 OUT="${OUT:-/tmp/out}"
@@ -56,7 +59,15 @@ PY
     sort -t"|" -k2 -n -r "$OUT/importtime.txt" | head -25 || true
     timeout 150 python3 benchmarks/bench_load.py --modes engine-fuse engine-fuse-pageable 2>&1 | tee "$OUT/bench_load.jsonl"
     sections=(--sections latency throughput engine first_image --formats png) ;;
-  *) echo "usage: $0 load|latency|first|final" >&2; exit 2 ;;
+  user)
+    sections=(--sections latency throughput engine memory --formats png) ;;
+  eager)
+    timeout 420 python3 benchmarks/bench_server.py --sections first_image --server-log "$OUT" \
+      --json "$OUT/bench_server_first.json" 2>&1 | tee "$OUT/bench_server_first.log" | grep -v '^  warnings.warn' | tail -15
+    timeout 150 python3 benchmarks/profile_engine.py --server-setup --eager --sections dit vae --runs 3 \
+      --out "$OUT/eager" 2>&1 | grep -v 'warn' | cut -c1-3000 | tail -5
+    exit 0 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager" >&2; exit 2 ;;
 esac
 timeout 420 python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
