@@ -60,7 +60,7 @@ PY
     timeout 150 python3 benchmarks/bench_load.py --modes engine-fuse engine-fuse-pageable 2>&1 | tee "$OUT/bench_load.jsonl"
     sections=(--sections latency throughput engine first_image --formats png) ;;
   user)
-    sections=(--sections latency throughput engine memory --formats png) ;;
+    sections=(--sections latency throughput engine memory --formats png); bench_timeout=560 ;;
   eager)
     timeout 420 python3 benchmarks/bench_server.py --sections first_image --server-log "$OUT" \
       --json "$OUT/bench_server_first.json" 2>&1 | tee "$OUT/bench_server_first.log" | grep -v '^  warnings.warn' | tail -15
@@ -69,5 +69,5 @@ PY
     exit 0 ;;
   *) echo "usage: $0 load|latency|first|final|user|eager" >&2; exit 2 ;;
 esac
-timeout 420 python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
+timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
