@@ -78,11 +78,13 @@ def _umask() -> int:
 _UMASK_LOCK = threading.Lock()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``.
 
     ``mkstemp`` creates the file 0600; it gets the mode an ordinary ``open()`` would (0666 less the
     umask), so the user's image viewer, backup or web server can read what the store saved.
+    ``durable``: flush it to the disk before the rename (a power cut cannot leave an empty file under
+    that name); only what can be rebuilt, the index, skips it (about 1.5 ms a save).
     """
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
@@ -91,7 +93,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -270,7 +273,8 @@ class ImageStore:
 
     def _write_index(self, index: list[str]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.index_path, json.dumps({"version": 1, "ids": index}).encode())
+        # not fsynced: after a power cut an empty or stale index is rebuilt from the sidecars (recover())
+        atomic_write(self.index_path, json.dumps({"version": 1, "ids": index}).encode(), durable=False)
         self._index = index
 
     def _new_id(self) -> str:
