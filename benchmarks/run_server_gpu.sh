@@ -60,11 +60,8 @@ PY
     timeout 150 python3 benchmarks/bench_load.py --modes engine-fuse engine-fuse-pageable 2>&1 | tee "$OUT/bench_load.jsonl"
     sections=(--sections latency throughput engine first_image --formats png) ;;
   user)
-    for size in 512 1024; do
-      timeout 60 python3 benchmarks/bench_encode.py --runs 5 --image noise --size "$size" --only "store png, 1 strip" \
-        "store png, 2 strips" "store png, 4 strips" "store png, 8 strips" "store png, 16 strips" 2>&1 | tee -a "$OUT/bench_encode.jsonl"
-    done
-    sections=(--sections latency throughput engine memory --formats png); bench_timeout=560 ;;
+    sections=(--sections latency throughput engine memory --formats png --previews thumbnail
+              --memory-modes default "offload_te+fp8" "offload_te+fp8 capped 7.2 GiB"); bench_timeout=560 ;;
   eager)
     timeout 420 python3 benchmarks/bench_server.py --sections first_image --server-log "$OUT" \
       --json "$OUT/bench_server_first.json" 2>&1 | tee "$OUT/bench_server_first.log" | grep -v '^  warnings.warn' | tail -15

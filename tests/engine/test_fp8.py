@@ -7,7 +7,7 @@ import torch
 
 from zimage_mcp.engine.config import TRANSFORMER_PRESETS
 from zimage_mcp.engine.dit.transformer import ZImageTransformer
-from zimage_mcp.engine.weights.fp8 import FP8, Float8Linear, dequantized
+from zimage_mcp.engine.weights.fp8 import EAGER_ROWS, FP8, FP8_MAX, Float8Linear, dequantized, rowwise
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,3 +58,21 @@ def test_transformer_to_fp8_keeps_checkpoint_names_and_frees_bf16(fused: bool) -
     d, f = model.cfg.dim, model.cfg.ffn_hidden
     gemm_weights = len(model.blocks()) * (4 * d * d + 3 * d * f)  # q, k, v, out, w1, w2, w3
     assert before - sum(p.numel() for p in model.parameters()) == gemm_weights
+
+
+@pytest.mark.parametrize("rows", [1, 5, EAGER_ROWS, 2 * EAGER_ROWS + 7])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_uncompiled_quantization_is_bit_identical_to_the_fused_one(rows: int, dtype: torch.dtype) -> None:
+    """A first request quantizes activations eagerly, in row chunks and without full-size fp32 copies; the values
+    and scales must be exactly those of the one-expression form that torch.compile fuses (chunk edges included)."""
+    gen = torch.Generator().manual_seed(rows)
+    x = (torch.randn(rows, 96, generator=gen) * torch.logspace(-3, 3, rows)[:, None]).to(dtype)
+    x[0] = 0  # an all-zero row: the scale's floor
+    xf = x.float()
+    scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+    fused = (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    before = x.clone()
+    values, scales = rowwise(x)
+    assert torch.equal(x, before)  # the input is left as it was (an fp32 weight is quantized at load too)
+    assert torch.equal(scales, scale)
+    assert torch.equal(values.view(torch.uint8), fused.view(torch.uint8))

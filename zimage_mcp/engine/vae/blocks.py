@@ -22,8 +22,10 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        # SiLU in place on the norm's fresh output: uncompiled (a first request), one full-size tensor fewer at
+        # the decoder's 1024^2 levels, 0.25-0.5 GiB of its peak; compiled, the same fused kernel.
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return x + h
