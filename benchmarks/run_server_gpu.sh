@@ -62,6 +62,9 @@ PY
   user)
     sections=(--sections latency throughput engine memory --formats png --previews thumbnail
               --memory-modes default "offload_te+fp8" "offload_te+fp8 capped 7.2 GiB"); bench_timeout=560 ;;
+  vae)  # which tensors set an uncompiled decode's peak, per query chunking; then the default mode's peaks
+    timeout 90 python3 benchmarks/probe_vae_memory.py --out "$OUT" 2>&1 | tail -1
+    sections=(--sections memory --memory-modes default) ;;
   eager)
     timeout 420 python3 benchmarks/bench_server.py --sections first_image --server-log "$OUT" \
       --json "$OUT/bench_server_first.json" 2>&1 | tee "$OUT/bench_server_first.log" | grep -v '^  warnings.warn' | tail -15

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -42,11 +43,21 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(ch, ch)
         self.to_out = nn.ModuleList([nn.Linear(ch, ch)])  # key `to_out.0` (diffusers keeps a dropout at 1)
 
+    query_chunk = 4096  # queries per attention call; None: all at once
+
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         t = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
         q, k, v = (proj(t).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # (B, 1, HW, C)
-        t = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(c)).squeeze(1)
+        # One head of C = 512 channels is beyond the flash kernels: at 1024^2 (HW = 16384) the fallback holds
+        # (HW, HW) scores, 0.5 GiB each. Each query row is independent, so chunks of queries bound that.
+        chunk, n, scale = self.query_chunk or q.shape[2], q.shape[2], 1.0 / math.sqrt(c)
+        if n <= chunk:
+            t = F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+        else:
+            sdpa = F.scaled_dot_product_attention
+            parts = [sdpa(q[:, :, i : i + chunk], k, v, scale=scale) for i in range(0, n, chunk)]
+            t = torch.cat(parts, dim=2).squeeze(1)
         t = self.to_out[0](t).transpose(1, 2).reshape(b, c, h, w)  # (B, HW, C) -> (B, C, H, W)
         return x + t
 
