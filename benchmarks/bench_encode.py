@@ -31,6 +31,11 @@ SETTINGS: list[tuple[str, str, dict]] = [
     *[(f"jpeg q{q}", "JPEG", {"quality": q}) for q in (95, 90, 80)],
     # the store's writer per worker count: how the strips scale on this host
     *[(f"store png, {n} strip{'s' * (n > 1)}", "OURS", {"strips": n}) for n in sorted({1, 2, 4, 8, 16, STRIPS})],
+    # the same, with the rows Sub-filtered beforehand as the engine backend hands them over (the server's path)
+    *[
+        (f"server png, {n} strip{'s' * (n > 1)}", "OURS", {"strips": n, "rows": True})
+        for n in sorted({1, 2, 4, 8, 16, STRIPS})
+    ],
 ]
 
 
@@ -50,7 +55,12 @@ def photo_like(side: int, seed: int = 0) -> Image.Image:
 
 def measure(img: Image.Image, fmt: str, kwargs: dict, runs: int) -> tuple[float, int]:
     """Median ms and bytes; ``OURS`` is the store's writer (``store/png.py``) from the raw RGB8 bytes."""
-    pixels = Pixels(img.width, img.height, img.tobytes())
+    if kwargs.get("rows"):
+        from zimage_builtins.engine_backend import _pixels  # the backend's filter (imports torch)
+
+        pixels = _pixels(img)
+    else:
+        pixels = Pixels(img.width, img.height, img.tobytes())
     times, size = [], 0
     for _ in range(runs + 1):  # the first call warms up
         buf = io.BytesIO()

@@ -64,6 +64,10 @@ PY
               --memory-modes default "offload_te+fp8" "offload_te+fp8 capped 7.2 GiB"); bench_timeout=560 ;;
   vae)  # which tensors set an uncompiled decode's peak, per query chunking; then the default mode's peaks
     timeout 90 python3 benchmarks/probe_vae_memory.py --out "$OUT" 2>&1 | tail -1
+    for size in 512 1024; do
+      timeout 60 python3 benchmarks/bench_encode.py --runs 7 --image noise --size "$size" --only "server png, 1 strip" \
+        "server png, 2 strips" "server png, 4 strips" "server png, 8 strips" "server png, 16 strips" 2>&1 | tee -a "$OUT/bench_encode.jsonl"
+    done
     sections=(--sections memory --memory-modes default) ;;
   eager)
     timeout 420 python3 benchmarks/bench_server.py --sections first_image --server-log "$OUT" \
