@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,8 +22,9 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: Tensor) -> Tensor:
-        # SiLU in place on the norm's fresh output: uncompiled (a first request), one full-size tensor fewer at
-        # the decoder's 1024^2 levels, 0.25-0.5 GiB of its peak; compiled, the same fused kernel.
+        # SiLU in place on the norm's fresh output: uncompiled (a first request), one full-size tensor fewer while
+        # a resnet runs at the decoder's 1024^2 level; compiled, the same fused kernel. (The decoder's peak is
+        # elsewhere: the last upsampler's conv, see benchmarks/probe_vae_memory.py.)
         h = self.conv1(F.silu(self.norm1(x), inplace=True))
         h = self.conv2(F.silu(self.norm2(h), inplace=True))
         if self.conv_shortcut is not None:
@@ -43,21 +43,11 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(ch, ch)
         self.to_out = nn.ModuleList([nn.Linear(ch, ch)])  # key `to_out.0` (diffusers keeps a dropout at 1)
 
-    query_chunk = 4096  # queries per attention call; None: all at once
-
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         t = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
         q, k, v = (proj(t).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # (B, 1, HW, C)
-        # One head of C = 512 channels is beyond the flash kernels: at 1024^2 (HW = 16384) the fallback holds
-        # (HW, HW) scores, 0.5 GiB each. Each query row is independent, so chunks of queries bound that.
-        chunk, n, scale = self.query_chunk or q.shape[2], q.shape[2], 1.0 / math.sqrt(c)
-        if n <= chunk:
-            t = F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
-        else:
-            sdpa = F.scaled_dot_product_attention
-            parts = [sdpa(q[:, :, i : i + chunk], k, v, scale=scale) for i in range(0, n, chunk)]
-            t = torch.cat(parts, dim=2).squeeze(1)
+        t = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(c)).squeeze(1)
         t = self.to_out[0](t).transpose(1, 2).reshape(b, c, h, w)  # (B, HW, C) -> (B, C, H, W)
         return x + t
 
