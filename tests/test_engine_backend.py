@@ -192,3 +192,30 @@ def test_the_folders_shift_wins_unless_the_users_registry_sets_one(tmp_path: Pat
         assert backend.pipe.shift == 5.0 != folder_shift
     finally:
         backend.unload()
+
+
+def test_memory_high_water_logs_each_new_peak_and_what_set_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one place a user with a small card sees which step set the GPU memory peak: a line when the
+    allocator's reserved peak rises, naming the step; nothing when it does not. (The CUDA queries are
+    stood in for: this machine has no GPU.)"""
+    import logging
+
+    from zimage_builtins.engine_backend import MemoryHighWater
+
+    gib = 2**30
+    peaks = iter([19 * gib, 19 * gib, 21 * gib])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: next(peaks))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 18 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 19 * gib)
+    high_water = MemoryHighWater()
+    with caplog.at_level(logging.INFO, logger="zimage_builtins.engine_backend"):
+        for step in ("loading z-image-turbo", "a 1024x1024 request", "compiling z-image-turbo: vae"):
+            high_water.note(step)
+    lines = [r.getMessage() for r in caplog.records if "high-water" in r.getMessage()]
+    assert len(lines) == 2
+    assert "19.00 GiB reserved" in lines[0] and lines[0].endswith("after loading z-image-turbo")
+    assert "21.00 GiB reserved (18.00 GiB allocated at most" in lines[1] and lines[1].endswith("vae")
