@@ -102,8 +102,11 @@ class UpBlock(nn.Module):
         )
         self.upsamplers = nn.ModuleList([Upsample(out_ch)] if upsample else [])
 
+    def layers(self) -> list[nn.Module]:
+        return [*self.resnets, *self.upsamplers]
+
     def forward(self, x: Tensor) -> Tensor:
-        for layer in [*self.resnets, *self.upsamplers]:
+        for layer in self.layers():
             x = layer(x)
         return x
 

@@ -65,8 +65,12 @@ class Decoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.mid_block(self.conv_in(z))
+        # Layer by layer rather than block by block: ``x = block(x)`` kept each block's input alive through the
+        # whole block, and an uncompiled 1024^2 decode peaked at the last upsampler with the previous block's
+        # 256 MiB output still held (benchmarks/probe_vae_memory.py). Same layers, same order.
         for block in self.up_blocks:
-            x = block(x)  # spatial x2 in every block but the last
+            for layer in block.layers():
+                x = layer(x)  # spatial x2 at each block's upsampler
         return self.conv_out(F.silu(self.conv_norm_out(x), inplace=True))
 
 
