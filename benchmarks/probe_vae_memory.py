@@ -6,7 +6,8 @@
 The decode runs under the CUDA allocator's history; the report gives the peak above the weights and the
 largest tensors alive at that moment, each with the line of ours that allocated it. (On an H200 at 1024^2:
 2.43 GiB, at the last upsampler: a 1 GiB allocation by its conv (cuDNN's workspace), the upsampled input and
-the conv's output, 512 MiB each, and the previous block's output, still referenced by the decoder's loop.)
+the conv's output, 512 MiB each, and the previous block's output, then still referenced by the decoder's
+block loop; the decoder now runs layer by layer.)
 """
 
 from __future__ import annotations
