@@ -146,3 +146,28 @@ def test_bench_encode_tiny_measures_every_setting() -> None:
 
     rows = main(["--tiny"])
     assert len(rows) == len(SETTINGS) and all(r["bytes"] > 0 and r["ms"] >= 0 for r in rows)
+
+
+@pytest.mark.anyio
+async def test_the_backends_pixels_are_made_after_the_gpu_lock_is_released(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine backend hands over its decoded images unconverted; Pillow's tobytes and the PNG row filter
+    run in the job's CPU part, with the GPU lock free for the next request."""
+    import zimage_builtins.engine_backend as bridge
+
+    real, lock_held = bridge._pixels, []
+    server = build_server(settings)
+
+    def observed(image: Any) -> Any:
+        lock_held.append(server.state.jobs.lock.held)
+        return real(image)
+
+    monkeypatch.setattr(bridge, "_pixels", observed)
+    async with Client(server) as client:
+        result = await client.call_tool("generate_image", {"prompt": "a kite", "seed": 3, "count": 2, **SMALL})
+    assert not result.is_error
+    assert lock_held == [False, False]
+    for image in result.structured_content["images"]:
+        with Image.open(image["path"]) as im:
+            assert im.size == (256, 256)

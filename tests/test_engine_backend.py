@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.server_fixtures import make_settings, tiny_model_dir  # noqa: F401
-from zimage_mcp.contract import GenerationRequest, InvalidRequestError, LoraRef
+from zimage_mcp.contract import GenerationRequest, InvalidRequestError, LoraRef, Pixels
 from zimage_mcp.registry import Registry
 
 
@@ -79,7 +79,7 @@ def test_a_lora_variant_reuses_its_base_and_the_weights_come_back(registry: Regi
     ref = LoraRef(name="style", file=target[1].file, scale=0.9)
     styled = backend.generate(_request(loras=(ref,)), _noop, lambda: False)
     plain = backend.generate(_request(), _noop, lambda: False)
-    assert styled.images[0] != plain.images[0]
+    assert styled.pixels()[0].data != plain.pixels()[0].data
     after = backend.pipe.transformer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # bit-exact once the LoRA is gone
 
@@ -219,3 +219,16 @@ def test_memory_high_water_logs_each_new_peak_and_what_set_it(
     assert len(lines) == 2
     assert "19.00 GiB reserved" in lines[0] and lines[0].endswith("after loading z-image-turbo")
     assert "21.00 GiB reserved (18.00 GiB allocated at most" in lines[1] and lines[1].endswith("vae")
+
+
+def test_the_backend_hands_over_pixels_to_make_after_the_gpu_lock(registry: Registry) -> None:
+    """The bridge's conversion (Pillow's tobytes, the numpy row filter) is left to the server, which runs it
+    once the next request has the GPU: the result holds callables until ``pixels()``, which makes each once."""
+    backend = registry.backend("z-image-turbo")
+    result = backend.generate(_request(), _noop, lambda: False)
+    assert result.images and not any(isinstance(im, Pixels) for im in result.images)
+    made = result.pixels()
+    assert [type(px) for px in made] == [Pixels] and result.images == made
+    px = made[0]
+    assert (px.width, px.height) == (result.width, result.height) and px.png_rows is not None
+    assert result.pixels()[0] is px  # made once

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,9 @@ class EngineBackend:
         HIGH_WATER.note(f"a {request.width}x{request.height} request on {self.spec.id}")
         size = out.images[0].size
         return GenerationResult(
-            images=[_pixels(im) for im in out.images],  # the server encodes them once, outside the GPU lock
+            # made by the server after the GPU lock is released: Pillow's tobytes and the row filter took 12 ms of
+            # a 1024^2 request's GPU-locked part on a 2-core machine
+            images=[partial(_pixels, im) for im in out.images],
             seeds=out.seeds,
             width=size[0],
             height=size[1],

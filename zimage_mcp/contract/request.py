@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,11 +80,25 @@ class Pixels:
 
 @dataclass
 class GenerationResult:
-    """What a backend hands back: the images as RGB8 pixels, the seeds used, and timings in seconds."""
+    """What a backend hands back: the images as RGB8 pixels, the seeds used, and timings in seconds.
 
-    images: list[Pixels]  # full resolution, not encoded
+    An image may also be a callable that makes its ``Pixels``: the server calls it after the GPU lock is
+    released, so a backend's conversion from its own image type (and any PNG row filtering) does not hold
+    the GPU while the next request waits. ``pixels()`` resolves them.
+    """
+
+    images: list[Pixels | Callable[[], Pixels]]  # full resolution, not encoded
     seeds: list[int]
     width: int
     height: int
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. "input resized from 1000x750 to 1008x752"
+
+    def pixels(self) -> list[Pixels]:
+        """The images as ``Pixels``, each callable called once (the result keeps what it made)."""
+        made = [image if isinstance(image, Pixels) else image() for image in self.images]
+        for px in made:
+            if not isinstance(px, Pixels):
+                raise TypeError(f"a backend's image must be Pixels or make Pixels, got {type(px).__name__}")
+        self.images = list(made)
+        return made

@@ -88,6 +88,7 @@ class EngineReplica:
         def run() -> Event:
             try:
                 result = self.registry.backend(variant_of(key)).generate(request, progress, stop.is_set)
+                result.pixels()  # plain bytes cross to the front, not the backend's own image objects
                 return ("result", result)
             except Exception as exc:  # sent back as data: contract errors rebuild exactly in the front
                 return ("error", type(exc).__name__, str(exc))

@@ -87,13 +87,14 @@ def make_work(
         gpu_s = time.perf_counter() - started
         if should_stop():
             raise GenerationCancelled("cancelled before saving")
+        images = result.pixels()  # a backend's own conversion, now that the next job has the GPU
         created = datetime.now(UTC).isoformat()
         notes = [*prepared.notes, *result.notes]
-        limit = worker_limit(preview_budget, len(result.images))
-        previews = [_PREVIEWS.submit(make_preview, px, preview, limit) for px in result.images]
+        limit = worker_limit(preview_budget, len(images))
+        previews = [_PREVIEWS.submit(make_preview, px, preview, limit) for px in images]
         saved: list[tuple[StoredImage, Pixels]] = []
-        for i, (pixels, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
-            progress("saving", i, len(result.images), f"saving image {i + 1}/{len(result.images)}")
+        for i, (pixels, seed) in enumerate(zip(images, result.seeds, strict=False)):
+            progress("saving", i, len(images), f"saving image {i + 1}/{len(images)}")
             meta = {
                 **prepared.params,
                 "seed": seed,
