@@ -548,8 +548,9 @@ async def memory(a: argparse.Namespace, prompts: list[str], cache: Path) -> list
     for mode, extra in MEMORY_MODES.items():
         if a.memory_modes and mode not in a.memory_modes:
             continue
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", mode)  # a file name: "offload_te+fp8 capped 7.2 GiB" has + and spaces
         reg = write_registry(
-            a.workdir / f"registry-mem-{re.sub(r'[^A-Za-z0-9_.-]+', '_', mode)}.toml",
+            a.workdir / f"registry-mem-{slug}.toml",
             a.weights,
             runtime_table(a, cache, **extra),
         )
@@ -568,8 +569,7 @@ async def memory(a: argparse.Namespace, prompts: list[str], cache: Path) -> list
         }
         try:
             with sampler, anyio.fail_after(a.section_timeout):
-                log = "memory_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", mode)  # its log: the allocator's high-water marks
-                async with Server(a, reg, log) as srv:
+                async with Server(a, reg, f"memory_{slug}") as srv:  # its log: the allocator's high-water marks
                     kwargs = dict(model="z-image-base", steps=a.memory_steps, guidance=4.0, negative_prompt=NEGATIVE)
                     r = await srv.generate(prompts[0], "1024x1024", 0, **kwargs)
                     marks = [("load_and_first_image", time.perf_counter())]

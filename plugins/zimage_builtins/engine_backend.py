@@ -86,10 +86,10 @@ HIGH_WATER = MemoryHighWater()
 
 
 def release_cached_memory() -> None:
-    """Hand the allocator's cached, unused blocks back to the driver. Before an idle-time compilation the
-    cache still holds what the eager request used, and the CUDA graphs captured next take their own pool:
-    both would count against the card at once (an 8 GB card's margin)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    """Hand the allocator's cached, unused blocks back to the driver (a no-op before CUDA is in use): after an
+    unload or an out-of-memory error, and around an idle-time compilation, where the cache still holds what
+    the eager request used while the CUDA graphs captured next take their own pool (an 8 GB card's margin)."""
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
@@ -140,8 +140,7 @@ class EngineBackend:
             self._compile_queue.clear()
         SHARED.release(*self.pipe.shared_keys)
         self.pipe = None  # type: ignore[assignment]
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_cached_memory()
 
     def warm_up(self, sizes: Sequence[tuple[int, int]]) -> Iterator[str]:
         """Compile the variant's default size and ``sizes`` ahead of the first request (engine/warm_up.py);
@@ -199,7 +198,7 @@ class EngineBackend:
         except EngineCancelled as e:
             raise GenerationCancelled(str(e)) from e
         except torch.cuda.OutOfMemoryError as e:
-            torch.cuda.empty_cache()
+            release_cached_memory()
             raise OutOfMemoryError(
                 f"out of GPU memory at {request.width}x{request.height} with count={request.count}: lower width/height "
                 f"or count, or unload other models ({e.__class__.__name__})"
