@@ -86,11 +86,11 @@ HIGH_WATER = MemoryHighWater()
 
 
 def release_cached_memory() -> None:
-    """Hand the allocator's cached, unused blocks back to the driver (a no-op before CUDA is in use): after an
-    unload or an out-of-memory error, and around an idle-time compilation, where the cache still holds what
-    the eager request used while the CUDA graphs captured next take their own pool (an 8 GB card's margin)."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    """Hand the allocator's cached, unused blocks back to the driver (torch makes it a no-op before CUDA is in
+    use, and without CUDA): after an unload or an out-of-memory error, and around an idle-time compilation,
+    where the cache still holds what the eager request used while the CUDA graphs captured next take their own
+    pool (an 8 GB card's margin)."""
+    torch.cuda.empty_cache()
 
 
 def _invalid(err: InvalidArgument) -> InvalidRequestError:
