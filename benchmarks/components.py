@@ -132,6 +132,7 @@ def build(
     }
     te.load_state_dict(sd, strict=True, assign=True)
     te.rotary_emb.to(dev)  # its inv_freq is not a weight: computed off the meta device
+    te.embed_tokens.to("cpu")  # in host memory, where the engine's loader keeps it (qwen3._build)
     te.eval().requires_grad_(False)
 
     tok_dir = Path(tempfile.mkdtemp()) / "tokenizer"

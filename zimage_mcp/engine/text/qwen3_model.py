@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zimage_mcp.engine.dit.attention import plan_free_kernels
 from zimage_mcp.engine.errors import WeightsError
 
 
@@ -167,6 +168,11 @@ class Qwen3Attention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         scale = self.head_dim**-0.5
+        with plan_free_kernels(x.device):  # a new prompt length must not build a cuDNN plan on a request's path
+            out = self._attend(q, k, v, mask, scale)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))  # (B, H, L, D) -> (B, L, H*D) -> (B, L, hidden)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         if mask is None:
             # The causal flag keeps SDPA's flash kernels; GQA is done inside them, as transformers does.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=self.groups > 1)
@@ -176,7 +182,7 @@ class Qwen3Attention(nn.Module):
             k = k.repeat_interleave(self.groups, dim=1) if self.groups > 1 else k
             v = v.repeat_interleave(self.groups, dim=1) if self.groups > 1 else v
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))  # (B, H, L, D) -> (B, L, H*D) -> (B, L, hidden)
+        return out  # (B, H, L, D)
 
 
 class Qwen3MLP(nn.Module):
@@ -217,6 +223,9 @@ class Qwen3TextModel(nn.Module):
     """Embeddings, decoder layers and final norm of Qwen3, with ``transformers``' ``Qwen3Model`` names.
 
     The text encoder drops the last layer and replaces ``norm`` with an identity (see ``qwen3._build``).
+    The token-embedding table may live in host memory while the layers run on a GPU (``qwen3._build`` puts
+    it there): a prompt gathers a few hundred of its 151,936 rows, and Qwen3-4B's table is 0.72 GiB of bf16
+    that a 24 GB card needs for activations.
     """
 
     def __init__(self, cfg: Qwen3TextConfig) -> None:
@@ -231,11 +240,24 @@ class Qwen3TextModel(nn.Module):
         self.norm: nn.Module = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the layers run (the embedding table may be elsewhere)."""
+        return self.rotary_emb.inv_freq.device
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """input_ids (B, L) on any device -> embeddings (B, L, hidden) on the layers' device."""
+        table = self.embed_tokens.weight
+        return self.embed_tokens(input_ids.to(table.device)).to(self.device)
+
     def forward(self, input_ids: Tensor, mask: Tensor | None = None) -> Tensor:
         """input_ids (B, L) -> hidden states (B, L, hidden). ``mask`` (B, L), True = real token; None is
         plain causal attention (right padding needs no mask: no real token sees a later pad)."""
-        hidden = self.embed_tokens(input_ids)  # (B, L, hidden)
-        cos, sin = self.rotary_emb(input_ids.shape[1], hidden.dtype)  # (1, 1, L, head_dim) each
+        return self.run_layers(self.embed(input_ids), mask)
+
+    def run_layers(self, hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Embeddings (B, L, hidden) on the layers' device -> hidden states (B, L, hidden)."""
+        cos, sin = self.rotary_emb(hidden.shape[1], hidden.dtype)  # (1, 1, L, head_dim) each
         attn_mask = None if mask is None else causal_padding_mask(mask)  # (B, 1, L, L)
         for layer in self.layers:
             hidden = layer(hidden, cos, sin, attn_mask)
