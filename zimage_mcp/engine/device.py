@@ -66,6 +66,10 @@ def prepare_runtime(device: torch.device, compile: bool) -> None:
     modules = ["tokenizers", "zimage_mcp.engine.text.qwen3"]
     if device.type == "cuda":
         torch.empty(1, device=device)  # the context; the caching allocator keeps this one block
+        # cuBLAS's handle and workspace, created by a first GEMM (part of the 0.19 s that a fresh process's
+        # first request spent more in GEMM calls than its second, benchmarks/probe_first_request.py)
+        eye = torch.eye(8, device=device, dtype=torch.bfloat16)
+        torch.mm(eye, eye)
         modules.append("zimage_mcp.engine.dit.qk_rope_kernel")  # imports Triton
     if compile:
         modules += ["torch._dynamo", "torch._inductor.compile_fx"]
