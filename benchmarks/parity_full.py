@@ -9,6 +9,7 @@ Prints one JSON line per check: relative error ||ours - ref|| / ||ref|| and max 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -70,7 +71,15 @@ def text_encoder_check(c) -> dict:
     ref = c.ref.encode_prompt(list(prompts), device=c.device, do_classifier_free_guidance=False)[0]
     ours = c.ours.text_encoder.encode(prompts)
     assert [tuple(o.shape) for o in ours] == [tuple(r.shape) for r in ref], "token counts differ"
-    return {"check": "text_encoder_features_2_prompts", **rel(torch.cat(ours), torch.cat(ref))}
+    result = {"check": "text_encoder_features_2_prompts", **rel(torch.cat(ours), torch.cat(ref))}
+    if c.dtype != torch.float32:  # how far each bf16 run is from the same encoder in fp32: the rounding's share
+        bf16 = c.ref.text_encoder
+        c.ref.text_encoder = copy.deepcopy(bf16).float()
+        fp32 = torch.cat(c.ref.encode_prompt(list(prompts), device=c.device, do_classifier_free_guidance=False)[0])
+        c.ref.text_encoder = bf16
+        result["ours_vs_fp32_rel_err"] = rel(torch.cat(ours), fp32)["rel_err"]
+        result["ref_vs_fp32_rel_err"] = rel(torch.cat(ref), fp32)["rel_err"]
+    return result
 
 
 def controlnet_check(c, size: int, gen: torch.Generator) -> dict:

@@ -12,6 +12,8 @@
 # user:    latency, throughput, engine and the device-wide peaks per mode, split by phase (load and the
 #          eager first image, the idle-time compilation, a compiled image), with the servers' high-water logs.
 # eager:   the first image, cold and warm, then what an uncompiled (first) request runs, kernel by kernel.
+# diag:    a fresh process's first eager request against its second; the default mode's allocator peaks, an eager request and each idle-time compile unit, with what is
+#          alive at each peak; then full-size parity against diffusers (the text encoder also against fp32).
 set -euo pipefail
 part="${1:-latency}"
 OUT="${OUT:-/tmp/out}"
@@ -75,7 +77,12 @@ PY
     timeout 150 python3 benchmarks/profile_engine.py --server-setup --eager --sections dit vae --runs 3 \
       --out "$OUT/eager" 2>&1 | grep -v 'warn' | cut -c1-3000 | tail -5
     exit 0 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager" >&2; exit 2 ;;
+  diag)  # the decoder's memory per layout, autotuning and compilation; full-size parity; an eager request's kernels
+    timeout 120 python3 benchmarks/probe_first_request.py --out "$OUT" 2>&1 | grep "^{" | cut -c1-3000
+    timeout 240 python3 benchmarks/probe_vae_memory.py --server-path --top 14 --out "$OUT" 2>&1 | grep "^{" | cut -c1-2500
+    timeout 200 python3 benchmarks/parity_full.py 2>&1 | grep '^{' | tee "$OUT/parity_full.jsonl"
+    exit 0 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
