@@ -14,6 +14,7 @@
 # eager:   the first image, cold and warm, then what an uncompiled (first) request runs, kernel by kernel.
 # diag:    a fresh process's first eager request against its second; the default mode's allocator peaks, an eager request and each idle-time compile unit, with what is
 #          alive at each peak; then full-size parity against diffusers (the text encoder also against fp32).
+# restart: a fresh process's first eager request against its second, then the first image cold and warm.
 set -euo pipefail
 part="${1:-latency}"
 OUT="${OUT:-/tmp/out}"
@@ -82,7 +83,10 @@ PY
     timeout 240 python3 benchmarks/probe_vae_memory.py --server-path --top 14 --out "$OUT" 2>&1 | grep "^{" | cut -c1-2500
     timeout 200 python3 benchmarks/parity_full.py 2>&1 | grep '^{' | tee "$OUT/parity_full.jsonl"
     exit 0 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag" >&2; exit 2 ;;
+  restart)  # a fresh process's first eager request against its second, then the first image after a restart
+    timeout 120 python3 benchmarks/probe_first_request.py --out "$OUT" 2>&1 | grep "^{" | cut -c1-3000
+    sections=(--sections first_image) ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
