@@ -56,3 +56,41 @@ async def test_a_plugin_that_fails_to_prepare_changes_nothing_but_a_warning(
         models = await client.call_tool("list_models", {})
     assert not result.is_error, result.content[0].text
     assert "unprepared" not in models.content[0].text  # not a registration problem: nothing to list
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def zimage_prepare(self, context):  # type: ignore[no-untyped-def]
+        self.calls += 1
+
+
+async def test_serve_starts_preparing_before_the_server_exists_and_only_once(settings: Settings) -> None:
+    from zimage_mcp.cli.serve import _local_registry
+
+    counting = _Counting()
+    pm = load_plugins()
+    pm.register(counting, name="counting")
+    registry = _local_registry(settings, pm)
+    for _ in range(200):  # on its own thread, with no server built yet
+        if counting.calls:
+            break
+        await anyio.sleep(0.05)
+    assert counting.calls == 1
+    registry.prepare_in_background()
+    async with Client(build_server(settings, registry)) as client:  # the server's start asks again
+        assert (await client.list_tools()).tools
+    assert counting.calls == 1
+
+
+def test_the_command_line_imports_no_mcp_stack_before_serve_starts_preparing() -> None:
+    """What lets `serve` start the plugins' imports first: the CLI's own import pulls in none of the MCP
+    stack (about a second of imports on a GPU host, which torch's import then overlaps)."""
+    import subprocess
+    import sys
+
+    code = "import sys, zimage_mcp.cli; print(sorted(m for m in ('mcp', 'pydantic', 'starlette') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -10,10 +10,14 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from zimage_mcp.cli.common import CliError, command_name, protect_stdout, settings_from, setup_logging
-from zimage_mcp.server.stdio_transport import run_stdio
 
 if TYPE_CHECKING:
     import argparse
+
+    import pluggy
+
+    from zimage_mcp.registry import Registry
+    from zimage_mcp.registry.settings import Settings
 
 # How long a thread waiting for the GIL lets the holder run before asking for it (Python's default: 5 ms).
 # The thread that feeds the GPU waits for it after every synchronisation, while other requests' encoders,
@@ -36,6 +40,18 @@ def _installed(mcp: Any) -> list[str]:
     return [e.spec.id for e in registry.variants() if registry.install_status(e.spec.id).installed]
 
 
+def _local_registry(settings: Settings, pm: pluggy.PluginManager | None = None) -> Registry:
+    """The registry, with the plugins' ``zimage_prepare`` started before the MCP stack is imported: the
+    engine plugin's imports (torch alone took 3 s on a GPU host) then overlap the server's own (about 1 s)
+    instead of following them, and a first request after a restart waits that much less."""
+    from zimage_mcp.registry import Registry
+
+    registry = Registry.from_settings(settings, pm)
+    if settings.prepare_at_start:
+        registry.prepare_in_background()
+    return registry
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     wire = protect_stdout() if args.transport == "stdio" or args.attach else None
     settings = settings_from(args)
@@ -45,6 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import anyio
 
         from zimage_mcp.server.attach import build_attach_server, check_daemon
+        from zimage_mcp.server.stdio_transport import run_stdio
 
         for noisy in ("httpx", "httpx2"):  # a line per HTTP request at INFO
             logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -53,29 +70,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"zimage-mcp ready: stdio, attached to {args.attach}", file=sys.stderr, flush=True)
         run_stdio(build_attach_server(args.attach, settings.token), wire)
         return 0
+    ray_address = getattr(args, "ray", None)  # None: no --ray, and ray is never imported
+    if args.transport == "http":  # a daemon: its start-up is not a host's wait, so the check goes first
+        from zimage_mcp.server.http_app import LOCAL_HOSTS
+    if args.transport == "http" and args.host.strip("[]") not in LOCAL_HOSTS and not settings.token:
+        raise CliError(
+            f"refusing to listen on {args.host} without a token: set ZIMAGE_MCP_TOKEN (clients "
+            "then send 'Authorization: Bearer <token>') or bind 127.0.0.1",
+            code=2,
+        )
+    if args.transport == "stdio" and ray_address is not None:
+        raise CliError("--ray needs --transport http (one MCP endpoint in front of the replicas)", code=2)
+    registry = _local_registry(settings) if ray_address is None else None
     from zimage_mcp.server import build_server
+    from zimage_mcp.server.stdio_transport import run_stdio
 
     if args.transport == "http":
-        from zimage_mcp.server.http_app import LOCAL_HOSTS, serve_http
+        from zimage_mcp.server.http_app import serve_http
 
-        if args.host.strip("[]") not in LOCAL_HOSTS and not settings.token:
-            raise CliError(
-                f"refusing to listen on {args.host} without a token: set ZIMAGE_MCP_TOKEN (clients "
-                "then send 'Authorization: Bearer <token>') or bind 127.0.0.1",
-                code=2,
-            )
-        ray_address = getattr(args, "ray", None)  # None: no --ray, and ray is never imported
-        mcp = build_server(settings, None if ray_address is None else _ray_registry(settings, ray_address))
+        mcp = build_server(settings, registry if ray_address is None else _ray_registry(settings, ray_address))
         address = f"http://{args.host}:{args.port}/mcp"
         logging.getLogger(__name__).info("serving on %s", address)
         add_ray_metrics(mcp)
         ready_line("http", address, settings.output_dir, _installed(mcp))
         serve_http(mcp, args.host, args.port, settings.log_level)
     else:
-        if getattr(args, "ray", None) is not None:
-            raise CliError("--ray needs --transport http (one MCP endpoint in front of the replicas)", code=2)
         assert wire is not None
-        mcp = build_server(settings)
+        mcp = build_server(settings, registry)
         ready_line("stdio", "(stdin/stdout)", settings.output_dir, _installed(mcp))
         run_stdio(mcp, wire)
     return 0

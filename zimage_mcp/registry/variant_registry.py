@@ -75,6 +75,7 @@ class Registry:
         self._register_variants()
         self._report_unregistered_catalog_variants()
         self._lora_lock = threading.RLock()
+        self._preparing: threading.Thread | None = None  # see prepare_in_background
         self._lora_problems: list[str] = []
         self._lora_stamp = folder_stamp(self.catalog.lora_dir)
         self.default_variant: str = self._pick_default(allow_lora=False)
@@ -238,6 +239,14 @@ class Registry:
     def prepare_plugins(self) -> None:
         """Every plugin's ``zimage_prepare`` (``serve`` runs it in the background at start)."""
         prepare_plugins(self.plugin_manager, self.backend_context())
+
+    def prepare_in_background(self) -> None:
+        """Start ``prepare_plugins`` on a daemon thread (a server that stops meanwhile does not wait for it),
+        once per registry: later calls do nothing."""
+        with self._lora_lock:
+            if self._preparing is None:
+                self._preparing = threading.Thread(target=self.prepare_plugins, name="zimage-prepare", daemon=True)
+                self._preparing.start()
 
     # -- registration -------------------------------------------------------------------------
 

@@ -209,10 +209,10 @@ def build_server(settings: Settings, registry: Registry | None = None) -> ZImage
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppState]:
         stopping = threading.Event()  # tells a preload waiting in a worker thread to give up
-        # Imports and the device context ahead of the first request (plugins' zimage_prepare); a daemon
-        # thread, so a server that stops meanwhile does not wait for it.
+        # Imports and the device context ahead of the first request (plugins' zimage_prepare); `serve` has
+        # usually started it already, before importing this server (Registry.prepare_in_background).
         if settings.prepare_at_start:
-            threading.Thread(target=state.registry.prepare_plugins, name="zimage-prepare", daemon=True).start()
+            state.registry.prepare_in_background()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_idle_unloader, state)
             if settings.compile_in_background:
