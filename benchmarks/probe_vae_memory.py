@@ -135,6 +135,7 @@ def server_path(size: int, top: int) -> dict[str, Any]:
     from components import build
 
     from zimage_mcp.engine.device import use_expandable_segments
+    from zimage_mcp.engine.dit.attention import best_backend
     from zimage_mcp.engine.speed.compile_policy import compile_only
     from zimage_mcp.engine.speed.optimize import optimize
 
@@ -142,6 +143,7 @@ def server_path(size: int, top: int) -> dict[str, Any]:
     c = build(False, torch.device("cuda"), torch.bfloat16)
     pipe = c.ours
     del c  # the reference's own tensors (its last text layer, norm and embedding table) go with it
+    pipe.transformer.attn_backend = best_backend(pipe.device)  # as the server's loader picks it
     optimize(pipe)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
