@@ -69,11 +69,11 @@ async def test_sigkill_while_writing_loses_no_reported_image(settings: Settings)
     on_disk = sorted(p.stem for p in images.glob("*.json") if not p.name.startswith("."))
 
     for damage in ("none", "delete", "stale"):
-        index = Path(settings.output_dir) / "index.json"
+        index = Path(settings.output_dir) / "index.txt"
         if damage == "delete":
             index.unlink()
         elif damage == "stale":
-            index.write_text(json.dumps({"version": 1, "ids": reported[:3]}))
+            index.write_text("".join(i + "\n" for i in reported[:3]))
         server = build_server(settings)
         with SyncClient(server) as client:
             for image_id in reported:  # every image reported to a client is readable by its link
@@ -83,7 +83,7 @@ async def test_sigkill_while_writing_loses_no_reported_image(settings: Settings)
         listed = {g["id"] for g in gallery}
         assert set(reported[-10:]) <= listed or len(listed) == 50
         assert not any(i.startswith(".") or "tmp" in i or i == "notanid" for i in listed)
-        ids = json.loads(index.read_text())["ids"]
+        ids = index.read_text().split()
         assert set(ids) == {i for i in on_disk if len(i) == 12}, damage  # the index matches the sidecars
         assert set(reported) <= set(ids)
     assert (images / ".tmp-deadbeef").exists()  # fresh temp files are left for a possibly live writer

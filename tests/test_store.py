@@ -40,12 +40,39 @@ def test_index_survives_restart_and_rebuilds_when_corrupt(tmp_path: Path) -> Non
     first = store.save(_pixels(), "png", {"created": "2026-01-01T00:00:00"})
     second = store.save(_pixels(), "png", {"created": "2026-01-02T00:00:00"})
     assert [i.id for i in ImageStore(tmp_path).recent()] == [second.id, first.id]
-    (tmp_path / "index.json").write_text("{not json")
+    (tmp_path / "index.txt").write_text("{not an index")
     (tmp_path / "images" / ".tmp-abc123").write_bytes(b"partial")  # a crashed write never counts
     (tmp_path / "images" / ".tmp-zzz.json").write_text("{}")
     assert [i.id for i in ImageStore(tmp_path).recent()] == [second.id, first.id]
-    (tmp_path / "index.json").unlink()
+    (tmp_path / "index.txt").unlink()
     assert [i.id for i in ImageStore(tmp_path).recent()] == [second.id, first.id]
+    with (tmp_path / "index.txt").open("a") as f:
+        f.write(first.id[:5])  # a line torn by a power cut
+    assert [i.id for i in ImageStore(tmp_path).recent()] == [second.id, first.id]
+
+
+def test_a_save_appends_one_line_and_processes_see_each_others_images(tmp_path: Path) -> None:
+    server, cli = ImageStore(tmp_path), ImageStore(tmp_path)  # two processes on one folder, in effect
+    first = server.save(_pixels(), "png", {"created": "1"})
+    assert [i.id for i in cli.recent()] == [first.id]
+    before = (tmp_path / "index.txt").read_bytes()
+    second = cli.save(_pixels(), "png", {"created": "2"})
+    third = server.save(_pixels(), "png", {"created": "3"})
+    assert (tmp_path / "index.txt").read_bytes() == before + f"{second.id}\n{third.id}\n".encode()
+    for store in (server, cli):
+        assert [i.id for i in store.recent()] == [third.id, second.id, first.id]
+
+
+def test_the_whole_list_index_of_earlier_versions_is_replaced(tmp_path: Path) -> None:
+    import json
+
+    first = ImageStore(tmp_path).save(_pixels(), "png", {"created": "1"})
+    (tmp_path / "index.txt").unlink()
+    (tmp_path / "index.json").write_text(json.dumps({"version": 1, "ids": [first.id]}))
+    store = ImageStore(tmp_path)
+    assert store.recover() == [first.id]
+    assert not (tmp_path / "index.json").exists()
+    assert (tmp_path / "index.txt").read_text() == first.id + "\n"
 
 
 def test_lookups_never_leave_the_store(tmp_path: Path) -> None:
@@ -67,7 +94,7 @@ def test_files_get_the_users_umask_not_0600(tmp_path: Path) -> None:
         stored = ImageStore(tmp_path).save(_pixels(), "png", {"created": "1"})
     finally:
         os.umask(old)
-    for path in (stored.path, stored.path.with_suffix(".json"), tmp_path / "index.json"):
+    for path in (stored.path, stored.path.with_suffix(".json"), tmp_path / "index.txt"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 

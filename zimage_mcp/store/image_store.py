@@ -4,12 +4,16 @@ Layout under ``root``::
 
     images/<id>.<png|webp|jpg>   full-resolution image (PNG carries the parameters in text chunks)
     images/<id>.json             sidecar: every generation parameter (the source of truth)
-    index.json                   recent-first list of ids; rebuilt from the sidecars when missing or corrupt
+    index.txt                    one id per line, oldest first, appended as images are saved; rebuilt from
+                                 the sidecars when missing or when it misses one
 
 Writes are atomic (a hidden temp file in the same folder, then ``os.replace``), so a cancelled or
-crashed job never leaves a half-written image. Temp files never count as images. Ids are short
-random hex strings, and every lookup goes through :meth:`ImageStore.get`, which accepts nothing but
-such an id, so a resource read can never reach outside the store.
+crashed job never leaves a half-written image. The index is the exception: a save appends one line to
+it (``O_APPEND``, so processes sharing the folder, the server and the CLI, never lose each other's lines),
+which costs the same with ten images as with a hundred thousand; a torn or foreign line makes the store
+rebuild it. Temp files never count as images. Ids are short random hex strings, and every lookup goes
+through :meth:`ImageStore.get`, which accepts nothing but such an id, so a resource read can never reach
+outside the store.
 """
 
 from __future__ import annotations
@@ -117,9 +121,11 @@ class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
         self.images_dir = self.root / "images"
-        self.index_path = self.root / "index.json"
+        self.index_path = self.root / "index.txt"
         self._lock = threading.Lock()
-        self._index: list[str] | None = None
+        self._index: list[str] | None = None  # oldest first
+        self._indexed: set[str] = set()
+        self._index_size = -1  # bytes of the index file last read or written: another process appended if it grew
         self._reserved: set[str] = set()  # ids handed out whose files are still being written
 
     def save(self, pixels: Pixels, output_format: str, metadata: dict[str, Any]) -> StoredImage:
@@ -147,10 +153,9 @@ class ImageStore:
             atomic_write(path, data)
             atomic_write(self.images_dir / f"{image_id}.json", json.dumps(meta, indent=2).encode())
             with self._lock:
-                index = self._load_index()
-                if image_id not in index:
-                    index.insert(0, image_id)
-                    self._write_index(index)
+                self._load_index()
+                if image_id not in self._indexed:
+                    self._append_index(image_id)
         finally:
             with self._lock:
                 self._reserved.discard(image_id)
@@ -214,7 +219,7 @@ class ImageStore:
 
     def recent(self, limit: int = 20) -> list[StoredImage]:
         with self._lock:
-            ids = list(self._load_index())
+            ids = self._load_index()[::-1]  # newest first
         found = (self.get(i) for i in ids)
         return [img for img in found if img is not None][:limit]
 
@@ -235,15 +240,17 @@ class ImageStore:
             except OSError:
                 pass
         on_disk = {p.stem for p in self.images_dir.glob("*.json") if ID_PATTERN.match(p.stem)}
+        legacy = self.root / "index.json"  # the whole-list index of earlier versions: the sidecars rebuild it
         with self._lock:
             index = self._load_index()
-            if not on_disk.issubset(index) or len(set(index)) != len(index):
+            if not on_disk.issubset(self._indexed):
                 log.warning("output index %s is missing images; rebuilding it from the sidecars", self.index_path)
                 index = self.rebuild_index()
-            return list(index)
+            legacy.unlink(missing_ok=True)
+            return index[::-1]
 
     def rebuild_index(self) -> list[str]:
-        """Rebuild ``index.json`` from the sidecars (newest first); temp files and strays are skipped."""
+        """Rebuild the index from the sidecars (oldest first, as saved); temp files and strays are skipped."""
         entries: list[tuple[str, str]] = []
         if self.images_dir.is_dir():
             for sidecar in self.images_dir.glob("*.json"):
@@ -253,29 +260,53 @@ class ImageStore:
                 found = self.get(image_id)
                 if found is not None:
                     entries.append((str(found.metadata.get("created", "")), image_id))
-        entries.sort(reverse=True)
+        entries.sort()
         index = [image_id for _, image_id in entries]
-        self._write_index(index)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # not fsynced: after a power cut an empty or stale index is rebuilt from the sidecars (recover())
+        atomic_write(self.index_path, "".join(i + "\n" for i in index).encode(), durable=False)
+        self._set_index(index, self.index_path.stat().st_size)
         return index
 
     def _load_index(self) -> list[str]:
-        if self._index is None:
+        """The ids, oldest first: read again when the file changed size (another process appended)."""
+        try:
+            size = self.index_path.stat().st_size
+        except OSError:
+            size = -1
+        if self._index is None or size != self._index_size:
+            if size < 0:
+                return self.rebuild_index()
             try:
-                data = json.loads(self.index_path.read_text())
-                if not (isinstance(data, dict) and isinstance(data.get("ids"), list)):
-                    raise ValueError("bad index shape")
-                self._index = [i for i in data["ids"] if isinstance(i, str) and ID_PATTERN.match(i)]
-            except (OSError, ValueError):
-                if self.index_path.exists():
-                    log.warning("output index %s is corrupt; rebuilding it from the sidecars", self.index_path)
-                self._index = self.rebuild_index()
+                lines = self.index_path.read_bytes().decode("ascii", errors="replace").split("\n")
+            except OSError:
+                return self.rebuild_index()
+            ids = [line for line in lines if line]
+            if not all(ID_PATTERN.match(line) for line in ids):  # a line torn by a crash, or not ours
+                log.warning("output index %s is corrupt; rebuilding it from the sidecars", self.index_path)
+                return self.rebuild_index()
+            self._set_index(list(dict.fromkeys(ids)), size)
+        assert self._index is not None
         return self._index
 
-    def _write_index(self, index: list[str]) -> None:
+    def _set_index(self, index: list[str], size: int) -> None:
+        self._index, self._indexed, self._index_size = index, set(index), size
+
+    def _append_index(self, image_id: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        # not fsynced: after a power cut an empty or stale index is rebuilt from the sidecars (recover())
-        atomic_write(self.index_path, json.dumps({"version": 1, "ids": index}).encode(), durable=False)
-        self._index = index
+        fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies
+        try:
+            os.write(fd, (image_id + "\n").encode())
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        assert self._index is not None
+        if size == self._index_size + len(image_id) + 1:  # nobody else appended meanwhile
+            self._index.append(image_id)
+            self._indexed.add(image_id)
+            self._index_size = size
+        else:
+            self._index = None  # read again on next use
 
     def _new_id(self) -> str:
         while True:
