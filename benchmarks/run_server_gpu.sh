@@ -15,6 +15,7 @@
 # diag:    a fresh process's first eager request against its second; the default mode's allocator peaks, an eager request and each idle-time compile unit, with what is
 #          alive at each peak; then full-size parity against diffusers (the text encoder also against fp32).
 # restart: a fresh process's first eager request against its second, then the first image cold and warm.
+# check:   that probe, then latency, throughput and the engine alone (no memory modes).
 set -euo pipefail
 part="${1:-latency}"
 OUT="${OUT:-/tmp/out}"
@@ -86,7 +87,10 @@ PY
   restart)  # a fresh process's first eager request against its second, then the first image after a restart
     timeout 120 python3 benchmarks/probe_first_request.py --out "$OUT" 2>&1 | grep "^{" | cut -c1-3000
     sections=(--sections first_image) ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart" >&2; exit 2 ;;
+  check)  # a fresh process's first eager request against its second, then what a user waits for, once more
+    timeout 60 python3 benchmarks/probe_first_request.py --out "$OUT" 2>&1 | grep "^{" | cut -c1-1500
+    sections=(--sections latency throughput engine --formats png --previews thumbnail); bench_timeout=230 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
