@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from components import build  # noqa: E402
 
+from zimage_mcp.engine.device import prepare_runtime  # noqa: E402
 from zimage_mcp.engine.dit.attention import best_backend  # noqa: E402
 from zimage_mcp.engine.speed.compile_policy import compile_only  # noqa: E402
 from zimage_mcp.engine.speed.optimize import optimize  # noqa: E402
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipe = build(tiny, device, torch.float32 if tiny else torch.bfloat16).ours
     size = 256 if tiny else a.size
     pipe.transformer.attn_backend = best_backend(device)  # as the server's loader picks it
+    prepare_runtime(device, False)  # what the server's start does before a first load (no compiler)
     optimize(pipe)
     from torch.profiler import ProfilerActivity, profile
 
