@@ -27,7 +27,7 @@ from typing import Any
 
 import platformdirs
 
-from zimage_mcp.contract import RegistryError, SettingsError
+from zimage_mcp.contract import BackendContext, RegistryError, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,23 @@ class Settings:
         values.update(read_runtime_table(runtime_file))
         values.update(given)
         return cls(**values)
+
+    def backend_context(self) -> BackendContext:
+        """What a backend factory and ``zimage_prepare`` are told: the device, dtypes and modes set here."""
+        return BackendContext(
+            device=self.device,
+            dtype=self.dtype,
+            vae_dtype=self.vae_dtype,
+            optimize=self.optimize,
+            offload_text_encoder=self.offload_text_encoder,
+            fp8=self.fp8,
+            step_cache=self.step_cache,
+            compile_cache_dir=str(self.compile_cache_dir or default_compile_cache_dir()),
+            compile_cache_explicit=self.compile_cache_dir is not None,
+            gpu_memory_limit_gb=self.test_gpu_memory_gb,
+            defer_compile=self.compile_in_background,
+            hf_home=self.hf_home,
+        )
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from zimage_mcp.registry.plugin_manager import (
     record_failure,
 )
 from zimage_mcp.registry.registration_checks import checked_lora, checked_variant
-from zimage_mcp.registry.settings import Settings, default_compile_cache_dir
+from zimage_mcp.registry.settings import Settings
 
 __all__ = ["Duplicate", "InstallStatus", "Registry", "VariantEntry"]
 
@@ -221,20 +221,7 @@ class Registry:
         self._cache.unload_all()
 
     def backend_context(self) -> BackendContext:
-        return BackendContext(
-            device=self.settings.device,
-            dtype=self.settings.dtype,
-            vae_dtype=self.settings.vae_dtype,
-            optimize=self.settings.optimize,
-            offload_text_encoder=self.settings.offload_text_encoder,
-            fp8=self.settings.fp8,
-            step_cache=self.settings.step_cache,
-            compile_cache_dir=str(self.settings.compile_cache_dir or default_compile_cache_dir()),
-            compile_cache_explicit=self.settings.compile_cache_dir is not None,
-            gpu_memory_limit_gb=self.settings.test_gpu_memory_gb,
-            defer_compile=self.settings.compile_in_background,
-            hf_home=self.settings.hf_home,
-        )
+        return self.settings.backend_context()
 
     def prepare_plugins(self) -> None:
         """Every plugin's ``zimage_prepare`` (``serve`` runs it in the background at start)."""
