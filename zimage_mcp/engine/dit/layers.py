@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from zimage_mcp.engine.dit.attention import AttentionBackend, attention
 from zimage_mcp.engine.dit.qk_rope_kernel import qk_norm_rope
+from zimage_mcp.engine.dit.rms_norm import rms_normalize
 from zimage_mcp.engine.dit.rope import apply_rope
 
 Modulation = tuple[Tensor, Tensor, Tensor, Tensor]
@@ -42,10 +43,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Statistics in fp32, then back to the weight dtype before scaling (as the reference does).
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.to(self.weight.dtype) * self.weight
+        # Statistics in fp32, then rounded to the weight dtype before scaling (as the reference does).
+        return rms_normalize(x, self.eps, self.weight.dtype) * self.weight
 
 
 class TimestepEmbedder(nn.Module):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zimage_mcp.engine.dit.attention import plan_free_kernels
+from zimage_mcp.engine.dit.rms_norm import rms_normalize
 from zimage_mcp.engine.errors import WeightsError
 
 
@@ -120,10 +121,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # As transformers: normalise in fp32, round back to the activation dtype, then scale.
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return self.weight * rms_normalize(x, self.eps, x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
