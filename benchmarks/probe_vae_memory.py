@@ -30,10 +30,16 @@ GIB = 2**30
 
 
 def our_frame(frames: list[dict[str, Any]]) -> str:
-    for f in frames:
-        if "zimage_mcp" in f.get("filename", ""):
-            return f"{Path(f['filename']).name}:{f['line']} {f['name']}"
-    return " < ".join(f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in frames[:3]) or "?"
+    """The innermost line of ours on an allocation's stack, and in brackets the innermost frame when it is not
+    ours: compiled code allocates in Inductor's generated module, under ``compile_policy.py``'s call."""
+
+    def line(f: dict[str, Any]) -> str:
+        return f"{Path(f['filename']).name}:{f['line']} {f['name']}"
+
+    ours = next((f for f in frames if "zimage_mcp" in f.get("filename", "")), None)
+    if ours is None:
+        return " < ".join(line(f) for f in frames[:3]) or "?"
+    return line(ours) if ours is frames[0] else f"{line(ours)} [{line(frames[0])}]"
 
 
 def peak_from_history(snapshot: dict[str, Any], top: int) -> dict[str, Any]:

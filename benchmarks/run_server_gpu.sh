@@ -16,6 +16,8 @@
 #          alive at each peak; then full-size parity against diffusers (the text encoder also against fp32).
 # restart: a fresh process's first eager request against its second, then the first image cold and warm.
 # check:   that probe, then latency, throughput and the engine alone (no memory modes).
+# memtrace: the default mode's allocator peaks per unit, in the probe and then inside the real server
+#          (benchmarks/memory_trace: one window per load, request and idle-time compile unit).
 set -euo pipefail
 part="${1:-latency}"
 OUT="${OUT:-/tmp/out}"
@@ -90,7 +92,11 @@ PY
   check)  # a fresh process's first eager request against its second, then what a user waits for, once more
     timeout 60 python3 benchmarks/probe_first_request.py --out "$OUT" 2>&1 | grep "^{" | cut -c1-1500
     sections=(--sections latency throughput engine --formats png --previews thumbnail); bench_timeout=230 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check" >&2; exit 2 ;;
+  memtrace)  # where the default mode's peak comes from, outside the server (the probe) and inside it
+    timeout 240 python3 benchmarks/probe_vae_memory.py --server-path --top 14 --out "$OUT" 2>&1 | grep "^{" | cut -c1-2500
+    export PYTHONPATH="$PWD/benchmarks/memory_trace:$PYTHONPATH" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
+    sections=(--sections memory --memory-modes default) ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40

@@ -140,3 +140,30 @@ def test_bench_scale_tiny_mix_routes_every_key(tmp_path: Path) -> None:
     keys = {"z-image-turbo", "z-image-turbo+lora-a", "z-image-base", "z-image-base+lora-b"}
     assert set(run["per_key"]) == set(run["routing"]) == keys
     assert all(sum(counts.values()) == 2 for counts in run["routing"].values())
+
+
+def test_memory_trace_hook_wraps_the_bridges_high_water_notes(tmp_path: Path) -> None:
+    """benchmarks/memory_trace is a sitecustomize: on PYTHONPATH with its variable set, a process that imports
+    the bridge gets its high-water notes traced (on the CPU each note says so; on CUDA it replays the window)."""
+    trace = tmp_path / "trace.jsonl"
+    paths = [REPO / "benchmarks" / "memory_trace", REPO, REPO / "plugins", os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths)), "ZIMAGE_BENCH_MEMORY_TRACE": str(trace)}
+    code = (
+        "import time, zimage_builtins.engine_backend as bridge\n"
+        "deadline = time.monotonic() + 30\n"
+        "while bridge.MemoryHighWater.note.__name__ != 'traced' and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "bridge.HIGH_WATER.note('a test step')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert rows[0]["installed"] is True
+    assert rows[1] == {"after": "a test step", "cuda": False}
+    # without the variable the hook stays out of the way
+    del env["ZIMAGE_BENCH_MEMORY_TRACE"]
+    check = "import zimage_builtins.engine_backend as b; print(b.MemoryHighWater.note.__name__)"
+    plain = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=300, env=env, cwd=REPO
+    )
+    assert plain.stdout.strip() == "note", plain.stderr[-2000:]
