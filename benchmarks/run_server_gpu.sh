@@ -94,7 +94,7 @@ PY
     sections=(--sections latency throughput engine --formats png --previews thumbnail); bench_timeout=230 ;;
   memtrace)  # where the default mode's peak comes from, outside the server (the probe) and inside it
     timeout 240 python3 benchmarks/probe_vae_memory.py --server-path --top 14 --out "$OUT" 2>&1 | grep "^{" | cut -c1-2500
-    export PYTHONPATH="$PWD/benchmarks/memory_trace:$PYTHONPATH" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
+    export PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
     sections=(--sections memory --memory-modes default) ;;
   *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace" >&2; exit 2 ;;
 esac
