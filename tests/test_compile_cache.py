@@ -73,8 +73,8 @@ def test_the_users_setting_wins_over_an_inherited_variable(
 def test_the_registry_says_whether_the_user_chose_the_folder(tmp_path: Path) -> None:
     reg = tmp_path / "r.toml"
     reg.write_text('[runtime]\ncompile_cache = "cc"\n')
-    ctx = Registry.from_settings(make_settings(tmp_path, reg, tmp_path)).backend_context()
+    ctx = Registry.from_settings(make_settings(tmp_path, reg, tmp_path)).settings.backend_context()
     assert ctx.compile_cache_explicit is True and ctx.compile_cache_dir == str(tmp_path / "cc")
     reg.write_text("")
-    ctx = Registry.from_settings(make_settings(tmp_path, reg, tmp_path)).backend_context()
+    ctx = Registry.from_settings(make_settings(tmp_path, reg, tmp_path)).settings.backend_context()
     assert ctx.compile_cache_explicit is False and ctx.compile_cache_dir.endswith("torch-compile")

@@ -162,7 +162,7 @@ def test_fp8_without_fp8_tensor_cores_is_a_load_error_naming_the_setting(
 
 def test_registry_passes_a_persistent_compile_cache_to_backends(tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
     registry = Registry.from_settings(make_settings(tmp_path, _turbo_registry(tmp_path, tiny_model_dir), tmp_path))
-    ctx = registry.backend_context()
+    ctx = registry.settings.backend_context()
     assert ctx.fp8 is False and ctx.compile_cache_dir and ctx.compile_cache_dir.endswith("torch-compile")
 
 

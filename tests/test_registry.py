@@ -268,7 +268,7 @@ def test_backend_is_built_lazily_once_and_gets_the_context() -> None:
     assert registry.backend("v-a") is backend and factory.builds == 1 and registry.is_loaded("v-a")
     from zimage_mcp.registry.settings import default_compile_cache_dir
 
-    assert registry.backend_context() == BackendContext(
+    assert registry.settings.backend_context() == BackendContext(
         device="cpu",
         dtype="float32",
         hf_home=registry.settings.hf_home,

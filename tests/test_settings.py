@@ -171,7 +171,7 @@ def test_test_gpu_memory_cap_is_parsed_and_reaches_the_device(tmp_path: Path, mo
     reg.write_text("[runtime]\ntest_gpu_memory_gb = 15\n")
     s = Settings.from_env({}, registry_file=reg, device="cpu")
     assert s.test_gpu_memory_gb == 15 and Settings.from_env({}).test_gpu_memory_gb is None
-    ctx = Registry.from_settings(s).backend_context()
+    ctx = Registry.from_settings(s).settings.backend_context()
     assert ctx.gpu_memory_limit_gb == 15
     reg.write_text("[runtime]\ntest_gpu_memory_gb = 0\n")
     with pytest.raises(SettingsError, match="test_gpu_memory_gb: must be a number > 0"):

@@ -20,7 +20,6 @@ import pluggy
 
 from zimage_mcp.contract import (
     Backend,
-    BackendContext,
     BackendFactory,
     LoraSpec,
     NotInstalledError,
@@ -194,7 +193,7 @@ class Registry:
             if not status.installed:
                 raise NotInstalledError(f"{entry.spec.id} is not installed: {status.how_to_install}")
             spec = located_spec(entry.spec, status)
-            build = lambda: entry.factory(spec, self.backend_context())  # noqa: E731
+            build = lambda: entry.factory(spec, self.settings.backend_context())  # noqa: E731
             return self._cache.get(entry.spec.id, build, lambda: weights_bytes(status.location))
 
     def is_loaded(self, variant_id: str) -> bool:
@@ -220,12 +219,9 @@ class Registry:
     def unload_all(self) -> None:
         self._cache.unload_all()
 
-    def backend_context(self) -> BackendContext:
-        return self.settings.backend_context()
-
     def prepare_plugins(self) -> None:
         """Every plugin's ``zimage_prepare`` (``serve`` runs it in the background at start)."""
-        prepare_plugins(self.plugin_manager, self.backend_context())
+        prepare_plugins(self.plugin_manager, self.settings.backend_context())
 
     def prepare_in_background(self) -> None:
         """Start ``prepare_plugins`` on a daemon thread (a server that stops meanwhile does not wait for it),
