@@ -27,7 +27,6 @@ from typing import Any
 
 TRACE = os.environ.get("ZIMAGE_BENCH_MEMORY_TRACE")
 BRIDGE = "zimage_builtins.engine_backend"
-GIB = 2**30
 
 
 def _write(row: dict[str, Any]) -> None:
@@ -40,7 +39,7 @@ def _wrap(module: Any) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: probe_vae_memory
-    from probe_vae_memory import peak_from_history
+    from probe_vae_memory import GIB, peak_from_history
 
     note = module.MemoryHighWater.note
     window = {"start": None}
