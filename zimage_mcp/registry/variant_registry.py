@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -31,6 +32,7 @@ from zimage_mcp.contract.rules import weights_file_problem
 from zimage_mcp.registry import hookspecs
 from zimage_mcp.registry.backend_cache import BackendCache
 from zimage_mcp.registry.catalog import Catalog, catalog_from_settings
+from zimage_mcp.registry.device_thread import DeviceThread
 from zimage_mcp.registry.entries import Duplicate, VariantEntry, folder_stamp
 from zimage_mcp.registry.hub_cache import hub_cache_dir
 from zimage_mcp.registry.install_status import InstallStatus, find_weights, located_spec, weights_bytes
@@ -49,6 +51,7 @@ __all__ = ["Duplicate", "InstallStatus", "Registry", "VariantEntry"]
 log = logging.getLogger(__name__)
 
 LORA_PREFIX = "lora:"
+T = TypeVar("T")
 
 
 class Registry:
@@ -74,7 +77,8 @@ class Registry:
         self._register_variants()
         self._report_unregistered_catalog_variants()
         self._lora_lock = threading.RLock()
-        self._preparing: threading.Thread | None = None  # see prepare_in_background
+        self.device_thread = DeviceThread()  # every backend call that touches the device runs there
+        self._preparing: Future[None] | None = None  # see prepare_in_background
         self._lora_problems: list[str] = []
         self._lora_stamp = folder_stamp(self.catalog.lora_dir)
         self.default_variant: str = self._pick_default(allow_lora=False)
@@ -224,12 +228,16 @@ class Registry:
         prepare_plugins(self.plugin_manager, self.settings.backend_context())
 
     def prepare_in_background(self) -> None:
-        """Start ``prepare_plugins`` on a daemon thread (a server that stops meanwhile does not wait for it),
-        once per registry: later calls do nothing."""
+        """Start ``prepare_plugins`` on the device thread, where the first load and request will run (a server
+        that stops meanwhile does not wait for it), once per registry: later calls do nothing."""
         with self._lora_lock:
             if self._preparing is None:
-                self._preparing = threading.Thread(target=self.prepare_plugins, name="zimage-prepare", daemon=True)
-                self._preparing.start()
+                self._preparing = self.device_thread.submit(self.prepare_plugins)
+
+    def run_on_device(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the device thread (``registry.device_thread``), for every call that loads
+        or runs a backend: the GPU libraries' per-thread plans and handles then outlive each request."""
+        return self.device_thread.call(fn, *args, **kwargs)
 
     # -- registration -------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import ray.exceptions
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError, RequestCancelledError
@@ -31,6 +32,8 @@ from zimage_mcp.contract import errors as contract_errors
 from zimage_mcp.registry import Registry
 from zimage_mcp.scale.replica import routing_key
 from zimage_mcp.scale.stats import ReplicaStats
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
@@ -158,6 +161,11 @@ class RayRegistry(Registry):
 
     def prepare_plugins(self) -> None:
         """Nothing to prepare here: the front runs no engine, each replica prepares as it loads."""
+
+    def run_on_device(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Inline on the caller's thread: the front has no device, and its ``max_concurrent`` generations
+        run on the replicas at once (each replica's registry runs them on its own device thread)."""
+        return fn(*args, **kwargs)
 
     def attach(self, handle: Any, stats: ReplicaStats, retries: int, max_concurrent: int) -> None:
         self._handle = handle

@@ -57,7 +57,8 @@ class EngineReplica:
         self.replica_id = _replica_id()
 
         async def _load_for_multiplex(key: str) -> _Held:
-            await asyncio.to_thread(self.registry.backend, variant_of(key))  # build or touch the backend
+            # build or touch the backend, on the device thread where its generations will run
+            await asyncio.to_thread(self.registry.run_on_device, self.registry.backend, variant_of(key))
             return _Held(key)
 
         self._hold = serve.multiplexed(max_num_models_per_replica=options.max_models_per_replica)(_load_for_multiplex)
@@ -87,7 +88,9 @@ class EngineReplica:
 
         def run() -> Event:
             try:
-                result = self.registry.backend(variant_of(key)).generate(request, progress, stop.is_set)
+                result = self.registry.run_on_device(
+                    lambda: self.registry.backend(variant_of(key)).generate(request, progress, stop.is_set)
+                )
                 result.pixels()  # plain bytes cross to the front, not the backend's own image objects
                 return ("result", result)
             except Exception as exc:  # sent back as data: contract errors rebuild exactly in the front

@@ -201,7 +201,10 @@ def build_server(settings: Settings, registry: Registry | None = None) -> ZImage
         store=store,
         # Ray Serve's registry (zimage_mcp.scale) runs several generations at once; a local GPU runs one.
         jobs=JobManager(
-            settings.max_queue, settings.job_timeout_seconds, max_concurrent=getattr(registry, "max_concurrent", 1)
+            settings.max_queue,
+            settings.job_timeout_seconds,
+            max_concurrent=getattr(registry, "max_concurrent", 1),
+            on_device=registry.run_on_device,
         ),
     )
     state.metrics.queue_depth = lambda: state.jobs.queue_depth

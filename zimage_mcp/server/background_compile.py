@@ -70,8 +70,9 @@ async def compile_when_idle(
 ) -> None:
     """Forever: when the GPU has been idle for ``idle_seconds`` and a backend has a unit pending, run it.
 
-    A unit runs on a daemon thread that releases the lock itself: a compilation cannot be interrupted, and a
-    server asked to stop must not wait for one (tens of seconds with an empty compile cache)."""
+    A unit runs on the registry's device thread (where requests run: the plans it builds are theirs), waited
+    for by a daemon thread that releases the lock itself: a compilation cannot be interrupted, and a server
+    asked to stop must not wait for one (tens of seconds with an empty compile cache)."""
     given_up: set[int] = set()
     while True:
         await anyio.sleep(POLL_SECONDS)
@@ -81,7 +82,7 @@ async def compile_when_idle(
 
         def unit(done: threading.Event = done) -> None:
             try:
-                compile_one_unit(registry, given_up, stopping)
+                registry.run_on_device(compile_one_unit, registry, given_up, stopping)
             finally:
                 lock.release()
                 done.set()

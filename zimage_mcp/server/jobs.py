@@ -33,6 +33,7 @@ Reporter = Callable[[float, float, str], None]
 AsyncReporter = Callable[[float, float | None, str | None], Awaitable[None]]
 Progress = Callable[[str, int, int, str], None]
 GpuWork = Callable[[Progress, Callable[[], bool]], Any]
+OnDevice = Callable[..., Any]  # on_device(fn, *args) -> fn(*args), run where the device's work runs
 
 
 @dataclass(frozen=True)
@@ -209,8 +210,17 @@ class ProgressMailbox:
 class JobManager:
     """Owns the GPU lock and the table of jobs (kept for ``get_job`` until ``keep`` newer ones exist)."""
 
-    def __init__(self, max_queue: int, timeout_seconds: float, keep: int = 200, max_concurrent: int = 1) -> None:
+    def __init__(
+        self,
+        max_queue: int,
+        timeout_seconds: float,
+        keep: int = 200,
+        max_concurrent: int = 1,
+        on_device: OnDevice | None = None,
+    ) -> None:
         self.lock = FifoLock(max_concurrent)
+        # Where GPU parts run (``Registry.run_on_device``: one long-lived thread); None: the job's own thread.
+        self._on_device: OnDevice = on_device or (lambda fn, *args: fn(*args))
         self.max_queue = max_queue
         self.timeout_seconds = timeout_seconds
         self._keep = keep
@@ -280,7 +290,8 @@ class JobManager:
                 raise GenerationCancelled("cancelled while waiting in the queue")
             try:
                 job.state, job.started = "running", time.monotonic()
-                result = (work.gpu if isinstance(work, SplitWork) else work)(on_phase, job.should_stop)
+                gpu = work.gpu if isinstance(work, SplitWork) else work
+                result = self._on_device(gpu, on_phase, job.should_stop)
             finally:
                 self.lock.release()  # the pixels are on the host: the next job may use the GPU
             if isinstance(work, SplitWork):

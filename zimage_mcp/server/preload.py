@@ -39,12 +39,12 @@ async def preload_variants(
             break
         start = time.monotonic()
         try:
-            backend = await _locked(lock, stopping, lambda name=name: registry.backend(name))
+            backend = await _locked(lock, stopping, lambda name=name: registry.run_on_device(registry.backend, name))
             units = 0
             if isinstance(backend, WarmableBackend):
                 steps = backend.warm_up(parse_sizes(sizes))
                 while not stopping.is_set():
-                    label = await _locked(lock, stopping, lambda steps=steps: next(steps, None))
+                    label = await _locked(lock, stopping, lambda steps=steps: registry.run_on_device(next, steps, None))
                     if label is None:
                         break
                     units += 1
