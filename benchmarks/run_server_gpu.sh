@@ -18,6 +18,8 @@
 # check:   that probe, then latency, throughput and the engine alone (no memory modes).
 # memtrace: the default mode's allocator peaks per unit, in the probe and then inside the real server
 #          (benchmarks/memory_trace: one window per load, request and idle-time compile unit).
+# startup: a fresh process's first request without and with the load-time rehearsal, the first image after a
+#          restart, then the allocator peaks per unit inside the real server (as memtrace, without the probe).
 set -euo pipefail
 part="${1:-latency}"
 OUT="${OUT:-/tmp/out}"
@@ -96,7 +98,18 @@ PY
     timeout 240 python3 benchmarks/probe_vae_memory.py --server-path --top 14 --out "$OUT" 2>&1 | grep "^{" | cut -c1-2500
     export PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
     sections=(--sections memory --memory-modes default) ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace" >&2; exit 2 ;;
+  startup)  # the one-time costs of a fresh process's first request without and with the load-time rehearsal,
+            # the first image after a restart (untraced), then the default mode's allocator peaks per unit, traced
+    for flag in "" --rehearse; do
+      timeout 100 python3 benchmarks/probe_first_request.py $flag --out "$OUT" 2>&1 | grep "^{" | cut -c1-1200
+    done
+    timeout 280 python3 benchmarks/bench_server.py --sections first_image --server-log "$OUT" \
+      --json "$OUT/bench_server_first.json" 2>&1 | tee "$OUT/bench_server_first.log" | grep -v '^  warnings.warn' | tail -12
+    cache=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['first_image']['compile_cache'])" \
+      "$OUT/bench_server_first.json" 2>/dev/null || true)
+    export PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
+    sections=(--sections memory --memory-modes default ${cache:+--compile-cache "$cache"}); bench_timeout=200 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|startup" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40

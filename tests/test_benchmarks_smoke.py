@@ -150,7 +150,7 @@ def test_memory_trace_hook_wraps_the_bridges_high_water_notes(tmp_path: Path) ->
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths)), "ZIMAGE_BENCH_MEMORY_TRACE": str(trace)}
     code = (
         "import time, zimage_builtins.engine_backend as bridge\n"
-        "deadline = time.monotonic() + 30\n"
+        "deadline = time.monotonic() + 180\n"
         "while bridge.MemoryHighWater.note.__name__ != 'traced' and time.monotonic() < deadline:\n"
         "    time.sleep(0.02)\n"
         "bridge.HIGH_WATER.note('a test step')\n"
