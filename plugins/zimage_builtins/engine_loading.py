@@ -155,7 +155,7 @@ def _load_pipeline(spec: VariantSpec, ctx: BackendContext, architecture: Archite
             # rehearse it meanwhile, on this (the device) thread, at the variant's default size. Not under a
             # test memory cap (the free-memory check cannot see it).
             rehearse_size=(spec.defaults.width, spec.defaults.height)
-            if ctx.defer_compile and not ctx.gpu_memory_limit_gb
+            if ctx.defer_compile and ctx.rehearse_at_load and not ctx.gpu_memory_limit_gb
             else None,
         )
     except (EngineWeightsError, InvalidArgument) as e:

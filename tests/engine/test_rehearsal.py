@@ -28,7 +28,7 @@ def test_the_stand_in_has_the_real_widths_with_one_layer_per_stack(tiny_dir: Pat
     stand_in = rehearsal.stand_in_pipeline(configs, torch.device("cpu"), torch.float32, torch.float32)
     assert len(stand_in.transformer.layers) == 1 and len(stand_in.transformer.noise_refiner) == 1
     assert len(stand_in.text_encoder.model.layers) == 1
-    shapes = {n: p.shape for n, p in stand_in.transformer.named_parameters()}
+    shapes = {n: p.shape for n, p in stand_in.transformer.named_parameters(remove_duplicate=False)}
     for name, p in real.transformer.named_parameters():  # every weight of block 0 and outside the stacks
         if name in shapes:
             assert shapes[name] == p.shape, name
@@ -45,6 +45,21 @@ def test_the_stand_in_has_the_real_widths_with_one_layer_per_stack(tiny_dir: Pat
     for a, b in zip(stand_in.vae.decoder.parameters(), real.vae.decoder.parameters(), strict=True):
         assert a.shape == b.shape
     assert all(torch.isfinite(p).all() for p in stand_in.transformer.parameters())
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_the_stand_ins_three_blocks_share_one_set_of_weights(tiny_dir: Path, fuse: bool) -> None:
+    """At full size one block's weights are 0.4 GB: the refiners point at the main layer's (fused or not)."""
+    configs = rehearsal.stand_in_configs(find_diffusers_folder(tiny_dir))
+    assert configs is not None
+    dit = rehearsal.stand_in_pipeline(configs, torch.device("cpu"), torch.float32, torch.float32, fuse=fuse).transformer
+    main, noise, context = dit.layers[0], dit.noise_refiner[0], dit.context_refiner[0]
+    for refiner in (noise, context):
+        for part in ("attention.to_q", "attention.to_out.0", "feed_forward.w2", "feed_forward.w3"):
+            assert refiner.get_submodule(part).weight is main.get_submodule(part).weight, part
+        assert (refiner.attention.qkv is main.attention.qkv) and (refiner.feed_forward.w13 is main.feed_forward.w13)
+        assert (refiner.attention.qkv is None) == (not fuse)
+    assert noise.adaLN_modulation[0].weight is main.adaLN_modulation[0].weight
 
 
 def test_a_rehearsal_runs_a_request_of_the_given_size_and_reports_its_time(tiny_dir: Path) -> None:
