@@ -114,10 +114,10 @@ PY
   verify)  # the first image cold and warm, then restarts with and without the load-time rehearsal; what a user
            # waits for (latency, 4 clients, the engine alone); then the default mode's peaks per unit, traced
     timeout 430 python3 benchmarks/bench_server.py --sections first_image latency throughput engine --rehearsal-ab 2 \
-      --formats png --previews thumbnail --server-log "$OUT" --json "$OUT/bench_server_verify.json" 2>&1 \
-      | tee "$OUT/bench_server_verify.log" | grep -v '^  warnings.warn' | tail -22
+      --formats png --previews thumbnail --server-log "$OUT" --json "$OUT/bench_server_verify_user.json" 2>&1 \
+      | tee "$OUT/bench_server_verify_user.log" | grep -v '^  warnings.warn' | tail -22
     cache=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['first_image']['compile_cache'])" \
-      "$OUT/bench_server_verify.json" 2>/dev/null || true)
+      "$OUT/bench_server_verify_user.json" 2>/dev/null || true)
     export PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
     sections=(--sections memory --memory-modes default ${cache:+--compile-cache "$cache"}); bench_timeout=140 ;;
   *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|startup|verify" >&2; exit 2 ;;
