@@ -20,6 +20,7 @@
 #          (benchmarks/memory_trace: one window per load, request and idle-time compile unit).
 # startup: a fresh process's first request without and with the load-time rehearsal, the first image after a
 #          restart, then the allocator peaks per unit inside the real server (as memtrace, without the probe).
+# ab:      the first image cold and warm, restarts with and without the rehearsal, the default mode's peaks.
 # verify:  the first image cold and warm, restarts with and without the rehearsal, latency, 4 clients and the
 #          engine, then the default mode's traced peaks (one call, about 8 minutes).
 set -euo pipefail
@@ -120,7 +121,17 @@ PY
       "$OUT/bench_server_verify_user.json" 2>/dev/null || true)
     export PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
     sections=(--sections memory --memory-modes default ${cache:+--compile-cache "$cache"}); bench_timeout=140 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|startup|verify" >&2; exit 2 ;;
+  ab)  # the first image cold and warm, restarts with and without the load-time rehearsal, then the default
+       # mode's peaks; the servers' logs come back in one archive (the lent machine returns at most 8 files)
+    timeout 300 python3 benchmarks/bench_server.py --sections first_image --rehearsal-ab 2 --server-log "$OUT/logs" \
+      --json "$OUT/bench_server_ab_first.json" 2>&1 | tee "$OUT/bench_server_ab_first.log" | grep -v '^  warnings.warn' | tail -8
+    cache=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['first_image']['compile_cache'])" \
+      "$OUT/bench_server_ab_first.json" 2>/dev/null || true)
+    timeout 150 python3 benchmarks/bench_server.py --sections memory --memory-modes default ${cache:+--compile-cache "$cache"} \
+      --server-log "$OUT/logs" --json "$OUT/bench_server_ab_memory.json" 2>&1 | grep -v '^  warnings.warn' | tail -6
+    tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+    exit 0 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|startup|verify|ab" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40

@@ -16,6 +16,7 @@ decoder goes first: at 1024² its activations take about 2 GiB, while the weight
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from dataclasses import replace
@@ -136,20 +137,25 @@ def rehearse(
     """Run a stand-in of one ``size`` (width, height) request with CFG, stage by stage, nothing compiled;
     returns the seconds it took. Its memory is handed back to the driver before it returns."""
     started = time.perf_counter()
-    pipe = stand_in_pipeline(configs, device, dtype, vae_dtype, attn_backend, fuses_projections(optimize_mode, device))
-    optimize(pipe, optimize_mode)  # as load_pipeline does: fused projections, CUDA-graph wrappers, layouts
-    width, height = size
-    with compile_only():  # as a request runs before the idle-time compilation: every part eagerly
-        latents = pipe.initial_noise([0], height, width)  # (1, 16, H/8, W/8)
-        pipe.decode(latents)  # first: its ~2 GiB of activations, while the weights read so far are few
-        release_cached_memory(device)
-        # Features of prompts of PROMPT_LENGTHS real tokens (B, L, hidden) -> (L, hidden), as encode returns
-        ids = [torch.ones(1, n, dtype=torch.long) for n in PROMPT_LENGTHS]
-        feats = [pipe.text_encoder.encode_ids(i, pad_id=0)[0, : i.shape[1]] for i in ids]
-        pipe.denoise(latents, get_sigmas(2, pipe.shift), [feats[0]], [feats[1]], Guidance(scale=4.0))  # CFG
-        pipe.denoise(latents, get_sigmas(1, pipe.shift), [feats[1]], None, Guidance())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    # Its own stream: the loader's uploads make the default stream wait for each tensor's copy, so kernels
+    # queued there ran only as the load's copies drained (on an H100 the rehearsal took as long as the load).
+    # For the same reason nothing here synchronizes the device or frees memory until the end.
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+        fuse = fuses_projections(optimize_mode, device)
+        pipe = stand_in_pipeline(configs, device, dtype, vae_dtype, attn_backend, fuse)
+        optimize(pipe, optimize_mode)  # as load_pipeline does: fused projections, CUDA-graph wrappers, layouts
+        width, height = size
+        with compile_only():  # as a request runs before the idle-time compilation: every part eagerly
+            latents = pipe.initial_noise([0], height, width)  # (1, 16, H/8, W/8)
+            pipe.decode(latents)  # first: its ~2 GiB of activations, while the weights read so far are few
+            # Features of prompts of PROMPT_LENGTHS real tokens (B, L, hidden) -> (L, hidden), as encode returns
+            ids = [torch.ones(1, n, dtype=torch.long) for n in PROMPT_LENGTHS]
+            feats = [pipe.text_encoder.encode_ids(i, pad_id=0)[0, : i.shape[1]] for i in ids]
+            pipe.denoise(latents, get_sigmas(2, pipe.shift), [feats[0]], [feats[1]], Guidance(scale=4.0))  # CFG
+            pipe.denoise(latents, get_sigmas(1, pipe.shift), [feats[1]], None, Guidance())
+        if side is not None:
+            side.synchronize()
     del pipe, latents, feats
     gc.collect()  # the compile wrappers tie each module to itself in a cycle: free the stand-in now, not later
     release_cached_memory(device)
