@@ -27,10 +27,11 @@ def test_requests_that_missed_are_replayed_part_by_part_with_that_part_allowed()
     assert not queue.pending()
     _run(queue, REQUEST, "vae", "dit")
     assert queue.pending()
-    assert queue.next() == "dit at 1024x768"
     assert queue.next() == "vae at 1024x768"
+    assert queue.next() == "dit at 1024x768"
     assert queue.next() is None and not queue.pending()
-    assert replays == [(2, ["dit"]), (2, ["vae"])]  # two steps, one part allowed at a time, the DiT first
+    # two steps, one part allowed at a time, the decoder first (the later units then decode compiled)
+    assert replays == [(2, ["vae"]), (2, ["dit"])]
 
 
 def test_a_repeat_with_another_seed_is_kept_once_and_a_failed_request_not_at_all() -> None:
