@@ -458,41 +458,7 @@ async def first_image(a: argparse.Namespace, prompts: list[str]) -> dict:
             "second_call_s": round(r2["wall_s"], 3),
             "second_server_timings_ms": timings_ms([r2]),
         }
-    if a.rehearsal_ab:
-        out["rehearsal_ab"] = await rehearsal_ab(a, prompts, cache)
     return emit(out)
-
-
-async def rehearsal_ab(a: argparse.Namespace, prompts: list[str], cache: Path) -> dict:
-    """More restarts with the compile cache kept, alternating ``rehearse_at_load`` on and off (in turn first),
-    each stopped after its first image: the load-time rehearsal's effect on the same host."""
-    import anyio
-
-    regs = {
-        flag: write_registry(
-            a.workdir / f"registry-first-rehearse-{flag}.toml",
-            a.weights,
-            runtime_table(a, cache, rehearse_at_load=flag == "on"),
-        )
-        for flag in ("on", "off")
-    }
-    runs: dict[str, list[dict]] = {"on": [], "off": []}
-    for i in range(a.rehearsal_ab):
-        for flag in ("off", "on") if i % 2 else ("on", "off"):
-            with anyio.fail_after(a.section_timeout):
-                async with Server(a, regs[flag], f"first_image_rehearse_{flag}_{i}") as srv:
-                    r = await srv.generate(prompts[0], a.sizes[0], 100 + i)
-            runs[flag].append(
-                {
-                    "initialize_s": round(srv.open_s, 3),
-                    "first_image_s": round(r["since_start_s"], 3),
-                    "server_timings_ms": timings_ms([r]),
-                }
-            )
-    return {
-        flag: {"first_image_s_median": round(statistics.median(x["first_image_s"] for x in rows), 3), "runs": rows}
-        for flag, rows in runs.items()
-    }
 
 
 class Sampler:
@@ -820,12 +786,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=8, help="Turbo steps (the variant default)")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--server-log", type=Path, default=None, help="folder for the first-image servers' INFO logs")
-    ap.add_argument(
-        "--rehearsal-ab",
-        type=int,
-        default=0,
-        help="first_image: this many more restarts each with and without the load-time rehearsal",
-    )
     ap.add_argument("--images", type=int, default=16, help="throughput: images in all")
     ap.add_argument(
         "--memory-steps",

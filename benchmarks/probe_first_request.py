@@ -2,7 +2,6 @@
 
     python benchmarks/probe_first_request.py --out DIR     # GPU: full-size random weights, 1024^2, 8 steps
     python benchmarks/probe_first_request.py --tiny        # CPU smoke run
-    python benchmarks/probe_first_request.py --rehearse    # the same after the load-time rehearsal
 
 A server's first image after a restart runs eagerly (compilation waits for idle time). Its phases took
 2.6 s on an H200 against about 1.2 s for the same eager request once warm: one-time costs (library
@@ -29,7 +28,6 @@ from zimage_mcp.engine.device import prepare_runtime  # noqa: E402
 from zimage_mcp.engine.dit.attention import best_backend  # noqa: E402
 from zimage_mcp.engine.speed.compile_policy import compile_only  # noqa: E402
 from zimage_mcp.engine.speed.optimize import optimize  # noqa: E402
-from zimage_mcp.engine.speed.rehearsal import rehearse  # noqa: E402
 
 
 def one_request(pipe: Any, size: int, steps: int) -> dict[str, Any]:
@@ -55,7 +53,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--rehearse", action="store_true", help="run the load-time rehearsal before the first request")
     a = ap.parse_args(argv)
     tiny = a.tiny or not torch.cuda.is_available()
     device = torch.device("cpu" if tiny else "cuda")
@@ -66,12 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     optimize(pipe)
     from torch.profiler import ProfilerActivity, profile
 
-    report: dict[str, Any] = {"size": size, "steps": a.steps, "rehearsed": a.rehearse}
-    if a.rehearse:  # what the server's load does beside reading the weights (here after it, timed apart)
-        configs = (pipe.transformer.cfg, pipe.text_encoder.model.config, pipe.vae.cfg)
-        report["rehearse_s"] = round(
-            rehearse(configs, device, pipe.dtype, pipe.vae_dtype, (size, size), "auto" if not tiny else "off"), 3
-        )
+    report: dict[str, Any] = {"size": size, "steps": a.steps}
     with profile(activities=[ProfilerActivity.CPU]) as first_prof:
         report["first"] = one_request(pipe, size, a.steps)
     with profile(activities=[ProfilerActivity.CPU]) as second_prof:
@@ -82,8 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(report), flush=True)
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
-        name = "probe_first_request_rehearsed.json" if a.rehearse else "probe_first_request.json"
-        (a.out / name).write_text(json.dumps(report, indent=2))
+        (a.out / "probe_first_request.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -18,11 +18,9 @@
 # check:   that probe, then latency, throughput and the engine alone (no memory modes).
 # memtrace: the default mode's allocator peaks per unit, in the probe and then inside the real server
 #          (benchmarks/memory_trace: one window per load, request and idle-time compile unit).
-# startup: a fresh process's first request without and with the load-time rehearsal, the first image after a
-#          restart, then the allocator peaks per unit inside the real server (as memtrace, without the probe).
-# ab:      the first image cold and warm, restarts with and without the rehearsal, the default mode's peaks.
-# verify:  the first image cold and warm, restarts with and without the rehearsal, latency, 4 clients and the
-#          engine, then the default mode's traced peaks (one call, about 8 minutes).
+# peak:    the default mode's device-wide peak per phase, alone.
+# verify:  the first image cold and warm, latency, 4 clients and the engine, then the default mode's traced
+#          peaks (one call, about 7 minutes; at most 8 files come back from the lent machine).
 set -euo pipefail
 part="${1:-latency}"
 OUT="${OUT:-/tmp/out}"
@@ -101,37 +99,24 @@ PY
     timeout 240 python3 benchmarks/probe_vae_memory.py --server-path --top 14 --out "$OUT" 2>&1 | grep "^{" | cut -c1-2500
     export PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
     sections=(--sections memory --memory-modes default) ;;
-  startup)  # the one-time costs of a fresh process's first request without and with the load-time rehearsal,
-            # the first image after a restart (untraced), then the default mode's allocator peaks per unit, traced
-    for flag in "" --rehearse; do
-      timeout 100 python3 benchmarks/probe_first_request.py $flag --out "$OUT" 2>&1 | grep "^{" | cut -c1-1200
-    done
-    timeout 280 python3 benchmarks/bench_server.py --sections first_image --server-log "$OUT" \
-      --json "$OUT/bench_server_first.json" 2>&1 | tee "$OUT/bench_server_first.log" | grep -v '^  warnings.warn' | tail -12
-    cache=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['first_image']['compile_cache'])" \
-      "$OUT/bench_server_first.json" 2>/dev/null || true)
-    export PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
-    sections=(--sections memory --memory-modes default ${cache:+--compile-cache "$cache"}); bench_timeout=200 ;;
-  verify)  # the first image cold and warm, then restarts with and without the load-time rehearsal; what a user
-           # waits for (latency, 4 clients, the engine alone); then the default mode's peaks per unit, traced
-    timeout 430 python3 benchmarks/bench_server.py --sections first_image latency throughput engine --rehearsal-ab 2 \
-      --formats png --previews thumbnail --server-log "$OUT" --json "$OUT/bench_server_verify_user.json" 2>&1 \
-      | tee "$OUT/bench_server_verify_user.log" | grep -v '^  warnings.warn' | tail -22
+  verify)  # the first image cold and warm; what a user waits for (latency, 4 clients, the engine alone); then
+           # the default mode's peaks per unit, traced. The servers' logs come back in one archive (the lent
+           # machine returns at most 8 files).
+    mkdir -p "$OUT/logs"
+    timeout 430 python3 benchmarks/bench_server.py --sections first_image latency throughput engine \
+      --formats png --previews thumbnail --server-log "$OUT/logs" --json "$OUT/bench_server_verify_user.json" 2>&1 \
+      | tee "$OUT/logs/bench_server_verify_user.log" | grep -v '^  warnings.warn' | tail -22
     cache=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['first_image']['compile_cache'])" \
       "$OUT/bench_server_verify_user.json" 2>/dev/null || true)
-    export PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl"
-    sections=(--sections memory --memory-modes default ${cache:+--compile-cache "$cache"}); bench_timeout=140 ;;
-  ab)  # the first image cold and warm, restarts with and without the load-time rehearsal, then the default
-       # mode's peaks; the servers' logs come back in one archive (the lent machine returns at most 8 files)
-    timeout 300 python3 benchmarks/bench_server.py --sections first_image --rehearsal-ab 2 --server-log "$OUT/logs" \
-      --json "$OUT/bench_server_ab_first.json" 2>&1 | tee "$OUT/bench_server_ab_first.log" | grep -v '^  warnings.warn' | tail -8
-    cache=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['first_image']['compile_cache'])" \
-      "$OUT/bench_server_ab_first.json" 2>/dev/null || true)
-    timeout 150 python3 benchmarks/bench_server.py --sections memory --memory-modes default ${cache:+--compile-cache "$cache"} \
-      --server-log "$OUT/logs" --json "$OUT/bench_server_ab_memory.json" 2>&1 | grep -v '^  warnings.warn' | tail -6
+    PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl" \
+      timeout 140 python3 benchmarks/bench_server.py --sections memory --memory-modes default \
+      ${cache:+--compile-cache "$cache"} --server-log "$OUT/logs" --json "$OUT/bench_server_verify_memory.json" 2>&1 \
+      | grep -v '^  warnings.warn' | tail -6
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|startup|verify|ab" >&2; exit 2 ;;
+  peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
+    sections=(--sections memory --memory-modes default); bench_timeout=150 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40

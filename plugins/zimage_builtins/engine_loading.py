@@ -117,7 +117,7 @@ def load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) -> 
     t = pipe.load_timings
     size = module_bytes(pipe.transformer, pipe.vae, pipe.text_encoder.model) / 1e9
     log.info(
-        "%s loaded in %.1f s: device and imports %.1f s, weights %.1f s (%.1f GB, %.1f GB/s), optimize %.1f s%s",
+        "%s loaded in %.1f s: device and imports %.1f s, weights %.1f s (%.1f GB, %.1f GB/s), optimize %.1f s",
         spec.id,
         time.perf_counter() - started,
         prepared - started,
@@ -125,10 +125,7 @@ def load(spec: VariantSpec, ctx: BackendContext, architecture: Architecture) -> 
         size,
         size / max(t["read"], 1e-6),
         t["optimize"],
-        f"; a first request rehearsed meanwhile in {t['rehearse']:.1f} s" if "rehearse" in t else "",
     )
-    for note in getattr(pipe, "load_notes", ()):
-        log.warning("%s: %s", spec.id, note)
     return pipe
 
 
@@ -151,12 +148,6 @@ def _load_pipeline(spec: VariantSpec, ctx: BackendContext, architecture: Archite
             offload_text_encoder=ctx.offload_text_encoder and architecture == "text_to_image",
             step_cache=ctx.step_cache,
             shared=SHARED,
-            # The first request runs uncompiled and would pay the GPU libraries' one-time costs after the load:
-            # rehearse it meanwhile, on this (the device) thread, at the variant's default size. Not under a
-            # test memory cap (the free-memory check cannot see it).
-            rehearse_size=(spec.defaults.width, spec.defaults.height)
-            if ctx.defer_compile and ctx.rehearse_at_load and not ctx.gpu_memory_limit_gb
-            else None,
         )
     except (EngineWeightsError, InvalidArgument) as e:
         raise BackendLoadError(f"{spec.id}: {e}") from e

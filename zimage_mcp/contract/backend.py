@@ -76,9 +76,6 @@ class BackendContext:
     # Requests run new shapes eagerly and the backend compiles them later (BackgroundCompiling), in time the
     # server finds the GPU idle; False: the request that needs a compilation waits for it.
     defer_compile: bool = False
-    # With defer_compile: while the weights load, rehearse a request with a stand-in so that the first one,
-    # uncompiled, finds the GPU libraries' per-shape choices made (engine.speed.rehearsal).
-    rehearse_at_load: bool = True
     hf_home: str | None = None
 
 

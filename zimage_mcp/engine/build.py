@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,8 +16,6 @@ from zimage_mcp.engine.dit.attention import AttentionBackend
 from zimage_mcp.engine.errors import WeightsError
 from zimage_mcp.engine.pipelines.text_to_image import ZImagePipeline
 from zimage_mcp.engine.speed.optimize import OptimizeMode, check_fp8_support, fuses_projections, optimize
-from zimage_mcp.engine.speed.rehearsal import rehearse, room_to_rehearse, stand_in_configs
-from zimage_mcp.engine.vae.model import AutoencoderKL
 from zimage_mcp.engine.weights.components import folder_shift, load_text_encoder_from, load_transformer, load_vae
 from zimage_mcp.engine.weights.layout import ModelFiles, resolve_model_files
 
@@ -71,7 +68,6 @@ def load_pipeline(
     offload_text_encoder: bool = False,
     step_cache: float = 0.0,
     shared: SharedComponents | None = None,
-    rehearse_size: tuple[int, int] | None = None,
 ) -> ZImagePipeline:
     """Load a text-to-image (Turbo/Base) or Omni pipeline from a diffusers folder (plus single-file
     overrides, text-to-image only) and apply the speed settings.
@@ -82,10 +78,6 @@ def load_pipeline(
     keeps the text encoder in host memory (16 GB cards; text-to-image only). ``vae_dtype`` None runs the
     VAE in ``dtype`` on CUDA, as diffusers' ``torch_dtype`` does (its decode in bf16 is 1.9x faster than
     fp32 at 1024² on an H200), and in float32 on the CPU; float32 keeps the reference pipelines' upcast.
-    ``rehearse_size`` (width, height): while other threads read the weights, this thread runs a stand-in of
-    a request of that size (``speed.rehearsal``), so that a first uncompiled request finds the GPU
-    libraries' per-shape choices made; text-to-image on CUDA only, not with fp8 or an offloaded text
-    encoder, and only where the device has room for both (``pipe.load_timings["rehearse"]`` when it ran).
     Raises ``WeightsError`` for bad files and ``InvalidArgument`` for options the device cannot honour (fp8),
     before loading anything.
     """
@@ -113,20 +105,8 @@ def load_pipeline(
         else:
             files = resolve_model_files(folder, transformer_file, vae_file, text_encoder_file)
             fuse = fuses_projections(optimize_mode, dev) or fp8
-            rehearsal, configs = None, stand_in_configs(files)
-            if rehearse_size and configs and not (fp8 or offload_text_encoder) and room_to_rehearse(files, dev):
-                rehearsal = partial(rehearse, configs, dev, dt, vae_dt, rehearse_size, optimize_mode, attn_backend)
             pipe = _text_to_image(
-                files,
-                dev,
-                dt,
-                vae_dt,
-                attn_backend,
-                offload_text_encoder,
-                acquire,
-                fuse=fuse,
-                fp8=fp8,
-                rehearsal=rehearsal,
+                files, dev, dt, vae_dt, attn_backend, offload_text_encoder, acquire, fuse=fuse, fp8=fp8
             )
         pipe.shared_keys = tuple(held)
         if shift is not None:
@@ -134,7 +114,7 @@ def load_pipeline(
         pipe.step_cache = step_cache
         read = time.perf_counter()
         optimize(pipe, optimize_mode, fp8=fp8)
-        pipe.load_timings.update(read=read - started, optimize=time.perf_counter() - read)
+        pipe.load_timings = {"read": read - started, "optimize": time.perf_counter() - read}
     except BaseException:
         shared.release(*held)
         raise
@@ -154,29 +134,13 @@ def _text_to_image(
     *,
     fuse: bool = False,
     fp8: bool = False,
-    rehearsal: Callable[[], float] | None = None,
 ) -> ZImagePipeline:
     # Low-VRAM mode loads the text encoder straight into host memory: DiT + encoder together (~20 GB)
     # would not fit the 16 GB cards this mode is for, even for a moment.
     te_device = torch.device("cpu") if offload_text_encoder else device
-
-    def text_encoder_and_vae() -> tuple[Any, AutoencoderKL]:
-        text_encoder = acquire(
-            ("text_encoder", files.text_encoder, str(te_device), str(dtype)),
-            lambda: load_text_encoder_from(files, te_device, dtype),
-        )
-        vae = acquire(
-            ("vae", files.vae, str(device), str(vae_dtype)),
-            lambda: load_vae(files.vae, files.vae_config, device, vae_dtype),
-        )
-        return text_encoder, vae
-
-    # The DiT reads on its own threads while the text encoder and VAE are read here, or, while this thread
-    # rehearses, on a second one: the components' files stream to the device side by side (each reader is
-    # itself parallel over shards and chunks).
-    rehearsed: float | None = None
-    notes: list[str] = []
-    with ThreadPoolExecutor(2, thread_name_prefix="zimage-read") as pool:
+    # The DiT reads on its own threads while the text encoder and VAE are read here: the components'
+    # files stream to the device side by side (each reader is itself parallel over shards and chunks).
+    with ThreadPoolExecutor(1, thread_name_prefix="zimage-dit") as pool:
         dit = pool.submit(
             load_transformer,
             files.transformer,
@@ -187,20 +151,17 @@ def _text_to_image(
             fuse=fuse,
             fp8=fp8,
         )
-        others = pool.submit(text_encoder_and_vae) if rehearsal is not None else None
         try:
-            if rehearsal is not None:
-                try:
-                    rehearsed = rehearsal()
-                except Exception as e:  # noqa: BLE001 - a head start only: the load goes on without it
-                    release_cached_memory(device)
-                    notes.append(f"the kernel rehearsal failed ({type(e).__name__}: {e}); a first request pays")
-            else:
-                text_encoder, vae = text_encoder_and_vae()
+            text_encoder = acquire(
+                ("text_encoder", files.text_encoder, str(te_device), str(dtype)),
+                lambda: load_text_encoder_from(files, te_device, dtype),
+            )
+            vae = acquire(
+                ("vae", files.vae, str(device), str(vae_dtype)),
+                lambda: load_vae(files.vae, files.vae_config, device, vae_dtype),
+            )
         finally:
-            wait([f for f in (dit, others) if f is not None])  # never leave a reader running behind an error
-        if others is not None:
-            text_encoder, vae = others.result()
+            wait([dit])  # never leave a reader running behind an error
         transformer = dit.result()
     from_folder = folder_shift(files.scheduler_config)
     pipe = ZImagePipeline(
@@ -211,9 +172,6 @@ def _text_to_image(
         offload_text_encoder=offload_text_encoder,
     )
     pipe.folder_shift = from_folder
-    if rehearsed is not None:
-        pipe.load_timings["rehearse"] = rehearsed
-    pipe.load_notes = notes
     return pipe
 
 

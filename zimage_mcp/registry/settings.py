@@ -94,7 +94,6 @@ class Settings:
     compile_cache_dir: Path | None = None
     prepare_at_start: bool = True  # plugins import the engine and create the device context in the background
     compile_in_background: bool = True  # requests never wait for the compiler; idle GPU time compiles
-    rehearse_at_load: bool = True  # an uncompiled first request's one-time GPU costs are paid during the load
     preload: tuple[str, ...] = ()  # variants to load and compile at server start, in the background
     warm_sizes: tuple[str, ...] = ()  # "WxH" sizes preloading compiles besides each variant's default
     vram_budget_gb: float | None = None  # None: unlimited
@@ -151,7 +150,6 @@ class Settings:
             compile_cache_explicit=self.compile_cache_dir is not None,
             gpu_memory_limit_gb=self.test_gpu_memory_gb,
             defer_compile=self.compile_in_background,
-            rehearse_at_load=self.rehearse_at_load,
             hf_home=self.hf_home,
         )
 
@@ -324,7 +322,6 @@ RUNTIME_OPTIONS = (
     Option("compile_cache_dir", "compile_cache", _optional_path),
     Option("prepare_at_start", "prepare_at_start", _bool, "bool"),
     Option("compile_in_background", "compile_in_background", _bool, "bool"),
-    Option("rehearse_at_load", "rehearse_at_load", _bool, "bool"),
     Option("preload", "preload", _names, "list"),
     Option("warm_sizes", "warm_sizes", _sizes, "list"),
     Option("vram_budget_gb", "vram_budget_gb", _number(0, strict=True), "number"),

@@ -68,9 +68,7 @@ class ZImagePipeline:
         self.last_step_cache: FirstBlockCache | None = None  # the last generation's cache (steps skipped)
         self.folder_shift: float | None = None  # the model folder's scheduler shift, if it has one
         self.shared_keys: tuple[tuple, ...] = ()  # components held in a build.SharedComponents
-        # seconds: "read" (weights to the device), "optimize", "rehearse" (build.load_pipeline's rehearse_size)
-        self.load_timings: dict[str, float] = {}
-        self.load_notes: list[str] = []  # what the load could not do and the user may want to know
+        self.load_timings: dict[str, float] = {}  # seconds: "read" (weights to the device), "optimize"
         if offload_text_encoder:
             self.text_encoder.model.to("cpu")
 

@@ -27,8 +27,7 @@ from zimage_mcp.engine.weights.files import read_files, read_shapes, require_saf
 class TextEncoder:
     """A truncated Qwen3 decoder plus its tokenizer; ``encode`` returns one (L_i, hidden) tensor per prompt."""
 
-    def __init__(self, model: Qwen3TextModel, tokenizer: Qwen3Tokenizer | None, cache_size: int = 64) -> None:
-        """``tokenizer`` None: an encoder of token ids only (``encode_ids``; the rehearsal's stand-in)."""
+    def __init__(self, model: Qwen3TextModel, tokenizer: Qwen3Tokenizer, cache_size: int = 64) -> None:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.cache_size = cache_size
@@ -75,22 +74,17 @@ class TextEncoder:
     def _run(self, prompts: list[str], max_length: int) -> list[Tensor]:
         # Truncate at max_length (template tokens count) and right-pad only to the longest prompt:
         # with causal attention, right padding leaves the real-token states unchanged.
-        if self.tokenizer is None:
-            raise ValueError("this text encoder has no tokenizer: it encodes token ids only (encode_ids)")
         batch = self.tokenizer([chat_prompt(p) for p in prompts], max_length=max_length)  # (B, L)
         lengths = batch.attention_mask.sum(dim=1).tolist()  # on the CPU: no device sync to unpad
-        hidden = self.encode_ids(batch.input_ids, self.tokenizer.pad_token_id)
-        return [h[:n] for h, n in zip(hidden, lengths, strict=True)]
-
-    @torch.no_grad()
-    def encode_ids(self, ids: Tensor, pad_id: int) -> Tensor:
-        """Token ids (B, L), right-padded with ``pad_id`` -> features (B, L', hidden) on the layers' device,
-        L' >= L (graphed: padded further, to the length bucket; the first L rows are the same)."""
+        ids = batch.input_ids
         graphed = self._graphs is not None and self.device.type == "cuda"
         if graphed:  # one graph per (batch, length bucket)
-            ids = torch.nn.functional.pad(ids, (0, length_bucket(ids.shape[1]) - ids.shape[1]), value=pad_id)
-        embeds = self.model.embed(ids)  # (B, L', hidden) on the layers' device: the gather runs off the graph
-        return self._graphs(embeds) if graphed else self._forward(embeds)
+            ids = torch.nn.functional.pad(
+                ids, (0, length_bucket(ids.shape[1]) - ids.shape[1]), value=self.tokenizer.pad_token_id
+            )
+        embeds = self.model.embed(ids)  # (B, L, hidden) on the layers' device: the gather runs off the graph
+        hidden = self._graphs(embeds) if graphed else self._forward(embeds)
+        return [h[:n] for h, n in zip(hidden, lengths, strict=True)]
 
     def _forward(self, embeds: Tensor) -> Tensor:
         """embeds (B, L, hidden) -> features (B, L, hidden). No mask at all: pads sit to the right and
