@@ -1,9 +1,10 @@
 """Every call into a backend's device work runs on one long-lived thread (``registry/device_thread.py``).
 
 PyTorch keeps cuDNN's convolution and attention plans and each thread's cuBLAS handle per thread, so a
-request on a fresh worker thread rebuilt them. The unit tests pin the thread's contract; the server test
-follows the start-up preparation, the load, generations (waited for and ``wait=false``) and the idle-time
-compile units of a real server with the tiny engine, through the SDK client, to the thread each ran on.
+request on a fresh worker thread rebuilt them. The unit tests pin the thread's contract; the server tests
+follow the load and generations (waited for and ``wait=false``) of a real server with the tiny engine,
+through the SDK client, to the thread each ran on, and check that a plugin whose start-up preparation hangs
+(on its own thread) holds up no generation.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 from dataclasses import replace
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -137,8 +139,31 @@ async def test_preparation_load_and_every_generation_run_on_the_registrys_device
     assert done.structured_content["status"] == "done", done.content[0].text
     assert not first.is_error and not second.is_error, (first.content[0].text, second.content[0].text)
     steps = [step for step, _ in log.threads]
-    assert steps[0] == "prepare" and steps.count("load") == 1 and steps.count("generate") == 3, log.threads
-    assert {name for _, name in log.threads} == {"zimage-device"}, log.threads
+    assert steps.count("prepare") == 1 and steps.count("load") == 1 and steps.count("generate") == 3, log.threads
+    assert {name for step, name in log.threads if step != "prepare"} == {"zimage-device"}, log.threads
+    assert dict(log.threads)["prepare"] == "zimage-prepare"  # its own thread: see the next test
+
+
+@pytest.mark.anyio
+async def test_a_plugin_whose_preparation_hangs_holds_up_no_generation(settings: Settings) -> None:
+    release = threading.Event()
+
+    class Stuck:
+        @hookimpl
+        def zimage_prepare(self, context: Any) -> None:
+            release.wait(120)  # a network call that never answers, say
+
+    pm = load_plugins()
+    pm.register(Stuck(), name="stuck")
+    try:
+        async with Client(build_server(settings, Registry.from_settings(settings, pm))) as client:
+            with anyio.fail_after(90):
+                made = await client.call_tool(
+                    "generate_image", {"prompt": "a lighthouse", "width": 256, "height": 256, "steps": 2}
+                )
+        assert not made.is_error, made.content[0].text
+    finally:
+        release.set()
 
 
 def test_the_ray_front_runs_device_calls_inline() -> None:

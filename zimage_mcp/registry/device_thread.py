@@ -7,7 +7,8 @@ Generations used to run on whichever worker thread anyio handed out, and anyio r
 for 10 s, so a request spaced like a human's chat could land on a fresh thread and rebuild all of it. On an
 H200, the first compiled image after the idle-time compilation (which ran on a thread of its own) denoised
 in 849-890 ms against 733 ms once warm. Here every such call runs on the same thread, so what one request
-built, the next one finds, and the start-up preparation warms the very thread the first request runs on.
+built, the next one finds. (The plugins' start-up preparation keeps a thread of its own: a plugin whose
+``zimage_prepare`` hangs must not hold up generations.)
 
 Callers block until their call returns (or raises), and each call runs in the caller's ``contextvars``
 context (the request id in the log). A call made from the device thread itself runs inline, so nested

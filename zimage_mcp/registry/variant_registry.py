@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pluggy
@@ -78,7 +77,7 @@ class Registry:
         self._report_unregistered_catalog_variants()
         self._lora_lock = threading.RLock()
         self.device_thread = DeviceThread()  # every backend call that touches the device runs there
-        self._preparing: Future[None] | None = None  # see prepare_in_background
+        self._preparing: threading.Thread | None = None  # see prepare_in_background
         self._lora_problems: list[str] = []
         self._lora_stamp = folder_stamp(self.catalog.lora_dir)
         self.default_variant: str = self._pick_default(allow_lora=False)
@@ -228,11 +227,12 @@ class Registry:
         prepare_plugins(self.plugin_manager, self.settings.backend_context())
 
     def prepare_in_background(self) -> None:
-        """Start ``prepare_plugins`` on the device thread, where the first load and request will run (a server
-        that stops meanwhile does not wait for it), once per registry: later calls do nothing."""
+        """Start ``prepare_plugins`` on a daemon thread of its own (a server that stops meanwhile does not wait
+        for it, and a plugin whose preparation hangs holds up no generation), once per registry."""
         with self._lora_lock:
             if self._preparing is None:
-                self._preparing = self.device_thread.submit(self.prepare_plugins)
+                self._preparing = threading.Thread(target=self.prepare_plugins, name="zimage-prepare", daemon=True)
+                self._preparing.start()
 
     def run_on_device(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the device thread (``registry.device_thread``), for every call that loads
