@@ -2,7 +2,8 @@
 
 Every generation is a :class:`Job`. Its work runs on a worker thread; the thread first queues on
 :class:`FifoLock` (telling its queue position through progress messages) and holds the lock until the
-GPU part actually returns, so a cancelled call frees the GPU only once the engine has stopped. A
+GPU part actually returns, so a cancelled call frees the GPU only once the engine has stopped. The GPU part
+itself runs where ``on_device`` sends it (the registry's device thread, ``Registry.run_on_device``). A
 :class:`SplitWork` then runs its CPU part (encoding, saving) on the same thread with the lock released,
 so the next job's GPU part overlaps it; a plain ``work`` function holds the lock throughout.
 ``should_stop`` turns true when the caller cancels, when ``cancel_job`` is called, or when
