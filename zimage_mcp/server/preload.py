@@ -39,12 +39,12 @@ async def preload_variants(
             break
         start = time.monotonic()
         try:
-            backend = await _locked(lock, stopping, lambda name=name: registry.run_on_device(registry.backend, name))
+            backend = await _on_device(registry, lock, stopping, lambda name=name: registry.backend(name))
             units = 0
             if isinstance(backend, WarmableBackend):
                 steps = backend.warm_up(parse_sizes(sizes))
                 while not stopping.is_set():
-                    label = await _locked(lock, stopping, lambda steps=steps: registry.run_on_device(next, steps, None))
+                    label = await _on_device(registry, lock, stopping, lambda steps=steps: next(steps, None))
                     if label is None:
                         break
                     units += 1
@@ -63,12 +63,14 @@ class _Stopped(Exception):
     """The server is shutting down while a unit waited for the GPU lock."""
 
 
-async def _locked(lock: FifoLock, stopping: threading.Event, fn: Callable[[], T]) -> T:
+async def _on_device(registry: Registry, lock: FifoLock, stopping: threading.Event, fn: Callable[[], T]) -> T:
+    """``fn()`` on the registry's device thread (where requests run), holding the GPU lock."""
+
     def run() -> T:
         if not lock.acquire(lambda _position: None, stopping.is_set):
             raise _Stopped
         try:
-            return fn()
+            return registry.run_on_device(fn)
         finally:
             lock.release()
 
