@@ -10,7 +10,11 @@ the files read / seconds), ``torch.cuda.max_memory_reserved`` and the process's 
 - ``engine-offload``: text encoder in host memory; ``engine-offload-fp8``: plus fp8 DiT GEMM weights;
 - ``engine-fuse-pageable``: ``engine-fuse`` with plain pageable copies instead of pinned bounce buffers
   (``engine/weights/staging.py``), the A/B of that change;
-- ``staging-check``: the DiT's files read both ways on the GPU, every tensor compared bit for bit;
+- ``engine-fuse-mmap``: ``engine-fuse`` with the bounce buffers filled by copies out of safetensors' mmap
+  views instead of ``preadv`` at each tensor's span (``engine/weights/spans.py``), the A/B of that change;
+- ``engine-fuse-16``: ``engine-fuse`` with 16 reader threads instead of 8;
+- ``staging-check``: the DiT's files read both ways on the GPU (preadv into pinned buffers, and pageable
+  copies of mmap views), every tensor compared bit for bit;
 - ``safetensors-serial`` / ``safetensors-threads``: ``safetensors.torch.load_file(device=...)`` file by file,
   sequentially and with 8 threads (the floor to beat).
 
@@ -34,6 +38,8 @@ MODES = (
     "engine",
     "engine-fuse",
     "engine-fuse-pageable",
+    "engine-fuse-mmap",
+    "engine-fuse-16",
     "engine-offload",
     "engine-offload-fp8",
     "safetensors-serial",
@@ -91,11 +97,15 @@ def one(mode: str, folder: Path, device: str) -> dict:
 
     from zimage_mcp.engine import load_pipeline  # imported before the clock starts
     from zimage_mcp.engine.device import prepare_runtime, resolve_device, use_expandable_segments
-    from zimage_mcp.engine.weights import staging
+    from zimage_mcp.engine.weights import files as weight_reading
+    from zimage_mcp.engine.weights import spans, staging
 
     if mode == "staging-check":
         return staging_check(folder, device, dtype)
     staging.ENABLED = not mode.endswith("-pageable")
+    spans.PREAD = not mode.endswith(("-pageable", "-mmap"))
+    if mode.endswith("-16"):
+        weight_reading.GPU_READERS = 16
     # As `serve` does at start (zimage_prepare): the CUDA context and transformers' classes are ready before a
     # load, so the clock times reading the weights, not importing (several seconds on the GPU host).
     prepare_runtime(resolve_device(device), compile=False)
@@ -135,14 +145,14 @@ def staging_check(folder: Path, device: str, dtype: object) -> dict:
     """Pinned bounce buffers against pageable copies: the same bits for every tensor of the DiT."""
     import torch
 
-    from zimage_mcp.engine.weights import staging
+    from zimage_mcp.engine.weights import spans, staging
     from zimage_mcp.engine.weights.files import read_files
 
     files = sorted((folder / "transformer").glob("*.safetensors"))
-    staging.ENABLED = True
+    staging.ENABLED, spans.PREAD = True, True
     pinned = read_files(files, dtype, device)
     torch.cuda.synchronize()
-    staging.ENABLED = False
+    staging.ENABLED, spans.PREAD = False, False
     plain = read_files(files, dtype, device)
     differ = [k for k in plain if not torch.equal(plain[k], pinned[k])]
     return {"mode": "staging-check", "keys": len(plain), "equal": not differ and plain.keys() == pinned.keys()}
@@ -184,7 +194,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         a.weights = Path("/tmp/zimage-bench/weights-tiny")
     ensure_weights(a.weights, a.tiny)
     warm_page_cache(a.weights)
-    gpu_only = ("fp8", "-pageable", "staging-check")  # fp8 tensor cores; pinned staging is for GPUs only
+    # fp8 tensor cores; pinned staging and its variants are for GPUs only
+    gpu_only = ("fp8", "-pageable", "-mmap", "-16", "staging-check")
     modes = a.modes or [m for m in MODES if device.startswith("cuda") or not m.endswith(gpu_only)]
     rows = []
     for mode in modes:

@@ -19,6 +19,7 @@
 # memtrace: the default mode's allocator peaks per unit, in the probe and then inside the real server
 #          (benchmarks/memory_trace: one window per load, request and idle-time compile unit).
 # peak:    the default mode's device-wide peak per phase, alone.
+# loader:  the loader's A/B (preadv or mmap copies; 8 or 16 readers), then the first image over five restarts.
 # verify:  the first image cold and warm, latency, 4 clients and the engine, then the default mode's traced
 #          peaks (one call, about 7 minutes; at most 8 files come back from the lent machine).
 set -euo pipefail
@@ -114,9 +115,19 @@ PY
       | grep -v '^  warnings.warn' | tail -6
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
+  loader)  # the loader's A/B (preadv at each tensor's span against copies out of mmap views; 8 and 16 readers),
+           # then the first image after a restart: cold, warm and three more warm restarts, with the servers' logs
+    mkdir -p "$OUT/logs"
+    timeout 220 python3 benchmarks/bench_load.py --modes staging-check engine-fuse engine-fuse-mmap engine-fuse-16 \
+      engine-fuse engine-fuse-mmap engine-fuse-16 2>&1 | tee "$OUT/bench_load.jsonl"
+    timeout 300 python3 benchmarks/bench_server.py --sections first_image --restarts 3 --server-log "$OUT/logs" \
+      --json "$OUT/bench_server_loader_first.json" 2>&1 | tee "$OUT/logs/bench_server_loader_first.log" \
+      | grep -v '^  warnings.warn' | tail -8
+    tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+    exit 0 ;;
   peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
     sections=(--sections memory --memory-modes default); bench_timeout=150 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak" >&2; exit 2 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|loader" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40

@@ -14,12 +14,15 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from zimage_mcp.engine.errors import WeightsError
+from zimage_mcp.engine.weights import spans as file_reading
+from zimage_mcp.engine.weights.spans import Span, file_spans, open_for_reading, read_span
 from zimage_mcp.engine.weights.staging import PinnedUploader, release_pinned, uploader_for
 
 StateDict = dict[str, Tensor]
@@ -38,18 +41,18 @@ def require_safetensors(path: Path) -> None:
 
 
 def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> StateDict:
-    """Read one file tensor by tensor (mmap), casting as we go so fp32 files never sit whole in memory."""
+    """Read one file tensor by tensor, casting as we go so fp32 files never sit whole in memory."""
     return read_files([path], dtype, device, workers=1)
 
 
-def place(t: Tensor, dtype: torch.dtype | None, device: torch.device) -> Tensor:
-    """One tensor read from a file (an mmap view, or already uploaded to ``device``) in its place: ``device``,
-    ``dtype`` (floating point only)."""
+def place(t: Tensor, dtype: torch.dtype | None, device: torch.device, *, owned: bool = False) -> Tensor:
+    """One tensor read from a file (an mmap view, a CPU tensor of its own when ``owned``, or already uploaded
+    to ``device``) in its place: ``device``, ``dtype`` (floating point only)."""
     cast = dtype is not None and t.is_floating_point() and t.dtype != dtype
     if device.type == "cpu":
         # Own, aligned storage: mmap views sit at arbitrary file offsets, and CPU kernels pick
         # different code paths by alignment, so results would depend on the file layout.
-        return t.to(dtype) if cast else t.clone()
+        return t.to(dtype) if cast else t if owned else t.clone()
     # Copy the stored bytes, then cast on the device: the GPU casts for free, and only this one tensor is
     # ever held in the wider dtype (never a whole fp32 copy of the model).
     t = t.to(device)  # a no-op for a tensor the reader already uploaded
@@ -88,6 +91,7 @@ def read_shapes(files: Iterable[Path]) -> dict[str, tuple[int, ...]]:
 # "not mine" (the tensor is then cast and moved as usual). The fused and fp8 loaders fill their own buffers.
 Placer = Callable[[str, Tensor], Tensor | None]
 CHUNK_BYTES = 256 << 20  # a unit of parallel reading: big enough to stream, small enough to spread
+GPU_READERS = 8  # reader threads per load onto a GPU (benchmarks/bench_load.py measures others)
 
 
 def read_files(
@@ -123,8 +127,11 @@ def read_files(
         if run or not units or units[-1][0] != path:
             units.append((path, run))
     if workers is None:
-        workers = min(8, len(units)) if dev.type == "cuda" else min(4, os.cpu_count() or 1, len(units))
+        workers = min(GPU_READERS, len(units)) if dev.type == "cuda" else min(4, os.cpu_count() or 1, len(units))
 
+    # Byte ranges from our own header parse, so tensors are read with preadv rather than copied out of mmaps
+    # (spans.py says why); a dtype torch lacks, or an OS without preadv, takes safetensors' views.
+    located = {path: file_spans(path) for path in {u[0] for u in units}} if file_reading.PREAD else {}
     local = threading.local()  # each reader thread's pinned uploader (GPU only)
     made: list[PinnedUploader] = []
 
@@ -136,16 +143,20 @@ def read_files(
             if local.uploader is not None:
                 made.append(local.uploader)
         up = local.uploader
+        spans = located.get(path, {})
+        fd = open_for_reading(path) if spans else -1
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for key, name in keys:
-                    t = f.get_tensor(key)
-                    if up is not None:
-                        t = up.upload(t)  # once, in the stored dtype; the placer and place() work on the device
+                    span = spans.get(key)
+                    t, owned = _read_one(f, key, fd, span, up)
                     placed = placer(name, t) if placer is not None else None
-                    out.append((name, place(t, dtype, dev) if placed is None else placed))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                    out.append((name, place(t, dtype, dev, owned=owned) if placed is None else placed))
+        except (SafetensorError, OSError, ValueError, RuntimeError, WeightsError) as e:
             raise WeightsError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from e
+        finally:
+            if fd >= 0:
+                os.close(fd)
         return out
 
     try:
@@ -160,6 +171,15 @@ def read_files(
         if made:
             release_pinned()
     return {name: t for part in parts for name, t in part}
+
+
+def _read_one(f: Any, key: str, fd: int, span: Span | None, up: PinnedUploader | None) -> tuple[Tensor, bool]:
+    """One tensor, and whether it is a CPU tensor of its own: through the uploader to the device when there is
+    one, else into host memory (read at its span, or an mmap view that ``place`` copies)."""
+    if span is not None:
+        return (up.read(fd, span), False) if up is not None else (read_span(fd, span), True)
+    t = f.get_tensor(key)
+    return (up.upload(t), False) if up is not None else (t, False)  # once, in the stored dtype
 
 
 _ITEM_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
