@@ -120,3 +120,35 @@ def test_png_and_sidecar_hold_no_absolute_path(tmp_path: Path) -> None:
     assert saved["control"]["image"] == parent.id and saved["reference_images"] == [parent.id, "holiday.png"]
     assert json.loads(chunk)["file"] == child.path.name
     assert store.get(child.id).metadata["path"] == str(child.path)  # what callers see, not what is stored
+
+
+def test_a_png_whose_sidecar_was_lost_gets_it_back_from_its_own_parameters(tmp_path: Path) -> None:
+    """A PNG's sidecar is not flushed to the disk (the PNG carries the same parameters): after a power cut
+    left it empty, or a kill came between the image and its sidecar, the next start restores it."""
+    store = ImageStore(tmp_path)
+    emptied = store.save(_pixels(), "png", {"prompt": "a cat", "seed": 7, "created": "1"})
+    removed = store.save(_pixels((1, 2, 3)), "png", {"prompt": "a dog", "seed": 8, "created": "2"})
+    kept_jpeg = store.save(_pixels(), "jpeg", {"prompt": "a cow", "created": "3"})
+    sidecar = {s.id: s.path.with_suffix(".json") for s in (emptied, removed, kept_jpeg)}
+    original = {i: json.loads(p.read_text()) for i, p in sidecar.items()}
+    sidecar[emptied.id].write_bytes(b"")
+    sidecar[removed.id].unlink()
+    (tmp_path / "index.txt").unlink()
+
+    restarted = ImageStore(tmp_path)
+    assert restarted.recover() == [kept_jpeg.id, removed.id, emptied.id]  # newest first
+    for image_id in (emptied.id, removed.id):
+        assert json.loads(sidecar[image_id].read_text()) == original[image_id]
+        assert restarted.get(image_id).metadata["prompt"] == original[image_id]["prompt"]
+
+
+def test_a_jpeg_without_its_sidecar_stays_unlisted_and_a_foreign_png_is_left_alone(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    jpeg = store.save(_pixels(), "jpeg", {"created": "1"})
+    jpeg.path.with_suffix(".json").unlink()
+    foreign = tmp_path / "images" / "0123456789ab.png"
+    Image.new("RGB", (8, 8)).save(foreign)  # an id-shaped PNG without our parameters
+    restarted = ImageStore(tmp_path)
+    restarted.recover()
+    assert restarted.recent() == [] and restarted.get(jpeg.id) is None
+    assert not foreign.with_suffix(".json").exists()

@@ -151,7 +151,10 @@ class ImageStore:
             encoded = time.perf_counter()
             meta.update(mime_type=mime, size_bytes=len(data), format=output_format)
             atomic_write(path, data)
-            atomic_write(self.images_dir / f"{image_id}.json", json.dumps(meta, indent=2).encode())
+            # A PNG carries these parameters in its text chunk, so its sidecar is not flushed to the disk
+            # (about 1.8 ms a save on the GPU host): after a power cut, ``recover`` rebuilds it from the PNG.
+            sidecar = json.dumps(meta, indent=2).encode()
+            atomic_write(self.images_dir / f"{image_id}.json", sidecar, durable=output_format != "png")
             with self._lock:
                 self._load_index()
                 if image_id not in self._indexed:
@@ -224,11 +227,13 @@ class ImageStore:
         return [img for img in found if img is not None][:limit]
 
     def recover(self) -> list[str]:
-        """Startup check after a crash: remove stale temp files and rebuild the index when it lacks sidecars.
+        """Startup check after a crash: remove stale temp files, restore PNGs' sidecars, and rebuild the index
+        when it lacks sidecars.
 
         An image counts only once its sidecar exists (written after the image, both atomically), so a
-        process killed mid-save leaves at most an orphan temp file or an image without sidecar,
-        neither of which is ever listed. Returns the index.
+        process killed mid-save leaves at most an orphan temp file or an image without sidecar. A PNG's
+        sidecar is restored from the parameters it carries (the image was complete); a WebP or JPEG
+        without one is never listed. Returns the index.
         """
         if not self.images_dir.is_dir():
             return []
@@ -239,6 +244,7 @@ class ImageStore:
                     tmp.unlink()
             except OSError:
                 pass
+        self._restore_png_sidecars()
         on_disk = {p.stem for p in self.images_dir.glob("*.json") if ID_PATTERN.match(p.stem)}
         legacy = self.root / "index.json"  # the whole-list index of earlier versions: the sidecars rebuild it
         with self._lock:
@@ -248,6 +254,30 @@ class ImageStore:
                 index = self.rebuild_index()
             legacy.unlink(missing_ok=True)
             return index[::-1]
+
+    def _restore_png_sidecars(self) -> None:
+        """Write again the sidecar of every PNG whose sidecar is missing or unreadable (a power cut before it
+        reached the disk, or a kill between the image and its sidecar), from the parameters the PNG carries."""
+        for png in self.images_dir.glob("*.png"):
+            image_id, sidecar = png.stem, png.with_suffix(".json")
+            if not ID_PATTERN.match(image_id):
+                continue
+            try:
+                json.loads(sidecar.read_text())
+                continue
+            except (OSError, ValueError):
+                pass
+            try:
+                with Image.open(png) as img:
+                    meta = json.loads(img.info["parameters"])
+                if not isinstance(meta, dict) or meta.get("id") != image_id:
+                    raise ValueError("its parameters name another image")
+            except (OSError, KeyError, ValueError) as e:
+                log.warning("image %s has no readable sidecar and its parameters cannot be read (%s)", png.name, e)
+                continue
+            meta.update(mime_type=FORMATS["png"][2], size_bytes=png.stat().st_size, format="png")
+            atomic_write(sidecar, json.dumps(meta, indent=2).encode(), durable=False)
+            log.warning("restored the sidecar of %s from the parameters in the PNG", png.name)
 
     def rebuild_index(self) -> list[str]:
         """Rebuild the index from the sidecars (oldest first, as saved); temp files and strays are skipped."""
