@@ -200,7 +200,10 @@ class ImageStore:
         try:
             meta = json.loads(sidecar.read_text())
         except (OSError, ValueError):
-            return None
+            restored = self._restore_png_sidecar(image_id)
+            if restored is None:
+                return None
+            meta = restored
         for suffix, mime in MIME_BY_SUFFIX.items():
             path = self.images_dir / f"{image_id}{suffix}"
             if path.is_file():
@@ -232,8 +235,8 @@ class ImageStore:
 
         An image counts only once its sidecar exists (written after the image, both atomically), so a
         process killed mid-save leaves at most an orphan temp file or an image without sidecar. A PNG's
-        sidecar is restored from the parameters it carries (the image was complete); a WebP or JPEG
-        without one is never listed. Returns the index.
+        sidecar is restored from the parameters it carries (the image was complete), here when it is missing
+        and in ``get`` when it is empty; a WebP or JPEG without one is never listed. Returns the index.
         """
         if not self.images_dir.is_dir():
             return []
@@ -244,8 +247,12 @@ class ImageStore:
                     tmp.unlink()
             except OSError:
                 pass
-        self._restore_png_sidecars()
-        on_disk = {p.stem for p in self.images_dir.glob("*.json") if ID_PATTERN.match(p.stem)}
+        # One listing, no file read: a PNG without a sidecar gets it back here, an empty one when first read (get).
+        names = [n for n in os.listdir(self.images_dir) if not n.startswith(TMP_PREFIX)]
+        on_disk = {n[:-5] for n in names if n.endswith(".json") and ID_PATTERN.match(n[:-5])}
+        for image_id in {n[:-4] for n in names if n.endswith(".png")} - on_disk:
+            if ID_PATTERN.match(image_id) and self._restore_png_sidecar(image_id) is not None:
+                on_disk.add(image_id)
         legacy = self.root / "index.json"  # the whole-list index of earlier versions: the sidecars rebuild it
         with self._lock:
             index = self._load_index()
@@ -255,29 +262,25 @@ class ImageStore:
             legacy.unlink(missing_ok=True)
             return index[::-1]
 
-    def _restore_png_sidecars(self) -> None:
-        """Write again the sidecar of every PNG whose sidecar is missing or unreadable (a power cut before it
-        reached the disk, or a kill between the image and its sidecar), from the parameters the PNG carries."""
-        for png in self.images_dir.glob("*.png"):
-            image_id, sidecar = png.stem, png.with_suffix(".json")
-            if not ID_PATTERN.match(image_id):
-                continue
-            try:
-                json.loads(sidecar.read_text())
-                continue
-            except (OSError, ValueError):
-                pass
-            try:
-                with Image.open(png) as img:
-                    meta = json.loads(img.info["parameters"])
-                if not isinstance(meta, dict) or meta.get("id") != image_id:
-                    raise ValueError("its parameters name another image")
-            except (OSError, KeyError, ValueError) as e:
-                log.warning("image %s has no readable sidecar and its parameters cannot be read (%s)", png.name, e)
-                continue
-            meta.update(mime_type=FORMATS["png"][2], size_bytes=png.stat().st_size, format="png")
-            atomic_write(sidecar, json.dumps(meta, indent=2).encode(), durable=False)
-            log.warning("restored the sidecar of %s from the parameters in the PNG", png.name)
+    def _restore_png_sidecar(self, image_id: str) -> dict[str, Any] | None:
+        """The sidecar of PNG ``image_id`` written again from the parameters the PNG carries, or None where
+        there is no such PNG or its parameters are unreadable. For a sidecar that a power cut left missing
+        or empty (PNG sidecars are not fsynced), or that a kill between the image and its sidecar never wrote."""
+        png = self.images_dir / f"{image_id}.png"
+        if not png.is_file():
+            return None
+        try:
+            with Image.open(png) as img:
+                meta = json.loads(img.info["parameters"])
+            if not isinstance(meta, dict) or meta.get("id") != image_id:
+                raise ValueError("its parameters name another image")
+        except (OSError, KeyError, ValueError) as e:
+            log.warning("image %s has no readable sidecar and its parameters cannot be read (%s)", png.name, e)
+            return None
+        meta.update(mime_type=FORMATS["png"][2], size_bytes=png.stat().st_size, format="png")
+        atomic_write(png.with_suffix(".json"), json.dumps(meta, indent=2).encode(), durable=False)
+        log.warning("restored the sidecar of %s from the parameters in the PNG", png.name)
+        return meta
 
     def rebuild_index(self) -> list[str]:
         """Rebuild the index from the sidecars (oldest first, as saved); temp files and strays are skipped."""
