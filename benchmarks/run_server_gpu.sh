@@ -19,6 +19,7 @@
 # memtrace: the default mode's allocator peaks per unit, in the probe and then inside the real server
 #          (benchmarks/memory_trace: one window per load, request and idle-time compile unit).
 # peak:    the default mode's device-wide peak per phase, alone.
+# imports: torch's bytecode cache, and torch, the MCP stack and the CUDA context timed alone and side by side.
 # loader:  the loader's A/B (preadv or mmap copies; 8 or 16 readers), then the first image over five restarts.
 # verify:  the first image cold and warm, latency, 4 clients and the engine, then the default mode's traced
 #          peaks (one call, about 7 minutes; at most 8 files come back from the lent machine).
@@ -125,9 +126,55 @@ PY
       | grep -v '^  warnings.warn' | tail -8
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
+  imports)  # where the start-up's 3-4 s before the engine is ready go: torch's bytecode cache, torch and the MCP
+            # stack imported alone and side by side (as `serve` does: one thread each), the CUDA context
+    python3 - <<'PY' 2>&1 | tee "$OUT/imports.jsonl"
+import importlib.util, json, os, subprocess, sys
+spec = importlib.util.find_spec("torch")
+root = os.path.dirname(spec.origin)
+tag = sys.implementation.cache_tag
+py = found = 0
+missing = []
+for folder, _, files in os.walk(root):
+    if "__pycache__" in folder:
+        continue
+    for f in files:
+        if f.endswith(".py"):
+            py += 1
+            cached = os.path.join(folder, "__pycache__", f"{f[:-3]}.{tag}.pyc")
+            if os.path.exists(cached):
+                found += 1
+            elif len(missing) < 3:
+                missing.append(cached)
+print(json.dumps({"torch_dir": root, "py_files": py, "pyc_found": found, "writable": os.access(root, os.W_OK),
+                  "missing": missing, "python": sys.version.split()[0], "dont_write_bytecode": sys.dont_write_bytecode,
+                  "env": {k: v for k, v in os.environ.items() if k.startswith(("PYTHON", "CUDA", "TORCH"))}}))
+timed = "import time, threading; t0 = time.perf_counter(); "
+cases = {
+    "torch": timed + "import torch; print(time.perf_counter() - t0)",
+    "mcp_server": timed + "import zimage_mcp.server.app; print(time.perf_counter() - t0)",
+    "engine_bridge": timed + "import zimage_builtins.engine_loading; print(time.perf_counter() - t0)",
+    "torch_and_cuda": timed + "import torch; torch.empty(1, device='cuda'); print(time.perf_counter() - t0)",
+    "side_by_side": timed + "th = threading.Thread(target=lambda: __import__('zimage_builtins.engine_loading')); th.start(); "
+                    "import zimage_mcp.server.app; t1 = time.perf_counter() - t0; th.join(); print(t1, time.perf_counter() - t0)",
+    "bridge_then_server": timed + "import zimage_builtins.engine_loading; t1 = time.perf_counter() - t0; "
+                          "import zimage_mcp.server.app; print(t1, time.perf_counter() - t0)",
+}
+base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # the prefix must be writable
+for env_name, env in (("plain", dict(os.environ)), ("pycache_prefix", {**base, "PYTHONPYCACHEPREFIX": "/tmp/pyc-prefix"})):
+    for name, code in cases.items():
+        runs = []
+        for _ in range(3):
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            runs.append(out.stdout.strip() or out.stderr.strip()[-300:])
+        print(json.dumps({"env": env_name, "case": name, "seconds": runs}), flush=True)
+PY
+    python3 -X importtime -c "import torch" 2>"$OUT/importtime_torch.txt"
+    sort -t"|" -k1.13 -n -r "$OUT/importtime_torch.txt" | head -15 || true
+    exit 0 ;;
   peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
     sections=(--sections memory --memory-modes default); bench_timeout=150 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|loader" >&2; exit 2 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|loader|imports" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
