@@ -36,6 +36,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
+def keep_engine_bytecode(settings: Settings) -> None:
+    """Before anything imports torch: keep its bytecode in our cache folder where it has none of its own
+    (``cli.bytecode_cache`` says when and why), unless ``[runtime] bytecode_cache`` is off."""
+    if settings.bytecode_cache:
+        from zimage_mcp.cli.bytecode_cache import keep_bytecode
+        from zimage_mcp.registry.settings import default_bytecode_cache_dir
+
+        keep_bytecode(default_bytecode_cache_dir())
+
+
 def command_name() -> str:
     """How the user can run this program again: the script's absolute path, or ``python -m zimage_mcp``.
 

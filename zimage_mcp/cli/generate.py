@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zimage_mcp.cli.common import CliError, settings_from, setup_logging
+from zimage_mcp.cli.common import CliError, keep_engine_bytecode, settings_from, setup_logging
 
 if TYPE_CHECKING:
     import argparse
@@ -131,6 +131,7 @@ def generate(
 def cmd_generate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(args.log_level or "WARNING", settings.log_file, errors_reported=True)
+    keep_engine_bytecode(settings)
     loras = [parse_lora(text) for text in args.lora]
     outcome = generate(
         settings,

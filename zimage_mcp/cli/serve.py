@@ -9,7 +9,14 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from zimage_mcp.cli.common import CliError, command_name, protect_stdout, settings_from, setup_logging
+from zimage_mcp.cli.common import (
+    CliError,
+    command_name,
+    keep_engine_bytecode,
+    protect_stdout,
+    settings_from,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -57,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings.log_level, settings.log_file)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    keep_engine_bytecode(settings)
     if args.attach:
         import anyio
 

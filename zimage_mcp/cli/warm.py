@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from zimage_mcp.cli.common import CliError, settings_from, setup_logging
+from zimage_mcp.cli.common import CliError, keep_engine_bytecode, settings_from, setup_logging
 
 if TYPE_CHECKING:
     import argparse
@@ -75,6 +75,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     setup_logging(args.log_level or "WARNING", settings.log_file, errors_reported=True)
+    keep_engine_bytecode(settings)
     try:
         given = OPTIONS["warm_sizes"].parse(",".join(args.sizes)) if args.sizes else settings.warm_sizes
     except ValueError as exc:

@@ -48,6 +48,11 @@ def default_compile_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir(APP_NAME)) / "torch-compile"
 
 
+def default_bytecode_cache_dir() -> Path:
+    """Python bytecode of the engine's imports, where the installed packages have none (``cli.bytecode_cache``)."""
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / "python-bytecode"
+
+
 def user_registry_file() -> Path:
     """The user's registry file (variants, ``[loras]``, ``[runtime]``), used when it exists."""
     return Path(platformdirs.user_config_dir(APP_NAME)) / "registry.toml"
@@ -93,6 +98,7 @@ class Settings:
     # None: user_cache_dir/torch-compile, unless TORCHINDUCTOR_CACHE_DIR is set; a set value wins over it
     compile_cache_dir: Path | None = None
     prepare_at_start: bool = True  # plugins import the engine and create the device context in the background
+    bytecode_cache: bool = True  # keep imports' bytecode in our cache folder where none is installed or writable
     compile_in_background: bool = True  # requests never wait for the compiler; idle GPU time compiles
     preload: tuple[str, ...] = ()  # variants to load and compile at server start, in the background
     warm_sizes: tuple[str, ...] = ()  # "WxH" sizes preloading compiles besides each variant's default
@@ -321,6 +327,7 @@ RUNTIME_OPTIONS = (
     Option("step_cache", "step_cache", _number(0), "number"),
     Option("compile_cache_dir", "compile_cache", _optional_path),
     Option("prepare_at_start", "prepare_at_start", _bool, "bool"),
+    Option("bytecode_cache", "bytecode_cache", _bool, "bool"),
     Option("compile_in_background", "compile_in_background", _bool, "bool"),
     Option("preload", "preload", _names, "list"),
     Option("warm_sizes", "warm_sizes", _sizes, "list"),
