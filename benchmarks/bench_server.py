@@ -315,6 +315,19 @@ def runtime_table(a: argparse.Namespace, compile_cache: Path, **extra: Any) -> d
     }
 
 
+def runtime_value(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line as a [runtime] entry: true/false, an int, a float, else text."""
+    key, _, raw = item.partition("=")
+    if raw in ("true", "false"):
+        return key, raw == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
 def timings_ms(results: list[dict]) -> dict[str, float]:
     keys = dict.fromkeys(k for r in results for k in r["timings"])
     return {k: median_ms([r["timings"][k] for r in results if k in r["timings"]]) for k in keys}
@@ -701,7 +714,8 @@ async def run_sections(a: argparse.Namespace) -> dict:
     out["setup"]["setup"]["prompts"] = len(prompts)
 
     if {"latency", "throughput"} & set(a.sections):
-        reg = write_registry(a.workdir / "registry.toml", a.weights, runtime_table(a, a.compile_cache))
+        extra = dict(runtime_value(item) for item in a.runtime)
+        reg = write_registry(a.workdir / "registry.toml", a.weights, runtime_table(a, a.compile_cache, **extra))
         t = time.perf_counter()
         with anyio.fail_after(a.section_timeout):
             async with Server(a, reg, "latency_and_throughput") as srv:
@@ -809,6 +823,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--server-log", type=Path, default=None, help="folder for the first-image servers' INFO logs")
     ap.add_argument("--images", type=int, default=16, help="throughput: images in all")
     ap.add_argument("--restarts", type=int, default=0, help="first_image: more restarts with the cache kept")
+    ap.add_argument(
+        "--runtime",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="latency/throughput: more [runtime] keys for the server (true/false, numbers, else text)",
+    )
     ap.add_argument(
         "--memory-steps",
         type=int,

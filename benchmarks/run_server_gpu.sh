@@ -19,6 +19,8 @@
 # memtrace: the default mode's allocator peaks per unit, in the probe and then inside the real server
 #          (benchmarks/memory_trace: one window per load, request and idle-time compile unit).
 # peak:    the default mode's device-wide peak per phase, alone.
+# ab512:   the server's 512^2 latency as it is, with the DiT's compile unit first, and compiling in the
+#          request, against the engine alone.
 # imports: torch's bytecode cache, and torch, the MCP stack and the CUDA context timed alone and side by side.
 # loader:  the loader's A/B (preadv or mmap copies; 8 or 16 readers), then the first image over five restarts.
 # verify:  the first image cold, warm and over three more restarts, latency, 4 clients and the engine, then
@@ -172,9 +174,25 @@ PY
     python3 -X importtime -c "import torch" 2>"$OUT/importtime_torch.txt"
     sort -t"|" -k1.13 -n -r "$OUT/importtime_torch.txt" | head -15 || true
     exit 0 ;;
+  ab512)  # why the server's compiled 512^2 denoise ran slower than the engine's (RESULTS §16): the server as it
+          # is, the engine alone, the server with the DiT's unit first again, the server compiling in the request
+    mkdir -p "$OUT/ab"
+    common=(--sections latency --sizes 1024x1024 512x512 --formats png --previews thumbnail --runs 3)
+    timeout 170 python3 benchmarks/bench_server.py "${common[@]}" --workdir /tmp/zimage-bench/run-a \
+      --json "$OUT/ab/a_current.json" 2>&1 | grep '"section": "latency"' | cut -c1-400
+    timeout 110 python3 benchmarks/bench_server.py --sections engine --sizes 1024x1024 512x512 --runs 3 \
+      --workdir /tmp/zimage-bench/run-e --json "$OUT/ab/engine.json" 2>&1 | grep '"section": "engine"' | cut -c1-400
+    timeout 150 python3 benchmarks/bench_server.py "${common[@]}" --workdir /tmp/zimage-bench/run-c \
+      --runtime compile_in_background=false --json "$OUT/ab/c_inline_compile.json" 2>&1 \
+      | grep '"section": "latency"' | cut -c1-400 || true
+    PYTHONPATH="$PWD/benchmarks/replay_order:${PYTHONPATH:-}" ZIMAGE_BENCH_REPLAY_ORDER=dit,text,vae \
+      timeout 150 python3 benchmarks/bench_server.py "${common[@]}" --workdir /tmp/zimage-bench/run-b \
+      --json "$OUT/ab/b_dit_first.json" 2>&1 | grep '"section": "latency"' | cut -c1-400 || true
+    tar czf "$OUT/ab512.tgz" -C "$OUT" ab && rm -rf "$OUT/ab"
+    exit 0 ;;
   peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
     sections=(--sections memory --memory-modes default); bench_timeout=150 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|loader|imports" >&2; exit 2 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|loader|imports|ab512" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
