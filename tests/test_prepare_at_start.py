@@ -86,11 +86,52 @@ async def test_serve_starts_preparing_before_the_server_exists_and_only_once(set
 
 
 def test_the_command_line_imports_no_mcp_stack_before_serve_starts_preparing() -> None:
-    """What lets `serve` start the plugins' imports first: the CLI's own import pulls in none of the MCP
-    stack (about a second of imports on a GPU host, which torch's import then overlaps)."""
+    """What lets `serve` run the plugins' imports first and alone: the CLI's own import pulls in none of the
+    MCP stack (about a second of imports on a GPU host, which would hold the GIL against torch's)."""
     import subprocess
     import sys
 
     code = "import sys, zimage_mcp.cli; print(sorted(m for m in ('mcp', 'pydantic', 'starlette') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_serve_lets_the_preparation_run_alone_first_but_never_waits_on_a_hung_one(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plugins' imports run before the MCP stack's, not beside them (both hold the GIL); a preparation
+    that hangs holds the start up for ``PREPARE_ALONE_SECONDS`` at most, then goes on beside the server."""
+    import threading
+    import time
+
+    from zimage_mcp.cli import serve
+
+    release = threading.Event()
+    done: list[float] = []
+
+    class Slow:
+        def __init__(self, seconds: float) -> None:
+            self.seconds = seconds
+
+        @hookimpl
+        def zimage_prepare(self, context):  # type: ignore[no-untyped-def]
+            release.wait(self.seconds)
+            done.append(time.perf_counter())
+
+    monkeypatch.setattr(serve, "PREPARE_ALONE_SECONDS", 2.0)
+    quick = load_plugins(block=["zimage_builtins"])
+    quick.register(Slow(0.3), name="slow")
+    serve._local_registry(settings, quick)
+    returned = time.perf_counter()
+    assert done and done[0] <= returned  # the preparation had ended before the server would be imported
+
+    done.clear()
+    stuck = load_plugins(block=["zimage_builtins"])
+    stuck.register(Slow(120), name="stuck")
+    started = time.perf_counter()
+    try:
+        registry = serve._local_registry(settings, stuck)
+        assert 1.9 <= time.perf_counter() - started < 10 and not done  # waited its two seconds, no more
+        assert not registry.wait_prepared(0)
+    finally:
+        release.set()

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 # The thread that feeds the GPU waits for it after every synchronisation, while other requests' encoders,
 # previews and replies hold it in turns: at 5 ms that was milliseconds of an idle GPU per request in flight.
 GIL_SWITCH_SECONDS = 0.001
+# How long `serve` lets the plugins' preparation run alone before importing the MCP stack beside it (a GPU host
+# with torch's bytecode needs about 2 s; the first start after installing, compiling torch, about 4 s).
+PREPARE_ALONE_SECONDS = 5.0
 
 
 def ready_line(transport: str, address: str, output_dir: Any, installed: list[str]) -> None:
@@ -48,14 +51,18 @@ def _installed(mcp: Any) -> list[str]:
 
 
 def _local_registry(settings: Settings, pm: pluggy.PluginManager | None = None) -> Registry:
-    """The registry, with the plugins' ``zimage_prepare`` started before the MCP stack is imported: the
-    engine plugin's imports (torch alone took 3 s on a GPU host) then overlap the server's own (about 1 s)
-    instead of following them, and a first request after a restart waits that much less."""
+    """The registry, with the plugins' ``zimage_prepare`` (for the engine: importing torch and the engine,
+    the CUDA context) run first, alone, for up to ``PREPARE_ALONE_SECONDS``, and only then the MCP stack
+    imported. Both imports hold the GIL: side by side, each waited for the other, and the engine was ready
+    2.1-2.5 s after start against 1.2-1.3 s alone (on an H100 host, RESULTS §16). A first request needs the
+    engine, and ``initialize`` comes a few tenths of a second later instead. A preparation that takes longer
+    (a slow driver, a hanging plugin) goes on beside the server, as before."""
     from zimage_mcp.registry import Registry
 
     registry = Registry.from_settings(settings, pm)
     if settings.prepare_at_start:
         registry.prepare_in_background()
+        registry.wait_prepared(PREPARE_ALONE_SECONDS)
     return registry
 
 

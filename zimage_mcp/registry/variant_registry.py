@@ -234,6 +234,15 @@ class Registry:
                 self._preparing = threading.Thread(target=self.prepare_plugins, name="zimage-prepare", daemon=True)
                 self._preparing.start()
 
+    def wait_prepared(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for the preparation ``prepare_in_background`` started; whether it
+        has ended (True where none was started)."""
+        thread = self._preparing
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
     def run_on_device(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the device thread (``registry.device_thread``), for every call that loads
         or runs a backend: the GPU libraries' per-thread plans and handles then outlive each request."""
