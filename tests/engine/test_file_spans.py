@@ -82,6 +82,14 @@ def test_a_broken_header_is_refused_naming_the_file(tmp_path: Path, head: bytes)
         file_spans(path)
 
 
+def test_a_header_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "listed.safetensors"
+    header = b"[1, 2, 3]"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 16)
+    with pytest.raises(WeightsError, match=r"listed\.safetensors.*not an object"):
+        file_spans(path)
+
+
 def test_a_file_that_shrinks_under_the_reader_is_an_error_not_zeros(tmp_path: Path) -> None:
     path = tmp_path / "shrinks.safetensors"
     save_file({"w": torch.ones(1024)}, str(path))

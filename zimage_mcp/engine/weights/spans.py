@@ -65,6 +65,8 @@ def file_spans(path: Path) -> dict[str, Span]:
             if not 0 < header_bytes <= min(MAX_HEADER_BYTES, size - 8):
                 raise ValueError(f"header length {header_bytes} does not fit a {size}-byte file")
             header = json.loads(f.read(header_bytes))
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
     except (OSError, struct.error, ValueError) as e:  # json's errors are ValueErrors
         raise WeightsError(f"{path}: cannot read safetensors header (truncated or corrupt?): {e}") from e
     start = 8 + header_bytes
