@@ -274,7 +274,7 @@ class ImageStore:
                 meta = json.loads(img.info["parameters"])
             if not isinstance(meta, dict) or meta.get("id") != image_id:
                 raise ValueError("its parameters name another image")
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, Image.DecompressionBombError) as e:
             log.warning("image %s has no readable sidecar and its parameters cannot be read (%s)", png.name, e)
             return None
         meta.update(mime_type=FORMATS["png"][2], size_bytes=png.stat().st_size, format="png")
