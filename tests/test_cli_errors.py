@@ -159,7 +159,7 @@ def test_piping_into_head_exits_quietly(command: str, tiny_env: dict[str, str]) 
 def test_serve_says_ready_on_stderr_never_stdout(tiny_env: dict[str, str]) -> None:
     done = cli("serve", env=tiny_env, timeout=120)  # stdin is empty: it starts, says ready, sees EOF, stops
     assert done.stdout == ""
-    ready = [line for line in done.stderr.splitlines() if "ready" in line]
+    ready = [line for line in done.stderr.splitlines() if line.startswith("zimage-mcp ready")]
     assert len(ready) == 1 and "stdio" in ready[0] and tiny_env["ZIMAGE_MCP_OUTPUT_DIR"] in ready[0]
     assert "z-image-turbo" in ready[0]
 
@@ -182,7 +182,7 @@ def test_the_http_daemon_says_ready_with_its_address(tiny_env: dict[str, str]) -
         assert proc.stderr is not None
         ready = ""
         for line in proc.stderr:  # bounded by the daemon's own start; a hang fails the suite's time-out
-            if "ready" in line:
+            if line.startswith("zimage-mcp ready"):
                 ready = line
                 break
         assert f"http http://127.0.0.1:{port}/mcp" in ready and tiny_env["ZIMAGE_MCP_OUTPUT_DIR"] in ready, ready

@@ -132,6 +132,6 @@ def test_serve_lets_the_preparation_run_alone_first_but_never_waits_on_a_hung_on
     try:
         registry = serve._local_registry(settings, stuck)
         assert 1.9 <= time.perf_counter() - started < 10 and not done  # waited its two seconds, no more
-        assert not registry.wait_prepared(0)
+        assert not registry.preparation.wait(0)
     finally:
         release.set()

@@ -62,7 +62,7 @@ def _local_registry(settings: Settings, pm: pluggy.PluginManager | None = None) 
     registry = Registry.from_settings(settings, pm)
     if settings.prepare_at_start:
         registry.prepare_in_background()
-        registry.wait_prepared(PREPARE_ALONE_SECONDS)
+        registry.preparation.wait(PREPARE_ALONE_SECONDS)
     return registry
 
 

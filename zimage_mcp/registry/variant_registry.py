@@ -30,6 +30,7 @@ from zimage_mcp.contract import (
 from zimage_mcp.contract.rules import weights_file_problem
 from zimage_mcp.registry import hookspecs
 from zimage_mcp.registry.backend_cache import BackendCache
+from zimage_mcp.registry.background_preparation import BackgroundPreparation
 from zimage_mcp.registry.catalog import Catalog, catalog_from_settings
 from zimage_mcp.registry.device_thread import DeviceThread
 from zimage_mcp.registry.entries import Duplicate, VariantEntry, folder_stamp
@@ -77,7 +78,7 @@ class Registry:
         self._report_unregistered_catalog_variants()
         self._lora_lock = threading.RLock()
         self.device_thread = DeviceThread()  # every backend call that touches the device runs there
-        self._preparing: threading.Thread | None = None  # see prepare_in_background
+        self.preparation = BackgroundPreparation(self.prepare_plugins)  # started by prepare_in_background
         self._lora_problems: list[str] = []
         self._lora_stamp = folder_stamp(self.catalog.lora_dir)
         self.default_variant: str = self._pick_default(allow_lora=False)
@@ -227,21 +228,8 @@ class Registry:
         prepare_plugins(self.plugin_manager, self.settings.backend_context())
 
     def prepare_in_background(self) -> None:
-        """Start ``prepare_plugins`` on a daemon thread of its own (a server that stops meanwhile does not wait
-        for it, and a plugin whose preparation hangs holds up no generation), once per registry."""
-        with self._lora_lock:
-            if self._preparing is None:
-                self._preparing = threading.Thread(target=self.prepare_plugins, name="zimage-prepare", daemon=True)
-                self._preparing.start()
-
-    def wait_prepared(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds for the preparation ``prepare_in_background`` started; whether it
-        has ended (True where none was started)."""
-        thread = self._preparing
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+        """Start ``prepare_plugins`` on a thread of its own, once per registry (``BackgroundPreparation``)."""
+        self.preparation.start()
 
     def run_on_device(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the device thread (``registry.device_thread``), for every call that loads
