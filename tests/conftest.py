@@ -29,6 +29,19 @@ def inductor_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """A command run in-process (``main([...])``) points the root logger at the sys.stderr pytest gave that
+    test; put the previous handlers back, so later tests' background threads never log into a closed file."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No ZIMAGE_MCP_* from the developer's shell; user config, data, pictures and HF cache in tmp_path."""
     for name in list(os.environ):
