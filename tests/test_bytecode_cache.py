@@ -57,7 +57,7 @@ def test_a_start_writes_the_bytecode_under_our_folder_and_the_next_reads_it(tmp_
     source = _package(packages) / "__init__.py"
     code = (
         "import os, sys; from pathlib import Path; from zimage_mcp.cli.bytecode_cache import keep_bytecode; "
-        f"print(keep_bytecode(Path({str(cache)!r}), 'probe_pkg')); import probe_pkg; "
+        f"print(keep_bytecode(Path({str(cache)!r}), ('probe_pkg',))); import probe_pkg; "
         "print(probe_pkg.VALUE, os.environ.get('PYTHONPYCACHEPREFIX'), probe_pkg.__cached__)"
     )
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": os.pathsep.join([str(REPO), str(packages)])}
