@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from zimage_mcp.engine.errors import WeightsError
 from zimage_mcp.engine.weights import spans as file_reading
-from zimage_mcp.engine.weights.spans import Span, file_spans, open_for_reading, read_span
+from zimage_mcp.engine.weights.spans import DTYPES, Span, file_spans, open_for_reading, read_span
 from zimage_mcp.engine.weights.staging import PinnedUploader, release_pinned, uploader_for
 
 StateDict = dict[str, Tensor]
@@ -182,7 +182,9 @@ def _read_one(f: Any, key: str, fd: int, span: Span | None, up: PinnedUploader |
     return (up.upload(t), False) if up is not None else (t, False)  # once, in the stored dtype
 
 
-_ITEM_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+# Bytes per element of each safetensors dtype: torch's for those it has (spans.DTYPES), and the unsigned wider
+# integers it lacks; anything else is counted as one byte.
+_ITEM_BYTES = {**{name: dtype.itemsize for name, dtype in DTYPES.items()}, "U16": 2, "U32": 4, "U64": 8}
 
 
 def _header(path: Path) -> list[tuple[str, tuple[int, ...], int]]:
