@@ -56,9 +56,9 @@ def photo_like(side: int, seed: int = 0) -> Image.Image:
 def measure(img: Image.Image, fmt: str, kwargs: dict, runs: int) -> tuple[float, int]:
     """Median ms and bytes; ``OURS`` is the store's writer (``store/png.py``) from the raw RGB8 bytes."""
     if kwargs.get("rows"):
-        from zimage_builtins.engine_backend import _pixels  # the backend's filter (imports torch)
+        from zimage_builtins.engine_backend import rgb_pixels  # the backend's filter (imports torch)
 
-        pixels = _pixels(img)
+        pixels = rgb_pixels(np.asarray(img))
     else:
         pixels = Pixels(img.width, img.height, img.tobytes())
     times, size = [], 0

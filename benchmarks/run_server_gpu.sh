@@ -23,7 +23,7 @@
 #          request, against the engine alone.
 # imports: torch's bytecode cache, and torch, the MCP stack and the CUDA context timed alone and side by side.
 # loader:  the loader's A/B (preadv or mmap copies; 8 or 16 readers), then the first image over five restarts.
-# verify:  the first image cold, warm and over three more restarts, latency, 4 clients and the engine, then
+# verify:  the deferred host copy's pixels on the GPU, the first image cold, warm and over three more restarts, latency, 4 clients and the engine, then
 #          (when the call has time left) the default mode's traced peaks (one call, about 7 minutes; at most 8 files come back from the lent machine).
 set -euo pipefail
 part="${1:-latency}"
@@ -107,6 +107,7 @@ PY
            # the default mode's peaks per unit, traced. The servers' logs come back in one archive (the lent
            # machine returns at most 8 files).
     mkdir -p "$OUT/logs"
+    timeout 90 python3 benchmarks/check_host_copy.py 2>&1 | tail -1 | tee "$OUT/logs/check_host_copy.jsonl"
     timeout 450 python3 benchmarks/bench_server.py --sections first_image latency throughput engine --restarts 3 \
       --formats png --previews thumbnail --server-log "$OUT/logs" --json "$OUT/bench_server_verify_user.json" 2>&1 \
       | tee "$OUT/logs/bench_server_verify_user.log" | grep -v '^  warnings.warn' | tail -22

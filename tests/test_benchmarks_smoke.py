@@ -167,3 +167,9 @@ def test_memory_trace_hook_wraps_the_bridges_high_water_notes(tmp_path: Path) ->
         [sys.executable, "-c", check], capture_output=True, text=True, timeout=300, env=env, cwd=REPO
     )
     assert plain.stdout.strip() == "note", plain.stderr[-2000:]
+
+
+def test_check_host_copy_tiny_agrees() -> None:
+    """The GPU check of the deferred host copy runs (on the CPU here) and finds the same pixels."""
+    rows = _run("check_host_copy.py")
+    assert rows and rows[0]["ok"] and len(rows[0]["runs"]) == 3, rows

@@ -152,16 +152,17 @@ def test_bench_encode_tiny_measures_every_setting() -> None:
 async def test_the_backends_pixels_are_made_after_the_gpu_lock_is_released(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The engine backend hands over its decoded images unconverted; Pillow's tobytes and the PNG row filter
-    run in the job's CPU part, with the GPU lock free for the next request."""
+    """The engine backend hands over its decoded images unconverted (on the GPU, not yet copied to the host):
+    waiting for the pixels, copying them out and the PNG row filter run in the job's CPU part, with the GPU
+    lock free for the next request."""
     import zimage_builtins.engine_backend as bridge
 
     real, lock_held = bridge._pixels, []
     server = build_server(settings)
 
-    def observed(image: Any) -> Any:
+    def observed(out: Any, index: int) -> Any:
         lock_held.append(server.state.jobs.lock.held)
-        return real(image)
+        return real(out, index)
 
     monkeypatch.setattr(bridge, "_pixels", observed)
     async with Client(server) as client:

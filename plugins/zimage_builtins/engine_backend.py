@@ -44,19 +44,25 @@ from zimage_mcp.engine.weights.lora_apply import LoraManager
 log = logging.getLogger(__name__)
 
 
-def _pixels(image: Any) -> Pixels:
-    """A decoded PIL image as the contract's RGB8 pixels (the engine hands back RGB; no encoding here),
-    with its PNG scanlines Sub-filtered by numpy, whose loops release the GIL: filtered by the store's
-    Pillow calls, which hold it, the filtering of 16 strips ran one after another, and a 16-core host
-    encoded a 1024^2 image no faster with 16 workers than with 4."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    data = rgb.tobytes()  # the one copy out of Pillow; the filter below reads it in place
-    a = np.frombuffer(data, np.uint8).reshape(rgb.height, rgb.width * 3)  # (H, 3W) bytes
-    rows = np.empty((rgb.height, 1 + rgb.width * 3), np.uint8)  # (H, 1 + 3W): a filter byte, then the row
+def _pixels(out: GenerationOutput, index: int) -> Pixels:
+    """Image ``index`` of an engine output as the contract's pixels, waiting for its copy to the host if the
+    engine deferred it."""
+    return rgb_pixels(out.arrays()[index])
+
+
+def rgb_pixels(rgb: np.ndarray) -> Pixels:
+    """(H, W, 3) uint8 as the contract's RGB8 pixels (no encoding here), with its PNG scanlines Sub-filtered
+    by numpy, whose loops release the GIL: filtered by the store's Pillow calls, which hold it, the filtering
+    of 16 strips ran one after another, and a 16-core host encoded a 1024^2 image no faster with 16 workers
+    than with 4."""
+    height, width = rgb.shape[0], rgb.shape[1]
+    data = rgb.tobytes()  # the one copy out of the engine's buffer; the filter below reads it in place
+    a = np.frombuffer(data, np.uint8).reshape(height, width * 3)  # (H, 3W) bytes
+    rows = np.empty((height, 1 + width * 3), np.uint8)  # (H, 1 + 3W): a filter byte, then the row
     rows[:, 0] = 1  # Sub
     rows[:, 1:4] = a[:, :3]  # the first pixel has no left neighbour
     np.subtract(a[:, 3:], a[:, :-3], out=rows[:, 4:])  # uint8 wraps: mod 256
-    return Pixels(rgb.width, rgb.height, data, rows.tobytes())
+    return Pixels(width, height, data, rows.tobytes())
 
 
 class MemoryHighWater:
@@ -103,6 +109,7 @@ class EngineBackend:
     def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:
         self.spec = spec
         self.pipe = load(spec, ctx, "text_to_image")
+        self.pipe.defer_host_copy = True  # the server waits for the pixels after releasing the GPU
         HIGH_WATER.note(f"loading {spec.id}")
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path = Path(spec.weights.controlnet) if spec.weights.controlnet else None
@@ -206,15 +213,16 @@ class EngineBackend:
         except InvalidArgument as e:
             raise _invalid(e) from e
         HIGH_WATER.note(f"a {request.width}x{request.height} request on {self.spec.id}")
-        size = out.images[0].size
+        width, height = out.size
         return GenerationResult(
-            # made by the server after the GPU lock is released: Pillow's tobytes and the row filter took 12 ms of
-            # a 1024^2 request's GPU-locked part on a 2-core machine
-            images=[partial(_pixels, im) for im in out.images],
+            # Made by the server after the GPU lock is released: the wait for the decode's copy to the host (the
+            # next request's work is queued behind it meanwhile), the copy out and the row filter (12 ms of a
+            # 1024^2 request's GPU-locked part on a 2-core machine when Pillow's tobytes did it).
+            images=[partial(_pixels, out, i) for i in range(len(out.seeds))],
             seeds=out.seeds,
-            width=size[0],
-            height=size[1],
-            timings=dict(out.timings),
+            width=width,
+            height=height,
+            timings=out.timings,  # the engine adds its phases once the pixels are on the host
             notes=list(out.notes),
         )
 
@@ -293,6 +301,7 @@ class OmniBackend(EngineBackend):
     def __init__(self, spec: VariantSpec, ctx: BackendContext) -> None:  # noqa: D107 - no super(): no ControlNet
         self.spec = spec
         self.pipe = load(spec, ctx, "omni")
+        self.pipe.defer_host_copy = True
         HIGH_WATER.note(f"loading {spec.id}")
         self.loras = LoraManager(self.pipe.transformer)
         self._controlnet_path, self._controlnet = None, None
@@ -314,11 +323,14 @@ class OmniBackend(EngineBackend):
             self.pipe.edit(r.prompt, images, max_images=max_images, **{**common, "seed": r.seed + i})
             for i in range(r.count)
         ]
-        first = outs[0]
-        for o in outs[1:]:
-            first.images += o.images
-            first.seeds += o.seeds
-        return first
+        if len(outs) == 1:
+            return outs[0]
+        return GenerationOutput(  # several edits' pixels in one output: each waited for
+            images=[image for o in outs for image in o.wait().images],
+            seeds=[seed for o in outs for seed in o.seeds],
+            timings=outs[0].timings,
+            notes=outs[0].notes,
+        )
 
 
 def build_backend(spec: VariantSpec, ctx: BackendContext) -> EngineBackend:

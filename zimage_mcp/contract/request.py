@@ -83,8 +83,9 @@ class GenerationResult:
     """What a backend hands back: the images as RGB8 pixels, the seeds used, and timings in seconds.
 
     An image may also be a callable that makes its ``Pixels``: the server calls it after the GPU lock is
-    released, so a backend's conversion from its own image type (and any PNG row filtering) does not hold
-    the GPU while the next request waits. ``pixels()`` resolves them.
+    released, so a backend's conversion from its own image type (and any PNG row filtering, and waiting for
+    the GPU to finish the image) does not hold the GPU while the next request waits. ``pixels()`` resolves
+    them; a backend may add to ``timings`` until then (the server reads them after ``pixels()``).
     """
 
     images: list[Pixels | Callable[[], Pixels]]  # full resolution, not encoded

@@ -63,9 +63,11 @@ def make_work(
     preview: PreviewMode = "none",
     preview_budget: int = 0,
 ) -> SplitWork:
-    """One job in two parts. Under the GPU lock: load (lazily) and generate, up to RGB8 pixels on the host.
-    After it: encode each image once and save it atomically, while the previews are built from the same
-    pixels on the preview pool; the next job's GPU part runs meanwhile."""
+    """One job in two parts. Under the GPU lock: load (lazily) and generate, until the backend returns (the
+    engine's backend returns once the decode and the pixels' copy to the host are queued, so the next job's
+    work queues behind them). After it: the pixels (waiting for them), then encode each image once and save
+    it atomically, while the previews are built from the same pixels on the preview pool; the next job's GPU
+    part runs meanwhile."""
 
     def gpu(progress: Callable[[str, int, int, str], None], should_stop: Callable[[], bool]) -> Generated:
         started = time.perf_counter()
@@ -111,7 +113,7 @@ def make_work(
         timings = {
             "load": round(generated.load_s, 3),
             **result.timings,
-            "gpu": round(gpu_s, 3),  # the GPU lock was released here: pixels on the host
+            "gpu": round(gpu_s, 3),  # the GPU lock was released here (the pixels may still be on their way)
             "image_encode": round(sum(s.timings.get("image_encode", 0.0) for s, _ in saved), 4),
             "save": round(sum(s.timings.get("save", 0.0) for s, _ in saved), 4),
             "total": round(elapsed, 3),

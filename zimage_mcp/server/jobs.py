@@ -294,7 +294,7 @@ class JobManager:
                 gpu = work.gpu if isinstance(work, SplitWork) else work
                 result = self._on_device(gpu, on_phase, job.should_stop)
             finally:
-                self.lock.release()  # the pixels are on the host: the next job may use the GPU
+                self.lock.release()  # the GPU part returned: the next job may use (or queue work on) the GPU
             if isinstance(work, SplitWork):
                 if job.stop.is_set():
                     raise GenerationCancelled("cancelled before saving")

@@ -228,8 +228,8 @@ def inpaint(
         t0,
         after_step=blend,
     )
-    if paste_back:
-        out.images = paste_unmasked(image, out.images, pixel_mask)
+    if paste_back:  # composited on the host, so this waits for the pixels
+        out.images, out.pending = paste_unmasked(image, out.wait().images, pixel_mask), None
     if note:
         out.notes.append(note)
     return out

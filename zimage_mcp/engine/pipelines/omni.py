@@ -113,9 +113,7 @@ class OmniPipeline(ZImagePipeline):
             should_stop,
         )
         clock.mark("denoise")
-        images_out = self.decode(latents)  # the one synchronisation: the pixels' copy to the host
-        clock.mark("decode")
-        return GenerationOutput(images=images_out, seeds=[seed], timings=clock.timings(), latents=latents)
+        return self.finish(latents, clock, [seed], {})
 
 
 def _check_count(images: object, max_images: int) -> None:

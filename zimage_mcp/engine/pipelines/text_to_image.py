@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import numpy as np
+import PIL.Image
 import torch
 from PIL.Image import Image
 from torch import Tensor
@@ -18,6 +20,7 @@ from torch import Tensor
 from zimage_mcp.engine.dit.transformer import Conditioning, ZImageTransformer
 from zimage_mcp.engine.errors import GenerationCancelled
 from zimage_mcp.engine.pipelines.arguments import check_args, expand_seeds
+from zimage_mcp.engine.pipelines.host_copy import PendingPixels
 from zimage_mcp.engine.pipelines.phase_clock import PhaseClock
 from zimage_mcp.engine.pipelines.sampler import cfg_combine, euler_step, get_sigmas, guidance_at, model_time, noise_like
 from zimage_mcp.engine.pipelines.step_cache import FirstBlockCache
@@ -30,11 +33,37 @@ StopCheck = Callable[[], bool]
 
 @dataclass
 class GenerationOutput:
+    """What a generation made. With ``ZImagePipeline.defer_host_copy`` the pixels may still be on their way to
+    the host (``pending``): ``images`` stays empty and ``timings`` lacks the phases until ``wait()`` or
+    ``arrays()``, which any thread may call."""
+
     images: list[Image]
     seeds: list[int]
     timings: dict[str, float] = field(default_factory=dict)
     latents: Tensor | None = None  # final fp32 latents (B, 16, H/8, W/8), for tests and quality gates
     notes: list[str] = field(default_factory=list)  # e.g. how an input image was resized
+    pending: PendingPixels | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of every image, known without waiting."""
+        if self.pending is not None:
+            return self.pending.width, self.pending.height
+        return self.images[0].size
+
+    def arrays(self) -> list[np.ndarray]:
+        """One (H, W, 3) uint8 array per image: the host copy's own (no PIL round trip) once it is done."""
+        if self.pending is None:
+            return [np.asarray(im.convert("RGB")) for im in self.images]
+        arrays = self.pending.arrays()
+        self.timings.update(self.pending.timings())
+        return arrays
+
+    def wait(self) -> GenerationOutput:
+        """The output with its pixels on the host as ``images`` and its phase timings filled in."""
+        if self.pending is not None and not self.images:
+            self.images = [PIL.Image.fromarray(a) for a in self.arrays()]
+        return self
 
 
 @dataclass
@@ -69,6 +98,9 @@ class ZImagePipeline:
         self.folder_shift: float | None = None  # the model folder's scheduler shift, if it has one
         self.shared_keys: tuple[tuple, ...] = ()  # components held in a build.SharedComponents
         self.load_timings: dict[str, float] = {}  # seconds: "read" (weights to the device), "optimize"
+        # Return before the pixels reach the host (GenerationOutput.pending): a server releases the GPU to the
+        # next request while this one's decode runs, and waits for the pixels on another thread.
+        self.defer_host_copy = False
         if offload_text_encoder:
             self.text_encoder.model.to("cpu")
 
@@ -221,11 +253,16 @@ class ZImagePipeline:
         clock.mark("encode")
         latents = self.denoise(latents, sigmas, pos, neg, guidance, on_step, should_stop, after_step, forward)
         clock.mark("denoise")
-        images = self.decode(latents)  # the one synchronisation: the pixels' copy to the host
-        clock.mark("decode")
-        return GenerationOutput(
-            images=images, seeds=seeds, timings={**(timings or {}), **clock.timings()}, latents=latents
-        )
+        return self.finish(latents, clock, seeds, dict(timings or {}))
+
+    def finish(
+        self, latents: Tensor, clock: PhaseClock, seeds: list[int], timings: dict[str, float]
+    ) -> GenerationOutput:
+        """Queue the decode and the pixels' copy to the host (the one synchronisation a generation needs), then
+        wait for them unless ``defer_host_copy`` leaves that to whoever reads the output."""
+        pending = PendingPixels(self.decode_raw(latents), clock)
+        out = GenerationOutput(images=[], seeds=seeds, timings=timings, latents=latents, pending=pending)
+        return out if self.defer_host_copy else out.wait()
 
     def _batch_masked_cfg(self) -> bool:
         """Batch CFG with a key-padding mask, or run two unmasked passes (``cfg_mode``)."""

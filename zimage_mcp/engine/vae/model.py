@@ -139,14 +139,19 @@ def image_to_tensor(pil_images: Image.Image | Sequence[Image.Image]) -> Tensor:
     return 2.0 * x - 1.0
 
 
-def tensor_to_images(x: Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> RGB PIL images, rounding as diffusers' ``postprocess(output_type='pil')``.
+def to_rgb8(x: Tensor) -> Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, contiguous, where ``x`` lives, rounding as diffusers'
+    ``postprocess(output_type='pil')`` (same ops, same rounding: half to even).
 
-    The fp32 arithmetic runs where ``x`` lives (the GPU after a decode) and only uint8 crosses to the host:
-    a quarter of the bytes, and no CPU passes over float arrays. Same ops, same rounding (half to even)."""
+    The fp32 arithmetic runs on the GPU after a decode and only uint8 crosses to the host: a quarter of the
+    bytes, already in the row-major RGB order images are stored in, so the host makes no pass of its own."""
     u8 = ((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    arr = u8.permute(0, 2, 3, 1).cpu().numpy()  # (B, 3, H, W) -> (B, H, W, 3)
-    return [Image.fromarray(a) for a in arr]
+    return u8.permute(0, 2, 3, 1).contiguous()  # (B, 3, H, W) -> (B, H, W, 3)
+
+
+def tensor_to_images(x: Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> RGB PIL images (``to_rgb8``), waiting for the copy to the host."""
+    return [Image.fromarray(a) for a in to_rgb8(x).cpu().numpy()]
 
 
 __all__ = [
@@ -158,4 +163,5 @@ __all__ = [
     "sample_latents",
     "image_to_tensor",
     "tensor_to_images",
+    "to_rgb8",
 ]
