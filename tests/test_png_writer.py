@@ -71,12 +71,12 @@ def test_encoder_workers_run_nicer_than_the_thread_that_feeds_the_gpu() -> None:
 
 @pytest.mark.parametrize("strips", [1, 3, 16])
 def test_rows_the_engine_backend_filters_give_the_same_file(monkeypatch: pytest.MonkeyPatch, strips: int) -> None:
-    from zimage_builtins.engine_backend import _pixels
+    from zimage_builtins.engine_backend import rgb_pixels
 
     monkeypatch.setattr(png, "STRIPS", strips)
     monkeypatch.setattr(png, "STRIP_ROWS", 4)
     image = Image.fromarray(np.random.default_rng(strips).integers(0, 256, (37, 53, 3), dtype=np.uint8), "RGB")
-    pixels = _pixels(image)
+    pixels = rgb_pixels(np.asarray(image))
     assert pixels.data == image.tobytes()
     assert pixels.png_rows == png._filtered_rows(pixels, 0, pixels.height)
     text = {"parameters": "{}"}
