@@ -119,6 +119,19 @@ PY
       | grep -v '^  warnings.warn' | tail -6
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
+  peaks)  # the default mode's peak traced with an empty compile cache, then again with the cache it filled; then
+          # what a user waits for (latency, 4 clients, the engine alone)
+    mkdir -p "$OUT/logs"
+    for run in cold warm; do  # the memory section alone keeps its compile cache in the run's folder: cold, then warm
+      PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace_$run.jsonl" \
+        timeout 150 python3 benchmarks/bench_server.py --sections memory --memory-modes default \
+        --server-log "$OUT/logs/$run" --json "$OUT/bench_server_peaks_$run.json" 2>&1 \
+        | grep -v '^  warnings.warn' | tail -4
+    done
+    timeout 240 python3 benchmarks/bench_server.py --sections latency throughput engine --formats png --previews thumbnail \
+      --server-log "$OUT/logs" --json "$OUT/bench_server_peaks_user.json" 2>&1 | grep -v '^  warnings.warn' | tail -12
+    tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+    exit 0 ;;
   loader)  # the loader's A/B (preadv at each tensor's span against copies out of mmap views; 8 and 16 readers),
            # then the first image after a restart: cold, warm and three more warm restarts, with the servers' logs
     mkdir -p "$OUT/logs"
@@ -204,7 +217,7 @@ PY
       --server-log "$OUT/logs" --json "$OUT/bench_server_bands_first.json" 2>&1 | grep -v '^  warnings.warn' | tail -10
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|bands|loader|imports|ab512" >&2; exit 2 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|peaks|bands|loader|imports|ab512" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
