@@ -206,18 +206,7 @@ PY
     exit 0 ;;
   peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
     sections=(--sections memory --memory-modes default); bench_timeout=150 ;;
-  bands)  # the uncompiled decode's convs in row bands against whole: peak, time, pixels; then the default mode's
-          # peak traced, the eager 1024^2 and 512^2 request's phases, and the first image over three restarts
-    timeout 120 python3 benchmarks/probe_vae_memory.py --compare-bands --out "$OUT" 2>&1 | tail -1
-    mkdir -p "$OUT/logs"
-    PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace.jsonl" \
-      timeout 200 python3 benchmarks/bench_server.py --sections memory --memory-modes default --server-log "$OUT/logs" \
-      --json "$OUT/bench_server_bands_memory.json" 2>&1 | grep -v '^  warnings.warn' | tail -6
-    timeout 200 python3 benchmarks/bench_server.py --sections first_image --first-only --restarts 3 \
-      --server-log "$OUT/logs" --json "$OUT/bench_server_bands_first.json" 2>&1 | grep -v '^  warnings.warn' | tail -10
-    tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
-    exit 0 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|peaks|bands|loader|imports|ab512" >&2; exit 2 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|peaks|loader|imports|ab512" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
