@@ -3,6 +3,7 @@
     python benchmarks/probe_vae_memory.py --out DIR        # GPU: the FLUX VAE at full size, random weights
     python benchmarks/probe_vae_memory.py --variants --out DIR  # also: layout x cuDNN autotuning x compiled
     python benchmarks/probe_vae_memory.py --server-path --out DIR  # the whole pipeline as the server runs it
+    python benchmarks/probe_vae_memory.py --compare-bands --out DIR  # convs in row bands (banded_conv) vs whole
     python benchmarks/probe_vae_memory.py --tiny           # CPU smoke run (no device memory to trace)
 
 The decode runs under the CUDA allocator's history; the report gives the peak above the weights and the
@@ -24,7 +25,8 @@ import torch
 
 from zimage_mcp.engine.config import VAE_PRESETS
 from zimage_mcp.engine.speed.optimize import optimize_vae
-from zimage_mcp.engine.vae.model import AutoencoderKL
+from zimage_mcp.engine.vae import blocks
+from zimage_mcp.engine.vae.model import AutoencoderKL, to_rgb8
 
 GIB = 2**30
 
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--variants", action="store_true", help="also each layout x autotuning x compiled decoder")
     ap.add_argument("--server-path", action="store_true", help="only the whole pipeline, as the server runs it")
+    ap.add_argument("--compare-bands", action="store_true", help="also with every conv whole: peaks, time, output")
     a = ap.parse_args(argv)
     if a.tiny or not torch.cuda.is_available():
         vae = AutoencoderKL(VAE_PRESETS["tiny"]).eval()
@@ -201,7 +204,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = False  # as an uncompiled request runs (compile_policy)
         vae = AutoencoderKL(VAE_PRESETS["flux"]).to("cuda", torch.bfloat16).eval()
         z = torch.randn(1, vae.cfg.latent_channels, a.size // 8, a.size // 8, device="cuda", dtype=torch.bfloat16)
-        report = {"size": a.size, **decode_peak(vae, z, a.top)}
+        report = {"size": a.size, "band_bytes": blocks.BAND_BYTES, **decode_peak(vae, z, a.top)}
+        if a.compare_bands:  # the same decode with every conv whole, as before banded_conv
+            default, blocks.BAND_BYTES = blocks.BAND_BYTES, 2**62
+            report["whole_convs"] = decode_peak(vae, z, a.top)
+            with torch.inference_mode():
+                whole = vae.decode(z).float()
+                blocks.BAND_BYTES = default
+                banded = vae.decode(z).float()
+            report["banded_vs_whole"] = {
+                "max_abs": (banded - whole).abs().max().item(),
+                "mean_abs": (banded - whole).abs().mean().item(),
+                "rgb8_pixels_differing": int((to_rgb8(banded) != to_rgb8(whole)).any(-1).sum().item()),
+            }
         del vae, z
         if a.variants:
             report["variants"] = []

@@ -119,8 +119,10 @@ PY
       | grep -v '^  warnings.warn' | tail -6
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
-  peaks)  # the default mode's peak traced with an empty compile cache, then again with the cache it filled; then
-          # what a user waits for (latency, 4 clients, the engine alone)
+  peaks)  # the uncompiled decode's convs in row bands against whole (peak, time, pixels); the default mode's peak
+          # traced with an empty compile cache, then again with the cache it filled; then what a user waits for
+          # (latency, 4 clients, the engine alone)
+    timeout 120 python3 benchmarks/probe_vae_memory.py --compare-bands --out "$OUT" 2>&1 | tail -1 | cut -c1-1500
     mkdir -p "$OUT/logs"
     for run in cold warm; do  # the memory section alone keeps its compile cache in the run's folder: cold, then warm
       PYTHONPATH="$PWD/benchmarks/memory_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_MEMORY_TRACE="$OUT/memory_trace_$run.jsonl" \

@@ -188,3 +188,37 @@ def test_decoder_releases_each_block_output_before_the_next_upsampler() -> None:
         expected = decoder.conv_out(torch.nn.functional.silu(decoder.conv_norm_out(x)))
     assert previous_alive and not any(previous_alive)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
+@pytest.mark.parametrize("band_bytes", [1, 3 * 8 * 4 * 5, 10**9])  # one row a band, 5 rows a band, whole
+def test_a_banded_conv_is_the_whole_conv(kernel: int, band_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row bands with their halo (zeros where the image ends) give the whole conv's output, edges included."""
+    import zimage_mcp.engine.vae.blocks as blocks
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, kernel, padding=kernel // 2)
+    x = torch.randn(2, 3, 17, 8)  # 17 rows: the last band is short
+    monkeypatch.setattr(blocks, "BAND_BYTES", band_bytes)
+    with torch.no_grad():
+        banded, whole = blocks.banded_conv(conv, x), conv(x)
+    assert banded.shape == whole.shape == (2, 5, 17, 8)
+    torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_a_decode_in_bands_keeps_parity_with_diffusers(
+    pair: tuple[DiffusersAutoencoderKL, AutoencoderKL], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uncompiled decoder's convs run in bands above BAND_BYTES (here: every conv, a few rows a band)."""
+    import zimage_mcp.engine.vae.blocks as blocks
+
+    ref, ours = pair
+    z = torch.randn(1, CFG.latent_channels, 12, 10, generator=torch.Generator().manual_seed(3))
+    calls: list[int] = []
+    real_conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(blocks, "BAND_BYTES", 4096)
+    monkeypatch.setattr(blocks.F, "conv2d", lambda *a, **k: calls.append(1) or real_conv2d(*a, **k))
+    with torch.no_grad():
+        img, ref_img = ours.decode(z), ref.decode(z).sample
+    assert len(calls) > 50  # banded: many small convs
+    assert (img - ref_img).abs().max().item() <= TOL

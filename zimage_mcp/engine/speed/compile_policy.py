@@ -75,8 +75,9 @@ def _signature(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
 
 
 def _without_autotuning(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    # cuDNN's benchmark mode tries every algorithm on a new conv shape (about 2 s for a first VAE decode);
-    # a request that runs eagerly should not pay that either. The warm-up tunes the shape later.
+    # cuDNN's benchmark mode (off unless the user's code turned it on: speed/optimize.py says why) tries every
+    # algorithm on a new conv shape (about 2 s for a first VAE decode); a request that runs eagerly should not
+    # pay that either.
     previous = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
     try:

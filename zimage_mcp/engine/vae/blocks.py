@@ -4,10 +4,39 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 GN_EPS = 1e-6  # every GroupNorm of the FLUX VAE
+# Uncompiled, a conv whose input is larger than this runs in bands of rows of about this many bytes.
+BAND_BYTES = 32 * 2**20
+
+
+def banded_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a stride-1 conv padded to keep its size (3x3 or 1x1 here); uncompiled and over a large
+    input, in bands of rows.
+
+    A server's first request decodes uncompiled, and there cuDNN's NCHW convs at the decoder's 1024^2 level
+    take a workspace as large as their input (512 MiB at 256 channels), which set that request's memory peak
+    beside the input, the norm's output and the conv's own output. A band of rows, with ``padding`` rows of
+    halo each side, needs a workspace the band's size. The same sums over the same inputs, in other kernels'
+    order: bands agree with the whole conv to within rounding, not bit for bit. Compiled code (Inductor fuses
+    its own way) takes the whole tensor.
+    """
+    b, c, h, w = x.shape
+    band_rows = BAND_BYTES // max(1, b * c * w * x.element_size())
+    if torch.compiler.is_compiling() or band_rows >= h:
+        return conv(x)
+    band_rows, halo = max(1, band_rows), conv.kernel_size[0] // 2
+    out = x.new_empty(b, conv.out_channels, h, w)
+    for top in range(0, h, band_rows):
+        bottom = min(h, top + band_rows)
+        # rows top-halo .. bottom+halo, zero rows where the image ends: (B, C, bottom - top + 2 * halo, W)
+        rows = x[:, :, max(0, top - halo) : bottom + halo]
+        band = F.pad(rows, (0, 0, max(0, halo - top), max(0, bottom + halo - h)))
+        out[:, :, top:bottom] = F.conv2d(band, conv.weight, conv.bias, padding=(0, conv.padding[1]))
+    return out
 
 
 class ResnetBlock(nn.Module):
@@ -23,12 +52,12 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # SiLU in place on the norm's fresh output: uncompiled (a first request), one full-size tensor fewer while
-        # a resnet runs at the decoder's 1024^2 level; compiled, the same fused kernel. (The decoder's peak is
-        # elsewhere: the last upsampler's conv, see benchmarks/probe_vae_memory.py.)
-        h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        # a resnet runs at the decoder's 1024^2 level; compiled, the same fused kernel. The convs run in bands
+        # there (banded_conv): their workspace set the uncompiled decode's peak (benchmarks/probe_vae_memory.py).
+        h = banded_conv(self.conv1, F.silu(self.norm1(x), inplace=True))
+        h = banded_conv(self.conv2, F.silu(self.norm2(h), inplace=True))
         if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
+            x = banded_conv(self.conv_shortcut, x)
         return x + h
 
 
@@ -73,7 +102,7 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.numel() * 4 > 2**31:  # upsample_nearest_nhwc fails on very large outputs (pytorch#141831)
             x = x.contiguous()
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
+        return banded_conv(self.conv, F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
 
 
 class DownBlock(nn.Module):
@@ -126,4 +155,4 @@ class MidBlock(nn.Module):
         return self.resnets[1](x)
 
 
-__all__ = ["ResnetBlock", "Attention", "Downsample", "Upsample", "DownBlock", "UpBlock", "MidBlock"]
+__all__ = ["banded_conv", "ResnetBlock", "Attention", "Downsample", "Upsample", "DownBlock", "UpBlock", "MidBlock"]

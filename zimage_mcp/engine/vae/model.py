@@ -15,7 +15,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zimage_mcp.engine.config import VAEConfig
-from zimage_mcp.engine.vae.blocks import GN_EPS, DownBlock, MidBlock, UpBlock
+from zimage_mcp.engine.vae.blocks import GN_EPS, DownBlock, MidBlock, UpBlock, banded_conv
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
@@ -71,7 +71,7 @@ class Decoder(nn.Module):
         for block in self.up_blocks:
             for layer in block.layers():
                 x = layer(x)  # spatial x2 at each block's upsampler
-        return self.conv_out(F.silu(self.conv_norm_out(x), inplace=True))
+        return banded_conv(self.conv_out, F.silu(self.conv_norm_out(x), inplace=True))
 
 
 class AutoencoderKL(nn.Module):
