@@ -142,6 +142,10 @@ class EngineBackend:
     def unload(self) -> None:
         if getattr(self, "pipe", None) is None:
             return
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            # The last request's decode may still be running (generate returns once it is queued): its weights
+            # must not be freed for a load on another stream to reuse while it reads them.
+            torch.cuda.synchronize()
         self.loras.clear()
         if self._compile_queue is not None:
             self._compile_queue.clear()
