@@ -142,7 +142,7 @@ class EngineBackend:
     def unload(self) -> None:
         if getattr(self, "pipe", None) is None:
             return
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch.cuda.is_initialized():  # false without CUDA, and before any work on it
             # The last request's decode may still be running (generate returns once it is queued): its weights
             # must not be freed for a load on another stream to reuse while it reads them.
             torch.cuda.synchronize()
