@@ -63,8 +63,10 @@ def _wrap(module: Any) -> None:
         window["start"] = row["allocated_now_gib"]
         torch.cuda.memory._record_memory_history(max_entries=1_000_000)
 
-    module.MemoryHighWater.note = traced
+    # The first row before the wrapper is in place: a caller waiting for the wrapper may note at once, and its
+    # row must not come first (seen once in CI on a loaded 2-core machine).
     _write({"installed": True, "pid": os.getpid()})
+    module.MemoryHighWater.note = traced
 
 
 def _wait_for_bridge(deadline_s: float = 900.0) -> None:
