@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# With benchmarks/request_trace on the server's PYTHONPATH, where each call's time goes (its sitecustomize)
+REQUEST_TRACE = os.environ.get("ZIMAGE_BENCH_REQUEST_TRACE")
 SECTIONS = ("latency", "throughput", "engine", "first_image", "memory")
 PROMPT = "A cinematic photo of a {} standing in fresh snow at golden hour, soft rim light, highly detailed"
 NEGATIVE = "blurry, low quality, watermark"
@@ -285,9 +287,11 @@ class Server:
             **extra,
         }
         args.setdefault("steps", self.a.steps)
+        offset = trace_mark("client_send")
         t = time.perf_counter()
         res = await self.client.call_tool("generate_image", args)
         wall = time.perf_counter() - t
+        trace_mark("client_recv")
         if res.is_error:
             raise RuntimeError(f"generate_image failed: {res.content}")
         sc = res.structured_content or {}
@@ -301,7 +305,19 @@ class Server:
             "started_at": sc.get("started_at"),
             "size_bytes": sc["images"][0]["size_bytes"],
             "preview_b64_bytes": inline,
+            **({"trace_offset": offset} if REQUEST_TRACE else {}),
         }
+
+
+def trace_mark(name: str) -> int:
+    """Mark ``name`` in the request trace (when one is on); the file's size before the mark (where it starts)."""
+    if not REQUEST_TRACE:
+        return 0
+    from request_trace.sitecustomize import mark
+
+    offset = Path(REQUEST_TRACE).stat().st_size if Path(REQUEST_TRACE).exists() else 0
+    mark(name)
+    return offset
 
 
 def runtime_table(a: argparse.Namespace, compile_cache: Path, **extra: Any) -> dict[str, Any]:
@@ -372,10 +388,21 @@ async def latency(srv: Server, a: argparse.Namespace, prompts: list[str]) -> lis
                             "server_denoise_ms_all": [round(r["timings"].get("denoise", 0) * 1000, 1) for r in rs],
                             "size_bytes": int(statistics.median(r["size_bytes"] for r in rs)),
                             "preview_b64_bytes": int(statistics.median(r["preview_b64_bytes"] for r in rs)),
+                            **traced_hops(rs),
                         }
                     )
                 )
     return rows
+
+
+def traced_hops(results: list[dict]) -> dict[str, Any]:
+    """The median of each hop between the request trace's marks, when the trace is on (calls one at a time)."""
+    if not REQUEST_TRACE:
+        return {}
+    from request_trace.spans import call_marks, hops_ms, median_hops
+
+    calls = [hops_ms(call_marks(Path(REQUEST_TRACE), r["trace_offset"])) for r in results]
+    return {"server_hops_ms": median_hops(calls), "server_hops_ms_all": calls}
 
 
 def gpu_timeline(results: list[dict]) -> dict:

@@ -23,6 +23,7 @@
 #          request, against the engine alone.
 # imports: torch's bytecode cache, and torch, the MCP stack and the CUDA context timed alone and side by side.
 # loader:  the loader's A/B (preadv or mmap copies; 8 or 16 readers), then the first image over five restarts.
+# trace:   one request's time split at each hop (benchmarks/request_trace), the engine before and after, GPU clocks.
 # verify:  the deferred host copy's pixels on the GPU, the first image cold, warm and over three more restarts, latency, 4 clients and the engine, then
 #          (when the call has time left) the default mode's traced peaks (one call, about 7 minutes; at most 8 files come back from the lent machine).
 set -euo pipefail
@@ -206,9 +207,47 @@ PY
       --json "$OUT/ab/b_dit_first.json" 2>&1 | grep '"section": "latency"' | cut -c1-400 || true
     tar czf "$OUT/ab512.tgz" -C "$OUT" ab && rm -rf "$OUT/ab"
     exit 0 ;;
+  trace)  # where one request's time goes outside the engine (benchmarks/request_trace), with the engine alone run
+           # before and after the server and the GPU's clocks sampled throughout; then the same with exp.patch
+           # applied, when the working tree carries one (an A/B within one job)
+    mkdir -p "$OUT/logs"
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+      --format=csv,noheader -lms 250 > "$OUT/logs/gpu_clocks.csv" &
+    sampler=$!
+    engine() {  # $1: before|after; $2...: sizes
+      echo "engine $1 starts $(date +%s.%N)" >> "$OUT/logs/phases.txt"
+      local when="$1"; shift
+      timeout 150 python3 benchmarks/bench_server.py --sections engine --sizes "$@" \
+        --json "$OUT/logs/engine_$when.json" 2>&1 | grep '"section": "engine"\|engine_ms' | cut -c1-600 | tail -3
+    }
+    traced() {  # $1: a name; the rest: more options
+      echo "server $1 starts $(date +%s.%N)" >> "$OUT/logs/phases.txt"
+      local name="$1"; shift
+      PYTHONPATH="$PWD/benchmarks/request_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_REQUEST_TRACE="$OUT/logs/marks_$name.txt" \
+        timeout 240 python3 benchmarks/bench_server.py --formats png --previews thumbnail "$@" \
+        --server-log "$OUT/logs/$name" --json "$OUT/bench_server_trace_$name.json" 2>&1 \
+        | grep -v '^  warnings.warn' | grep '"latency"\|"throughput"\|row\|×' | cut -c1-900
+    }
+    engine before 1024x1024 512x512
+    traced current --sections latency throughput
+    # the server turns the allocator's expandable segments on when the user set no allocator option; the engine
+    # alone never does: each side the other way
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False traced fixed_segments --sections latency
+    engine after 1024x1024
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True engine after_expandable 1024x1024
+    if [ -f exp.patch ] && [ "$SECONDS" -lt 420 ]; then
+      if git apply exp.patch 2>/dev/null || patch -p1 < exp.patch; then
+        traced patched --sections latency
+      else
+        echo "exp.patch did not apply"
+      fi
+    fi
+    kill "$sampler" || true
+    tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+    exit 0 ;;
   peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
     sections=(--sections memory --memory-modes default); bench_timeout=150 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|peaks|loader|imports|ab512" >&2; exit 2 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|peaks|loader|imports|ab512|trace" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40

@@ -13,8 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, *args: str) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+def _run(script: str, *args: str, paths: tuple[Path, ...] = (), **env_extra: str) -> list[dict]:
+    path = [*map(str, paths), str(REPO), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), **env_extra}
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), "--tiny", *args],
         capture_output=True,
@@ -81,7 +82,9 @@ def test_profile_engine_tiny_compares_static_and_dynamic_shapes() -> None:
 
 @pytest.mark.slow
 def test_bench_server_tiny_measures_the_real_server(tmp_path: Path) -> None:
+    """The sections' rows, with benchmarks/request_trace on: each call's wall time split at the server's hops."""
     out = tmp_path / "server.json"
+    marks = tmp_path / "marks.txt"
     rows = _run(
         "bench_server.py",
         "--sections",
@@ -100,6 +103,8 @@ def test_bench_server_tiny_measures_the_real_server(tmp_path: Path) -> None:
         str(tmp_path / "run"),
         "--json",
         str(out),
+        paths=(REPO / "benchmarks" / "request_trace",),
+        ZIMAGE_BENCH_REQUEST_TRACE=str(marks),
     )
     data = json.loads(out.read_text())
     assert {"setup", "server_start", "latency", "throughput", "engine", "ratios", "durations_s"} <= set(data)
@@ -111,6 +116,15 @@ def test_bench_server_tiny_measures_the_real_server(tmp_path: Path) -> None:
     # The server's own total lies inside the client's wall time of the same call.
     assert all(r["runs"] == 1 and r["client_ms"] + 1 >= r["server_timings_ms"]["total"] > 0 for r in latency)
     assert all(r["preview_b64_bytes"] > 0 for r in latency if r["preview"] == "thumbnail")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from request_trace.spans import ORDER
+
+    for r in latency:  # every hop was marked, in order, and together they make up the client's wall time
+        hops = r["server_hops_ms"]
+        assert list(hops) == list(ORDER[1:]), hops
+        assert min(hops.values()) >= 0, hops
+        assert abs(sum(hops.values()) - r["client_ms"]) < 2.0, (sum(hops.values()), r["client_ms"])
+        assert hops["gpu_end"] <= r["server_timings_ms"]["total"] + 1
     t = data["throughput"]
     assert t["images"] == 4 and t["concurrency"] == 4 and t["images_per_s"] > 0
     (engine,) = data["engine"]["rows"]
