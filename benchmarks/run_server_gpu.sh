@@ -35,9 +35,11 @@ if [ -d .whl ]; then  # the lent GPU machine: the MCP stack and diffusers from c
   export PYTHONPATH=/tmp/site:$PWD:$PWD/plugins
 fi  # elsewhere: an environment with `pip install -e ".[test]"` (diffusers is the weights writer)
 nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
-host_cpus() {  # what the encoders can use: cores, affinity and any cgroup quota
+host_cpus() {  # what the encoders can use: cores, affinity, any cgroup quota, the frequency governor
   python3 -c "import os, json; print(json.dumps({'cpu_count': os.cpu_count(), 'affinity': len(os.sched_getaffinity(0))}))"
   cat /sys/fs/cgroup/cpu.max 2>/dev/null || true
+  cat /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor 2>/dev/null | sort | uniq -c || true
+  grep -m1 "model name" /proc/cpuinfo || true
 }
 case "$part" in
   load)
@@ -228,6 +230,8 @@ PY
         --server-log "$OUT/logs/$name" --json "$OUT/bench_server_trace_$name.json" 2>&1 \
         | grep -v '^  warnings.warn' | grep '"latency"\|"throughput"\|row\|×' | cut -c1-900
     }
+    host_cpus | tee "$OUT/logs/host_cpus.txt"
+    python3 benchmarks/probe_cpu_burst.py | tee -a "$OUT/logs/host_cpus.txt"
     engine before 1024x1024 512x512
     traced current --sections latency throughput
     # the server turns the allocator's expandable segments on when the user set no allocator option; the engine
