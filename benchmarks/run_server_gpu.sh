@@ -211,7 +211,7 @@ PY
     exit 0 ;;
   trace)  # where one request's time goes outside the engine (benchmarks/request_trace), with the engine alone run
            # before and after the server and the GPU's clocks sampled throughout; the server with fixed allocator
-           # segments and the engine with expandable ones; then, if time is left, the peak with fixed segments
+           # segments and the engine with expandable ones; with a second argument `memory`, the peak with fixed segments
     mkdir -p "$OUT/logs"
     nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
       --format=csv,noheader -lms 250 > "$OUT/logs/gpu_clocks.csv" &
@@ -239,7 +239,7 @@ PY
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False traced fixed_segments --sections latency
     engine after 1024x1024
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True engine after_expandable 1024x1024
-    if [ "$SECONDS" -lt 400 ]; then  # the default mode's device-wide peak with fixed segments, if time is left
+    if [ "${2:-}" = memory ]; then  # then the default mode's device-wide peak with fixed segments (about 150 s)
       PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False timeout 170 python3 benchmarks/bench_server.py \
         --sections memory --memory-modes default --server-log "$OUT/logs/fixed_segments_memory" \
         --json "$OUT/bench_server_trace_fixed_segments_memory.json" 2>&1 | grep -v '^  warnings.warn' | tail -4
