@@ -33,7 +33,6 @@ from zimage_mcp.contract import (
     UnsupportedEditError,
     VariantSpec,
 )
-from zimage_mcp.engine.device import release_cached_memory
 from zimage_mcp.engine.errors import GenerationCancelled as EngineCancelled
 from zimage_mcp.engine.errors import InvalidArgument
 from zimage_mcp.engine.errors import WeightsError as EngineWeightsError
@@ -92,6 +91,14 @@ class MemoryHighWater:
 HIGH_WATER = MemoryHighWater()
 
 
+def release_cached_memory() -> None:
+    """Hand the allocator's cached, unused blocks back to the driver (torch makes it a no-op before CUDA is in
+    use, and without CUDA): after an unload or an out-of-memory error, and around an idle-time compilation,
+    where the cache still holds what the eager request used while the CUDA graphs captured next take their own
+    pool (an 8 GB card's margin)."""
+    torch.cuda.empty_cache()
+
+
 def _invalid(err: InvalidArgument) -> InvalidRequestError:
     return InvalidRequestError(err.field, err.allowed)
 
@@ -142,10 +149,9 @@ class EngineBackend:
         self.loras.clear()
         if self._compile_queue is not None:
             self._compile_queue.clear()
-        device = self.pipe.device
         SHARED.release(*self.pipe.shared_keys)
         self.pipe = None  # type: ignore[assignment]
-        release_cached_memory(device)
+        release_cached_memory()
 
     def warm_up(self, sizes: Sequence[tuple[int, int]]) -> Iterator[str]:
         """Compile the variant's default size and ``sizes`` ahead of the first request (engine/warm_up.py);
@@ -162,11 +168,9 @@ class EngineBackend:
         """One unit of the deferred compilation (``compile_queue``); the caller holds the GPU."""
         if self.pipe is None or self._compile_queue is None:
             return None
-        # Before: what the eager request used stays cached while the CUDA graphs captured next take their own
-        # pool (an 8 GB card's margin). After: the compiler's scratch; what stays is the weights and the pools.
-        release_cached_memory(self.pipe.device)
+        release_cached_memory()
         label = self._compile_queue.next()
-        release_cached_memory(self.pipe.device)
+        release_cached_memory()  # the compiler's scratch; what stays is the weights and the graphs' pools
         HIGH_WATER.note(f"compiling {self.spec.id}: {label}")
         return label
 
@@ -205,7 +209,7 @@ class EngineBackend:
         except EngineCancelled as e:
             raise GenerationCancelled(str(e)) from e
         except torch.cuda.OutOfMemoryError as e:
-            release_cached_memory(self.pipe.device)
+            release_cached_memory()
             raise OutOfMemoryError(
                 f"out of GPU memory at {request.width}x{request.height} with count={request.count}: lower width/height "
                 f"or count, or unload other models ({e.__class__.__name__})"
