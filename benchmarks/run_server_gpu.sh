@@ -232,11 +232,12 @@ PY
     }
     host_cpus | tee "$OUT/logs/host_cpus.txt"
     python3 benchmarks/probe_cpu_burst.py | tee -a "$OUT/logs/host_cpus.txt"
-    engine before 1024x1024 512x512
-    traced current --sections latency throughput
+    read -r -a sizes <<< "${TRACE_SIZES:-1024x1024 512x512}"  # TRACE_SIZES=1024x1024: a shorter call
+    engine before "${sizes[@]}"
+    traced current --sections latency throughput --sizes "${sizes[@]}"
     # the server turns the allocator's expandable segments on when the user set no allocator option; the engine
     # alone never does: each side the other way
-    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False traced fixed_segments --sections latency
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False traced fixed_segments --sections latency --sizes "${sizes[@]}"
     engine after 1024x1024
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True engine after_expandable 1024x1024
     if [ "${2:-}" = memory ]; then  # then the default mode's device-wide peak with fixed segments (about 150 s)
