@@ -95,6 +95,8 @@ def test_bench_server_tiny_measures_the_real_server(tmp_path: Path) -> None:
         "1",
         "--warmup",
         "1",
+        "--pause",
+        "0.05",
         "--images",
         "4",
         "--weights",
@@ -129,7 +131,11 @@ def test_bench_server_tiny_measures_the_real_server(tmp_path: Path) -> None:
     assert t["images"] == 4 and t["concurrency"] == 4 and t["images_per_s"] > 0
     (engine,) = data["engine"]["rows"]
     assert engine["engine_ms"] > 0 and engine["runs"] == 1
-    assert len(data["ratios"]) == len(latency) and all(r["client_over_engine"] > 0 for r in data["ratios"])
+    assert engine["back_to_back_ms"] > 0 and engine["pause_s"] == 0.05  # each side idles as long before a run
+    by_latency = [r for r in data["ratios"] if "client_over_engine" in r]
+    assert len(by_latency) == len(latency) and all(r["client_over_engine"] > 0 for r in by_latency)
+    (rate,) = [r for r in data["ratios"] if "rate_over_engine" in r]  # 4 in flight against back to back
+    assert rate["rate_over_engine"] > 0 and rate["throughput"] == "4 in flight"
     assert sum(1 for r in rows if r.get("section") == "latency") == len(latency)  # one JSON line per measurement
 
 
