@@ -52,7 +52,8 @@ class PendingPixels:
         with self._lock:
             if self._arrays is None:
                 if self._ready is not None:
-                    self._ready.synchronize()  # sleeps without the GIL
+                    # Without the GIL, spinning on this core (the event has no BlockingSync flag): it wakes at once.
+                    self._ready.synchronize()
                 self._arrays = list(self._host.numpy())
                 self._timings = self._clock.timings()
             return self._arrays
