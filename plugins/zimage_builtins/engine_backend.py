@@ -8,9 +8,9 @@ never import torch. Variants that read the same text encoder and VAE files share
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,10 @@ from zimage_mcp.engine.weights.lora_apply import LoraManager
 log = logging.getLogger(__name__)
 
 
-def _pixels(out: GenerationOutput, index: int) -> Pixels:
-    """Image ``index`` of an engine output as the contract's pixels, waiting for its copy to the host if the
-    engine deferred it."""
-    return rgb_pixels(out.arrays()[index])
+def _pixels(arrays: Callable[[], list[np.ndarray]], index: int) -> Pixels:
+    """Image ``index`` of an engine output (``arrays``: its ``GenerationOutput.arrays``, cached, so a count > 1
+    output converts or waits once, not once per image) as the contract's pixels."""
+    return rgb_pixels(arrays()[index])
 
 
 def rgb_pixels(rgb: np.ndarray) -> Pixels:
@@ -218,11 +218,12 @@ class EngineBackend:
             raise _invalid(e) from e
         HIGH_WATER.note(f"a {request.width}x{request.height} request on {self.spec.id}")
         width, height = out.size
+        arrays = cache(out.arrays)
         return GenerationResult(
             # Made by the server after the GPU lock is released: the wait for the decode's copy to the host (the
             # next request's work is queued behind it meanwhile), the copy out and the row filter (12 ms of a
             # 1024^2 request's GPU-locked part on a 2-core machine when Pillow's tobytes did it).
-            images=[partial(_pixels, out, i) for i in range(len(out.seeds))],
+            images=[partial(_pixels, arrays, i) for i in range(len(out.seeds))],
             seeds=out.seeds,
             width=width,
             height=height,
