@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 
 # The order a generate_image call passes the marks in; a hop is named by the mark that ends it.
 ORDER = (
@@ -26,12 +25,12 @@ ORDER = (
 )
 
 
-def call_marks(path: Path, offset: int) -> dict[str, float]:
-    """The first time of each mark of the call whose ``client_send`` is the first at or after byte ``offset``
-    (the file's size just before the client marked it: the server may have marked in between), up to the next
-    call's ``client_send``. Read once the calls are over, so that marks written late are in."""
+def call_marks(trace: bytes, offset: int) -> dict[str, float]:
+    """The first time of each mark in ``trace`` (the file's bytes, read once the calls are over, so that marks
+    written late are in) of the call whose ``client_send`` is the first at or after byte ``offset`` (the file's
+    size just before the client marked it: the server may have marked in between), up to the next call's."""
     marks: dict[str, float] = {}
-    for line in path.read_bytes()[offset:].decode().splitlines():
+    for line in trace[offset:].decode().splitlines():
         name, _, stamp = line.partition(" ")
         if name == ORDER[0] and marks:
             break
