@@ -160,9 +160,9 @@ async def test_the_backends_pixels_are_made_after_the_gpu_lock_is_released(
     real, lock_held = bridge._pixels, []
     server = build_server(settings)
 
-    def observed(out: Any, index: int) -> Any:
+    def observed(arrays: Any, index: int) -> Any:
         lock_held.append(server.state.jobs.lock.held)
-        return real(out, index)
+        return real(arrays, index)
 
     monkeypatch.setattr(bridge, "_pixels", observed)
     async with Client(server) as client:
