@@ -24,6 +24,8 @@
 # imports: torch's bytecode cache, and torch, the MCP stack and the CUDA context timed alone and side by side.
 # loader:  the loader's A/B (preadv or mmap copies; 8 or 16 readers), then the first image over five restarts.
 # trace:   one request's time split at each hop (benchmarks/request_trace), the engine before and after, GPU clocks.
+# equal:   the engine alone before and after the server, the server traced at 1024^2 and 512^2 and with 4 clients,
+#          each timed request after the same 1 s idle on both sides (the corrected method of RESULTS §18), GPU clocks.
 # verify:  the deferred host copy's pixels on the GPU, the first image cold, warm and over three more restarts, latency, 4 clients and the engine, then
 #          (when the call has time left) the default mode's traced peaks (one call, about 7 minutes; at most 8 files come back from the lent machine).
 set -euo pipefail
@@ -40,6 +42,28 @@ host_cpus() {  # what the encoders can use: cores, affinity, any cgroup quota, t
   cat /sys/fs/cgroup/cpu.max 2>/dev/null || true
   cat /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor 2>/dev/null | sort | uniq -c || true
   grep -m1 "model name" /proc/cpuinfo || true
+}
+start_clock_sampler() {  # the GPU's clocks, power and throttle reasons every 250 ms, into the logs folder
+  mkdir -p "$OUT/logs"
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv,noheader -lms 250 > "$OUT/logs/gpu_clocks.csv" &
+  clock_sampler=$!
+}
+engine() {  # the engine alone; $1: a name (before|after|...); $2...: more options
+  echo "engine $1 starts $(date +%s.%N)" >> "$OUT/logs/phases.txt"
+  local when="$1"; shift
+  timeout 200 python3 benchmarks/bench_server.py --sections engine "$@" --json "$OUT/logs/engine_$when.json" \
+    > "$OUT/logs/engine_$when.log" 2>&1 || tail -5 "$OUT/logs/engine_$when.log"  # a failure leaves the next parts to run
+  grep '"section": "engine"\|engine_ms' "$OUT/logs/engine_$when.log" | cut -c1-600 | tail -3 || true
+}
+traced() {  # the server with one request's hops marked (benchmarks/request_trace); $1: a name; the rest: more options
+  echo "server $1 starts $(date +%s.%N)" >> "$OUT/logs/phases.txt"
+  local name="$1"; shift
+  PYTHONPATH="$PWD/benchmarks/request_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_REQUEST_TRACE="$OUT/logs/marks_$name.txt" \
+    timeout 260 python3 benchmarks/bench_server.py --formats png --previews thumbnail "$@" \
+    --server-log "$OUT/logs/$name" --json "$OUT/bench_server_trace_$name.json" > "$OUT/logs/bench_$name.log" 2>&1 \
+    || tail -5 "$OUT/logs/bench_$name.log"
+  grep '"latency"\|"throughput"\|row\|×' "$OUT/logs/bench_$name.log" | cut -c1-900 || true
 }
 case "$part" in
   load)
@@ -212,45 +236,40 @@ PY
   trace)  # where one request's time goes outside the engine (benchmarks/request_trace), with the engine alone run
            # before and after the server and the GPU's clocks sampled throughout; the server with fixed allocator
            # segments and the engine with expandable ones; with a second argument `memory`, the peak with fixed segments
-    mkdir -p "$OUT/logs"
-    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
-      --format=csv,noheader -lms 250 > "$OUT/logs/gpu_clocks.csv" &
-    sampler=$!
-    engine() {  # $1: before|after; $2...: sizes
-      echo "engine $1 starts $(date +%s.%N)" >> "$OUT/logs/phases.txt"
-      local when="$1"; shift
-      timeout 150 python3 benchmarks/bench_server.py --sections engine --sizes "$@" \
-        --json "$OUT/logs/engine_$when.json" 2>&1 | grep '"section": "engine"\|engine_ms' | cut -c1-600 | tail -3
-    }
-    traced() {  # $1: a name; the rest: more options
-      echo "server $1 starts $(date +%s.%N)" >> "$OUT/logs/phases.txt"
-      local name="$1"; shift
-      PYTHONPATH="$PWD/benchmarks/request_trace:${PYTHONPATH:-}" ZIMAGE_BENCH_REQUEST_TRACE="$OUT/logs/marks_$name.txt" \
-        timeout 240 python3 benchmarks/bench_server.py --formats png --previews thumbnail "$@" \
-        --server-log "$OUT/logs/$name" --json "$OUT/bench_server_trace_$name.json" 2>&1 \
-        | grep -v '^  warnings.warn' | grep '"latency"\|"throughput"\|row\|×' | cut -c1-900
-    }
+    start_clock_sampler
     host_cpus | tee "$OUT/logs/host_cpus.txt"
     python3 benchmarks/probe_cpu_burst.py | tee -a "$OUT/logs/host_cpus.txt"
     read -r -a sizes <<< "${TRACE_SIZES:-1024x1024 512x512}"  # TRACE_SIZES=1024x1024: a shorter call
-    engine before "${sizes[@]}"
+    engine before --sizes "${sizes[@]}"
     traced current --sections latency throughput --sizes "${sizes[@]}"
     # the server turns the allocator's expandable segments on when the user set no allocator option; the engine
     # alone never does: each side the other way
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False traced fixed_segments --sections latency --sizes "${sizes[@]}"
-    engine after 1024x1024
-    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True engine after_expandable 1024x1024
+    engine after --sizes 1024x1024
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True engine after_expandable --sizes 1024x1024
     if [ "${2:-}" = memory ]; then  # then the default mode's device-wide peak with fixed segments (about 150 s)
       PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False timeout 170 python3 benchmarks/bench_server.py \
         --sections memory --memory-modes default --server-log "$OUT/logs/fixed_segments_memory" \
         --json "$OUT/bench_server_trace_fixed_segments_memory.json" 2>&1 | grep -v '^  warnings.warn' | tail -4
     fi
-    kill "$sampler" || true
+    kill "$clock_sampler" || true
+    tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+    exit 0 ;;
+  equal)  # what a user waits for, both sides at the same duty cycle (bench_server --pause, 1 s on a GPU: RESULTS
+          # §18): the engine alone before and after the server, the server traced hop by hop at 1024^2 and 512^2
+          # and with 4 clients, the GPU's clocks throughout (about 6 minutes)
+    start_clock_sampler
+    host_cpus | tee "$OUT/logs/host_cpus.txt"
+    read -r -a sizes <<< "${TRACE_SIZES:-1024x1024 512x512}"
+    engine before --sizes "${sizes[@]}" --runs 7
+    traced current --sections latency throughput --sizes "${sizes[@]}" --runs 7
+    engine after --sizes "${sizes[@]}" --runs 7
+    kill "$clock_sampler" || true
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
   peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
     sections=(--sections memory --memory-modes default); bench_timeout=150 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|peaks|loader|imports|ab512|trace" >&2; exit 2 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|peaks|loader|imports|ab512|trace|equal" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40
