@@ -26,6 +26,7 @@
 # trace:   one request's time split at each hop (benchmarks/request_trace), the engine before and after, GPU clocks.
 # equal:   the engine alone before and after the server, the server traced at 1024^2 and 512^2 and with 4 clients,
 #          each timed request after the same 1 s idle on both sides (the corrected method of RESULTS §18), GPU clocks.
+# store:   the store's encode and save with the preview beside it, cold and hot, per strip setting (one process).
 # verify:  the deferred host copy's pixels on the GPU, the first image cold, warm and over three more restarts, latency, 4 clients and the engine, then
 #          (when the call has time left) the default mode's traced peaks (one call, about 7 minutes; at most 8 files come back from the lent machine).
 set -euo pipefail
@@ -267,9 +268,15 @@ PY
     kill "$clock_sampler" || true
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
+  store)  # the server's after-the-GPU CPU work in one process, after an idle host and back to back, per PNG strip
+          # setting, and a sleeping thread's wake-up (benchmarks/probe_store_save.py; about a minute)
+    host_cpus
+    python3 benchmarks/probe_cpu_burst.py
+    timeout 200 python3 benchmarks/probe_store_save.py --runs 9 2>&1 | tee "$OUT/probe_store_save.jsonl"
+    exit 0 ;;
   peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
     sections=(--sections memory --memory-modes default); bench_timeout=150 ;;
-  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|peaks|loader|imports|ab512|trace|equal" >&2; exit 2 ;;
+  *) echo "usage: $0 load|latency|first|final|user|eager|diag|restart|check|memtrace|verify|peak|peaks|loader|imports|ab512|trace|equal|store" >&2; exit 2 ;;
 esac
 timeout "${bench_timeout:-420}" python3 benchmarks/bench_server.py "${sections[@]}" --server-log "$OUT" --json "$OUT/bench_server_$part.json" \
   2>&1 | tee "$OUT/bench_server_$part.log" | grep -v '^  warnings.warn' | tail -40

@@ -1,0 +1,146 @@
+"""What the server's after-the-GPU CPU work costs in one process, cold and hot, per PNG strip setting.
+
+The server's 512^2 request spends 7-8 ms encoding a PNG that ``bench_encode.py`` encodes in 4 ms back to back
+(RESULTS §19). Between two chat requests the host's cores sleep; the server's strip workers wake only once the
+pixels land. This runs what the server's job thread runs after the pixels (the store's encode and atomic save,
+the JPEG preview beside it on its pool) on noise, the random-weight benchmarks' images, after the host sat idle
+(``cold``) and back to back (``hot``), for:
+
+- ``as_is``: the store as it ships;
+- ``rows_64`` / ``rows_32``: more, shorter strips (``png.STRIP_ROWS``);
+- ``not_nice``: strip workers at the caller's priority;
+- ``prewarmed``: the strip workers kept spinning for a few ms just before the pixels land, as the server could
+  while it waits for them.
+
+    python3 benchmarks/probe_store_save.py            # JSON lines, one per size and variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from zimage_mcp.contract import Pixels
+from zimage_mcp.server import generation
+from zimage_mcp.server.preview import make_preview, worker_limit
+from zimage_mcp.store import ImageStore, png
+
+BUDGET = 1_000_000  # the server's default result budget, roughly: the thumbnail is never shrunk for it
+
+
+def sub_filtered(rgb: np.ndarray) -> Pixels:
+    """As the engine's backend hands pixels over: RGB bytes and their Sub-filtered PNG rows."""
+    h, w = rgb.shape[:2]
+    data = rgb.tobytes()
+    a = np.frombuffer(data, np.uint8).reshape(h, w * 3)
+    rows = np.empty((h, 1 + w * 3), np.uint8)
+    rows[:, 0] = 1
+    rows[:, 1:4] = a[:, :3]
+    np.subtract(a[:, 3:], a[:, :-3], out=rows[:, 4:])
+    return Pixels(w, h, data, rows.tobytes())
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@contextmanager
+def variant(name: str) -> Iterator[Callable[[], None]]:
+    """Patch the store's PNG writer for ``name``; yield what runs just before the pixels land."""
+    rows, pool = png.STRIP_ROWS, png._POOL
+    before: Callable[[], None] = lambda: None  # noqa: E731
+    if name.startswith("rows_"):
+        png.STRIP_ROWS = int(name.split("_")[1])
+    elif name == "not_nice":
+        png._POOL = ThreadPoolExecutor(max_workers=png.STRIPS, thread_name_prefix="probe-png")
+    elif name == "prewarmed":
+
+        def before() -> None:  # every worker spins 3 ms, while this thread waits as the server's waits
+            for _ in range(png.STRIPS):
+                png._POOL.submit(spin, 0.003)
+            spin(0.002)
+
+    try:
+        yield before
+    finally:
+        png.STRIP_ROWS = rows
+        if png._POOL is not pool:
+            png._POOL.shutdown()
+            png._POOL = pool
+
+
+def one_request(store: ImageStore, pixels: Pixels) -> dict[str, float]:
+    """The job thread's CPU part for one image: the preview on its pool, the encode and save here."""
+    t0 = time.perf_counter()
+    preview = generation._PREVIEWS.submit(timed_preview, pixels)
+    stored = store.save(pixels, "png", {"prompt": "probe", "seed": 1})
+    preview_done = preview.result()
+    total = time.perf_counter() - t0
+    return {"total": total, **stored.timings, "preview_done": preview_done - t0}
+
+
+def timed_preview(pixels: Pixels) -> float:
+    """The thumbnail the server builds beside the encode; when it was ready."""
+    make_preview(pixels, "thumbnail", worker_limit(BUDGET, 1))
+    return time.perf_counter()
+
+
+def handoff_ms(idle: float, runs: int) -> dict[str, float]:
+    """How long a sleeping pool thread takes to pick up a task: each hop of a request between threads pays it."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.submit(lambda: None).result()
+    out = {}
+    for state in ("cold", "hot"):
+        lags = []
+        for _ in range(runs):
+            time.sleep(idle) if state == "cold" else spin(0.05)
+            t0 = time.perf_counter()
+            lags.append(pool.submit(time.perf_counter).result() - t0)
+        out[state] = round(statistics.median(lags) * 1000, 3)
+    pool.shutdown()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[512, 1024])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--idle", type=float, default=0.6, help="seconds the host sits idle before a cold request")
+    ap.add_argument("--variants", nargs="+", default=["as_is", "rows_64", "rows_32", "not_nice", "prewarmed"])
+    args = ap.parse_args()
+    print(json.dumps({"probe": "thread_handoff_ms", **handoff_ms(args.idle, args.runs)}), flush=True)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        store = ImageStore(Path(folder))
+        for side in args.sizes:
+            pixels = sub_filtered(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+            for name in args.variants:
+                with variant(name) as before:
+                    one_request(store, pixels)  # the pools' threads exist
+                    row: dict[str, object] = {"probe": "store_save", "size": side, "variant": name}
+                    for state in ("cold", "hot"):
+                        runs = []
+                        for _ in range(args.runs):
+                            if state == "cold":
+                                time.sleep(args.idle)
+                            before()
+                            runs.append(one_request(store, pixels))
+                        row[state] = {key: round(statistics.median(r[key] for r in runs) * 1000, 2) for key in runs[0]}
+                    row["threads"] = threading.active_count()
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
