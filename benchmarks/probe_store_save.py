@@ -9,8 +9,11 @@ the JPEG preview beside it on its pool) on noise, the random-weight benchmarks' 
 - ``as_is``: the store as it ships;
 - ``rows_64`` / ``rows_32``: more, shorter strips (``png.STRIP_ROWS``);
 - ``not_nice``: strip workers at the caller's priority;
-- ``prewarmed``: the strip workers kept spinning for a few ms just before the pixels land, as the server could
-  while it waits for them.
+- ``prewarmed``: the strip workers kept spinning for a few ms just before the pixels land (a pure-Python spin:
+  it holds the GIL, and on the GPU host it made every request 40 ms slower; kept to show that).
+
+Each variant also prints one cold encode's strips as [start, end] ms, and the probe starts with how N threads
+deflating a strip each scale on this host.
 
     python3 benchmarks/probe_store_save.py            # JSON lines, one per size and variant
 """
@@ -23,12 +26,14 @@ import statistics
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from bench_encode import photo_like
 
 from zimage_mcp.contract import Pixels
 from zimage_mcp.server import generation
@@ -113,23 +118,78 @@ def handoff_ms(idle: float, runs: int) -> dict[str, float]:
     return out
 
 
+def deflate_scaling(runs: int) -> dict[str, float]:
+    """Wall ms for N threads each deflating its own 128-row strip of 512^2 noise at once, as the store's
+    workers do: whether this host's cores run them side by side at all."""
+    rng = np.random.default_rng(1)
+    strips = [rng.integers(0, 256, 128 * (1 + 512 * 3), dtype=np.uint8).tobytes() for _ in range(16)]
+
+    def deflate(data: bytes) -> None:
+        c = zlib.compressobj(png.PNG_LEVEL, zlib.DEFLATED, -15, 8, png.PNG_STRATEGY)
+        c.compress(data)
+        c.flush()
+
+    out = {}
+    for n in (1, 2, 4, 8, 16):
+        walls = []
+        for _ in range(runs):
+            threads = [threading.Thread(target=deflate, args=(strips[i],)) for i in range(n)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            walls.append(time.perf_counter() - t0)
+        out[str(n)] = round(statistics.median(walls) * 1000, 2)
+    return out
+
+
+def strip_schedule(store: ImageStore, pixels: Pixels, idle: float) -> list[list[float]]:
+    """One cold encode's strips: [start, end] in ms from the encode's start, in the order they ran."""
+    inner, spans = png._strip, []
+
+    def timed(*args: object) -> object:
+        start = time.perf_counter()
+        try:
+            return inner(*args)  # type: ignore[arg-type]
+        finally:
+            spans.append([start, time.perf_counter()])
+
+    png._strip = timed  # type: ignore[assignment]
+    try:
+        time.sleep(idle)
+        t0 = time.perf_counter()
+        store.save(pixels, "png", {"prompt": "probe", "seed": 1})
+    finally:
+        png._strip = inner
+    return sorted([round((a - t0) * 1000, 2), round((b - t0) * 1000, 2)] for a, b in spans)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", type=int, default=[512, 1024])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--idle", type=float, default=0.6, help="seconds the host sits idle before a cold request")
-    ap.add_argument("--variants", nargs="+", default=["as_is", "rows_64", "rows_32", "not_nice", "prewarmed"])
+    ap.add_argument("--image", choices=("noise", "photo"), default="noise", help="photo: what real weights render")
+    ap.add_argument("--variants", nargs="+", default=["as_is", "rows_64", "rows_32", "not_nice"])
     args = ap.parse_args()
-    print(json.dumps({"probe": "thread_handoff_ms", **handoff_ms(args.idle, args.runs)}), flush=True)
+    if args.image == "noise":
+        print(json.dumps({"probe": "thread_handoff_ms", **handoff_ms(args.idle, args.runs)}), flush=True)
+        print(json.dumps({"probe": "deflate_threads_wall_ms", **deflate_scaling(args.runs)}), flush=True)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
         store = ImageStore(Path(folder))
         for side in args.sizes:
-            pixels = sub_filtered(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+            rgb = (
+                np.asarray(photo_like(side))
+                if args.image == "photo"
+                else rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            )
+            pixels = sub_filtered(rgb)
             for name in args.variants:
                 with variant(name) as before:
                     one_request(store, pixels)  # the pools' threads exist
-                    row: dict[str, object] = {"probe": "store_save", "size": side, "variant": name}
+                    row: dict[str, object] = {"probe": "store_save", "image": args.image, "size": side, "variant": name}
                     for state in ("cold", "hot"):
                         runs = []
                         for _ in range(args.runs):
@@ -139,6 +199,7 @@ def main() -> None:
                             runs.append(one_request(store, pixels))
                         row[state] = {key: round(statistics.median(r[key] for r in runs) * 1000, 2) for key in runs[0]}
                     row["threads"] = threading.active_count()
+                    row["cold_strips_ms"] = strip_schedule(store, pixels, args.idle)
                 print(json.dumps(row), flush=True)
 
 

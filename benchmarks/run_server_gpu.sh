@@ -272,7 +272,9 @@ PY
           # setting, and a sleeping thread's wake-up (benchmarks/probe_store_save.py; about a minute)
     host_cpus
     python3 benchmarks/probe_cpu_burst.py
-    timeout 200 python3 benchmarks/probe_store_save.py --runs 9 2>&1 | tee "$OUT/probe_store_save.jsonl"
+    timeout 120 python3 benchmarks/probe_store_save.py --runs 9 2>&1 | tee "$OUT/probe_store_save.jsonl"
+    timeout 60 python3 benchmarks/probe_store_save.py --runs 9 --image photo --variants as_is rows_64 2>&1 \
+      | tee -a "$OUT/probe_store_save.jsonl"
     exit 0 ;;
   peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
     sections=(--sections memory --memory-modes default); bench_timeout=150 ;;
