@@ -7,7 +7,7 @@ the JPEG preview beside it on its pool) on noise, the random-weight benchmarks' 
 (``cold``) and back to back (``hot``), for:
 
 - ``as_is``: the store as it ships;
-- ``rows_64`` / ``rows_32``: more, shorter strips (``png.STRIP_ROWS``);
+- ``rows_N``: strips of at least N rows (``png.STRIP_ROWS``; 128 shipped until RESULTS §19, 64 since);
 - ``not_nice``: strip workers at the caller's priority;
 - ``prewarmed``: the strip workers kept spinning for a few ms just before the pixels land (a pure-Python spin:
   it holds the GIL, and on the GPU host it made every request 40 ms slower; kept to show that).
@@ -171,7 +171,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--idle", type=float, default=0.6, help="seconds the host sits idle before a cold request")
     ap.add_argument("--image", choices=("noise", "photo"), default="noise", help="photo: what real weights render")
-    ap.add_argument("--variants", nargs="+", default=["as_is", "rows_64", "rows_32", "not_nice"])
+    ap.add_argument("--variants", nargs="+", default=["as_is", "rows_128", "rows_32", "not_nice"])
     args = ap.parse_args()
     if args.image == "noise":
         print(json.dumps({"probe": "thread_handoff_ms", **handoff_ms(args.idle, args.runs)}), flush=True)

@@ -25,7 +25,8 @@
 # loader:  the loader's A/B (preadv or mmap copies; 8 or 16 readers), then the first image over five restarts.
 # trace:   one request's time split at each hop (benchmarks/request_trace), the engine before and after, GPU clocks.
 # equal:   the engine alone before and after the server, the server traced at 1024^2 and 512^2 and with 4 clients,
-#          each timed request after the same 1 s idle on both sides (the corrected method of RESULTS §18), GPU clocks.
+#          each timed request after the same 1 s idle on both sides (the corrected method of RESULTS §18), GPU clocks;
+#          then, with time left, the store probe (as `store` runs it).
 # store:   the store's encode and save with the preview beside it, cold and hot, per strip setting (one process).
 # verify:  the deferred host copy's pixels on the GPU, the first image cold, warm and over three more restarts, latency, 4 clients and the engine, then
 #          (when the call has time left) the default mode's traced peaks (one call, about 7 minutes; at most 8 files come back from the lent machine).
@@ -266,6 +267,8 @@ PY
     traced current --sections latency throughput --sizes "${sizes[@]}" --runs 7
     engine after --sizes "${sizes[@]}" --runs 7
     kill "$clock_sampler" || true
+    [ "$SECONDS" -lt 440 ] && timeout 100 python3 benchmarks/probe_store_save.py --runs 7 --idle 0.5 \
+      > "$OUT/probe_store_save.jsonl" 2>&1 && cut -c1-400 "$OUT/probe_store_save.jsonl"
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
   store)  # the server's after-the-GPU CPU work in one process, after an idle host and back to back, per PNG strip
@@ -273,7 +276,7 @@ PY
     host_cpus
     python3 benchmarks/probe_cpu_burst.py
     timeout 120 python3 benchmarks/probe_store_save.py --runs 9 2>&1 | tee "$OUT/probe_store_save.jsonl"
-    timeout 60 python3 benchmarks/probe_store_save.py --runs 9 --image photo --variants as_is rows_64 2>&1 \
+    timeout 60 python3 benchmarks/probe_store_save.py --runs 9 --image photo --variants as_is rows_128 2>&1 \
       | tee -a "$OUT/probe_store_save.jsonl"
     exit 0 ;;
   peak)  # the default mode's device-wide peak per phase, alone (about 2 minutes with the weights to build)
