@@ -33,6 +33,7 @@ from zimage_mcp.contract import (
     UnsupportedEditError,
     VariantSpec,
 )
+from zimage_mcp.engine.device import release_cached_memory
 from zimage_mcp.engine.errors import GenerationCancelled as EngineCancelled
 from zimage_mcp.engine.errors import InvalidArgument
 from zimage_mcp.engine.errors import WeightsError as EngineWeightsError
@@ -91,14 +92,6 @@ class MemoryHighWater:
 HIGH_WATER = MemoryHighWater()
 
 
-def release_cached_memory() -> None:
-    """Hand the allocator's cached, unused blocks back to the driver (torch makes it a no-op before CUDA is in
-    use, and without CUDA): after an unload or an out-of-memory error, and around an idle-time compilation,
-    where the cache still holds what the eager request used while the CUDA graphs captured next take their own
-    pool (an 8 GB card's margin)."""
-    torch.cuda.empty_cache()
-
-
 def _invalid(err: InvalidArgument) -> InvalidRequestError:
     return InvalidRequestError(err.field, err.allowed)
 
@@ -150,8 +143,8 @@ class EngineBackend:
         if self._compile_queue is not None:
             self._compile_queue.clear()
         SHARED.release(*self.pipe.shared_keys)
-        self.pipe = None  # type: ignore[assignment]
-        release_cached_memory()
+        device, self.pipe = self.pipe.device, None  # type: ignore[assignment]
+        release_cached_memory(device)
 
     def warm_up(self, sizes: Sequence[tuple[int, int]]) -> Iterator[str]:
         """Compile the variant's default size and ``sizes`` ahead of the first request (engine/warm_up.py);
@@ -168,9 +161,11 @@ class EngineBackend:
         """One unit of the deferred compilation (``compile_queue``); the caller holds the GPU."""
         if self.pipe is None or self._compile_queue is None:
             return None
-        release_cached_memory()
+        # The cache still holds what the eager request used, while the CUDA graphs captured next take their own
+        # pool (an 8 GB card's margin); after it, the compiler's scratch: what stays is the weights and the pools.
+        release_cached_memory(self.pipe.device)
         label = self._compile_queue.next()
-        release_cached_memory()  # the compiler's scratch; what stays is the weights and the graphs' pools
+        release_cached_memory(self.pipe.device)
         HIGH_WATER.note(f"compiling {self.spec.id}: {label}")
         return label
 
@@ -209,7 +204,7 @@ class EngineBackend:
         except EngineCancelled as e:
             raise GenerationCancelled(str(e)) from e
         except torch.cuda.OutOfMemoryError as e:
-            release_cached_memory()
+            release_cached_memory(self.pipe.device)
             raise OutOfMemoryError(
                 f"out of GPU memory at {request.width}x{request.height} with count={request.count}: lower width/height "
                 f"or count, or unload other models ({e.__class__.__name__})"
