@@ -30,10 +30,9 @@ PNG_LEVEL = 1  # zlib level: ~2x faster than Pillow's level 1, ~5x faster than i
 PNG_STRATEGY = zlib.Z_RLE
 ENCODER_NICENESS = 5  # encoder threads yield the CPU to the thread that feeds the GPU (see nice_thread)
 STRIPS = max(1, min(16, os.cpu_count() or 1))  # parallel workers, one strip (and one IDAT chunk) each
-# The fewest rows a strip gets: each strip costs a hand-off. On the 16-core H100 host, with the store's save and
-# the preview beside it as the server runs them (benchmarks/probe_store_save.py, noise, RESULTS §19), 512^2
-# encoded in 5.9 ms on 8 strips after an idle host against 7.1 on 4 and 7.2 on 16 (4.6, 6.2, 6.3 back to back);
-# 1024^2 took as long on 16 strips as on 8 (9.5 and 8.8 against 9.9 ms).
+# The fewest rows a strip gets: each strip costs a hand-off. On the 16-core H100 host (noise, RESULTS §19) the
+# server's 512^2 encode took 5.1 ms on 8 strips against 7.3 on 4; in benchmarks/probe_store_save.py, with the
+# preview beside it, 5.9 against 7.1 and 7.2 on 16. At 1024^2, 16 strips and 8 were within the noise.
 STRIP_ROWS = 64
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, the "fastest" level flag
