@@ -1,10 +1,11 @@
 """What the server's after-the-GPU CPU work costs in one process, cold and hot, per PNG strip setting.
 
-The server's 512^2 request spends 7-8 ms encoding a PNG that ``bench_encode.py`` encodes in 4 ms back to back
-(RESULTS §19). Between two chat requests the host's cores sleep; the server's strip workers wake only once the
-pixels land. This runs what the server's job thread runs after the pixels (the store's encode and atomic save,
-the JPEG preview beside it on its pool) on noise, the random-weight benchmarks' images, after the host sat idle
-(``cold``) and back to back (``hot``), for:
+The server's 512^2 request spent 7.3 ms encoding a PNG on 4 strips that ``bench_encode.py`` encoded in 4 ms back
+to back (RESULTS §19; 5.1 ms on 8 strips since). Between two chat requests the host's cores sleep; the server's
+strip workers wake only once the pixels land. This runs what the server's job thread runs after the pixels (the
+store's encode and atomic save, the JPEG preview beside it on its pool) on noise, the random-weight benchmarks'
+images, or a photo-like image (``--image photo``), after the host sat idle (``cold``) and back to back
+(``hot``), for:
 
 - ``as_is``: the store as it ships;
 - ``rows_N``: strips of at least N rows (``png.STRIP_ROWS``; 128 shipped until RESULTS §19, 64 since);
