@@ -18,9 +18,11 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from zimage_mcp.store import png
+
 
 def deflate_strip(data: bytes) -> None:
-    c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)  # as store/png.py does a strip
+    c = zlib.compressobj(png.PNG_LEVEL, zlib.DEFLATED, -15, 8, png.PNG_STRATEGY)  # as store/png.py does a strip
     c.compress(data)
     c.flush()
 

@@ -27,7 +27,6 @@ import statistics
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 from bench_encode import photo_like
+from probe_cpu_burst import deflate_strip
+from zimage_builtins.engine_backend import rgb_pixels
 
 from zimage_mcp.contract import Pixels
 from zimage_mcp.server import generation
@@ -42,18 +43,6 @@ from zimage_mcp.server.preview import make_preview, worker_limit
 from zimage_mcp.store import ImageStore, png
 
 BUDGET = 1_000_000  # the server's default result budget, roughly: the thumbnail is never shrunk for it
-
-
-def sub_filtered(rgb: np.ndarray) -> Pixels:
-    """As the engine's backend hands pixels over: RGB bytes and their Sub-filtered PNG rows."""
-    h, w = rgb.shape[:2]
-    data = rgb.tobytes()
-    a = np.frombuffer(data, np.uint8).reshape(h, w * 3)
-    rows = np.empty((h, 1 + w * 3), np.uint8)
-    rows[:, 0] = 1
-    rows[:, 1:4] = a[:, :3]
-    np.subtract(a[:, 3:], a[:, :-3], out=rows[:, 4:])
-    return Pixels(w, h, data, rows.tobytes())
 
 
 def spin(seconds: float) -> None:
@@ -125,16 +114,11 @@ def deflate_scaling(runs: int) -> dict[str, float]:
     rng = np.random.default_rng(1)
     strips = [rng.integers(0, 256, 128 * (1 + 512 * 3), dtype=np.uint8).tobytes() for _ in range(16)]
 
-    def deflate(data: bytes) -> None:
-        c = zlib.compressobj(png.PNG_LEVEL, zlib.DEFLATED, -15, 8, png.PNG_STRATEGY)
-        c.compress(data)
-        c.flush()
-
     out = {}
     for n in (1, 2, 4, 8, 16):
         walls = []
         for _ in range(runs):
-            threads = [threading.Thread(target=deflate, args=(strips[i],)) for i in range(n)]
+            threads = [threading.Thread(target=deflate_strip, args=(strips[i],)) for i in range(n)]
             t0 = time.perf_counter()
             for t in threads:
                 t.start()
@@ -186,7 +170,7 @@ def main() -> None:
                 if args.image == "photo"
                 else rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
             )
-            pixels = sub_filtered(rgb)
+            pixels = rgb_pixels(rgb)  # as the engine's backend hands them over
             for name in args.variants:
                 with variant(name) as before:
                     one_request(store, pixels)  # the pools' threads exist
