@@ -10,6 +10,8 @@ images, or a photo-like image (``--image photo``), after the host sat idle (``co
 - ``as_is``: the store as it ships;
 - ``rows_N``: strips of at least N rows (``png.STRIP_ROWS``; 128 shipped until RESULTS §19, 64 since);
 - ``not_nice``: strip workers at the caller's priority;
+- ``preview_bytesio``: the JPEG preview encoded into a ``BytesIO``, as until RESULTS §20 (Pillow holds the GIL
+  for that whole encode, so the strip workers wait to finish; ``store/pillow_encode.py``);
 - ``prewarmed``: the strip workers kept spinning for a few ms just before the pixels land (a pure-Python spin:
   it holds the GIL, and on the GPU host it made every request 40 ms slower; kept to show that).
 
@@ -22,6 +24,7 @@ deflating a strip each scale on this host.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import tempfile
@@ -34,11 +37,13 @@ from pathlib import Path
 
 import numpy as np
 from bench_encode import photo_like
+from PIL import Image
 from probe_cpu_burst import deflate_strip
 from zimage_builtins.engine_backend import rgb_pixels
 
 from zimage_mcp.contract import Pixels
 from zimage_mcp.server import generation
+from zimage_mcp.server import preview as preview_module
 from zimage_mcp.server.preview import make_preview, worker_limit
 from zimage_mcp.store import ImageStore, png
 
@@ -54,12 +59,20 @@ def spin(seconds: float) -> None:
 @contextmanager
 def variant(name: str) -> Iterator[Callable[[], None]]:
     """Patch the store's PNG writer for ``name``; yield what runs just before the pixels land."""
-    rows, pool = png.STRIP_ROWS, png._POOL
+    rows, pool, encode_preview = png.STRIP_ROWS, png._POOL, preview_module._encode
     before: Callable[[], None] = lambda: None  # noqa: E731
     if name.startswith("rows_"):
         png.STRIP_ROWS = int(name.split("_")[1])
     elif name == "not_nice":
         png._POOL = ThreadPoolExecutor(max_workers=png.STRIPS, thread_name_prefix="probe-png")
+    elif name == "preview_bytesio":
+
+        def to_bytesio(img: Image.Image, quality: int) -> tuple[bytes, str]:
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=quality)
+            return buf.getvalue(), "image/jpeg"
+
+        preview_module._encode = to_bytesio
     elif name == "prewarmed":
 
         def before() -> None:  # every worker spins 3 ms, while this thread waits as the server's waits
@@ -70,7 +83,7 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
     try:
         yield before
     finally:
-        png.STRIP_ROWS = rows
+        png.STRIP_ROWS, preview_module._encode = rows, encode_preview
         if png._POOL is not pool:
             png._POOL.shutdown()
             png._POOL = pool

@@ -267,7 +267,7 @@ PY
     traced current --sections latency throughput --sizes "${sizes[@]}" --runs 7
     engine after --sizes "${sizes[@]}" --runs 7
     kill "$clock_sampler" || true
-    [ "$SECONDS" -lt 440 ] && timeout 100 python3 benchmarks/probe_store_save.py --runs 9 --idle 0.5 --variants as_is rows_128 \
+    [ "$SECONDS" -lt 440 ] && timeout 100 python3 benchmarks/probe_store_save.py --runs 9 --idle 0.5 --variants as_is preview_bytesio rows_32 \
       > "$OUT/probe_store_save.jsonl" 2>&1 && cut -c1-400 "$OUT/probe_store_save.jsonl"
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;

@@ -11,7 +11,6 @@ quality and then size are lowered until the preview fits, so ``full`` never brea
 from __future__ import annotations
 
 import base64
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from PIL import Image
 
 from zimage_mcp.contract import Pixels
 from zimage_mcp.store import StoredImage
+from zimage_mcp.store.pillow_encode import encode_without_gil
 
 PreviewMode = Literal["none", "thumbnail", "full"]
 THUMBNAIL_SIDE = 512
@@ -40,9 +40,8 @@ class Preview:
 
 
 def _encode(img: Image.Image, quality: int) -> tuple[bytes, str]:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)  # no optimize: -11 % bytes for +130 % time
-    return buf.getvalue(), "image/jpeg"
+    # no optimize: -11 % bytes for +130 % time; without the GIL: the PNG's workers run beside it
+    return encode_without_gil(img, "JPEG", quality=quality), "image/jpeg"
 
 
 def make_preview(pixels: Pixels, mode: PreviewMode, max_b64_chars: int) -> Preview | None:

@@ -18,7 +18,6 @@ outside the store.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any
 from PIL import Image
 
 from zimage_mcp.contract import Pixels
+from zimage_mcp.store.pillow_encode import encode_without_gil
 from zimage_mcp.store.png import encode_png
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,7 @@ def encode_image(pixels: Pixels, output_format: str, metadata: dict[str, Any]) -
     if output_format == "png":
         return encode_png(pixels, {"parameters": json.dumps(metadata, sort_keys=True), "Software": "zimage-mcp"})
     img = Image.frombuffer("RGB", (pixels.width, pixels.height), pixels.data, "raw", "RGB", 0, 1)
-    buf = io.BytesIO()
-    img.save(buf, FORMATS[output_format][0], quality=95)
-    return buf.getvalue()
+    return encode_without_gil(img, FORMATS[output_format][0], quality=95)
 
 
 class ImageStore:
