@@ -15,6 +15,9 @@ images, or a photo-like image (``--image photo``), after the host sat idle (``co
 - ``prewarmed``: the strip workers kept spinning for a few ms just before the pixels land (a pure-Python spin:
   it holds the GIL, and on the GPU host it made every request 40 ms slower; kept to show that).
 
+Each request also converts the engine's (H, W, 3) array to the contract's pixels and PNG rows first, as the
+engine backend does on the job thread. ``--heap kept`` tunes malloc as ``serve`` does (``cli/heap.py``).
+
 Each variant also prints one cold encode's strips as [start, end] ms, and the probe starts with how N threads
 deflating a strip each scale on this host.
 
@@ -41,6 +44,7 @@ from PIL import Image
 from probe_cpu_burst import deflate_strip
 from zimage_builtins.engine_backend import rgb_pixels
 
+from zimage_mcp.cli.heap import keep_freed_memory
 from zimage_mcp.contract import Pixels
 from zimage_mcp.server import generation
 from zimage_mcp.server import preview as preview_module
@@ -89,14 +93,17 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
             png._POOL = pool
 
 
-def one_request(store: ImageStore, pixels: Pixels) -> dict[str, float]:
-    """The job thread's CPU part for one image: the preview on its pool, the encode and save here."""
+def one_request(store: ImageStore, rgb: np.ndarray) -> dict[str, float]:
+    """The job thread's CPU part for one image: the engine backend's pixels and PNG rows, then the preview on
+    its pool and the encode and save here."""
     t0 = time.perf_counter()
+    pixels = rgb_pixels(rgb)
     preview = generation._PREVIEWS.submit(timed_preview, pixels)
+    started = time.perf_counter()
     stored = store.save(pixels, "png", {"prompt": "probe", "seed": 1})
     preview_done = preview.result()
     total = time.perf_counter() - t0
-    return {"total": total, **stored.timings, "preview_done": preview_done - t0}
+    return {"total": total, "pixels": started - t0, **stored.timings, "preview_done": preview_done - t0}
 
 
 def timed_preview(pixels: Pixels) -> float:
@@ -170,7 +177,10 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=0.6, help="seconds the host sits idle before a cold request")
     ap.add_argument("--image", choices=("noise", "photo"), default="noise", help="photo: what real weights render")
     ap.add_argument("--variants", nargs="+", default=["as_is", "rows_128", "rows_32", "not_nice"])
+    ap.add_argument("--heap", choices=("default", "kept"), default="default", help="kept: as `serve` tunes malloc")
     args = ap.parse_args()
+    if args.heap == "kept" and not keep_freed_memory():
+        raise SystemExit("--heap kept: glibc's malloc could not be tuned here")
     if args.image == "noise":
         print(json.dumps({"probe": "thread_handoff_ms", **handoff_ms(args.idle, args.runs)}), flush=True)
         print(json.dumps({"probe": "deflate_threads_wall_ms", **deflate_scaling(args.runs)}), flush=True)
@@ -186,15 +196,21 @@ def main() -> None:
             pixels = rgb_pixels(rgb)  # as the engine's backend hands them over
             for name in args.variants:
                 with variant(name) as before:
-                    one_request(store, pixels)  # the pools' threads exist
-                    row: dict[str, object] = {"probe": "store_save", "image": args.image, "size": side, "variant": name}
+                    one_request(store, rgb)  # the pools' threads exist
+                    row: dict[str, object] = {
+                        "probe": "store_save",
+                        "image": args.image,
+                        "size": side,
+                        "variant": name,
+                        "heap": args.heap,
+                    }
                     for state in ("cold", "hot"):
                         runs = []
                         for _ in range(args.runs):
                             if state == "cold":
                                 time.sleep(args.idle)
                             before()
-                            runs.append(one_request(store, pixels))
+                            runs.append(one_request(store, rgb))
                         row[state] = {key: round(statistics.median(r[key] for r in runs) * 1000, 2) for key in runs[0]}
                     row["threads"] = threading.active_count()
                     row["cold_strips_ms"] = strip_schedule(store, pixels, args.idle)

@@ -17,6 +17,7 @@ from zimage_mcp.cli.common import (
     settings_from,
     setup_logging,
 )
+from zimage_mcp.cli.heap import keep_freed_memory
 
 if TYPE_CHECKING:
     import argparse
@@ -71,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings.log_level, settings.log_file)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    keep_freed_memory()
     keep_engine_bytecode(settings)
     if args.attach:
         import anyio

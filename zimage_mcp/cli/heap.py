@@ -1,0 +1,33 @@
+"""glibc's heap kept for the server's large per-request buffers instead of handed back to the OS at each free.
+
+Every request allocates the same few large buffers (a 512^2 image's pixels and PNG rows, 0.8 MB each; its
+PNG, preview and reply). glibc serves a block over 128 KiB from a fresh ``mmap`` and unmaps it when freed, and
+trims a heap's free top above 128 KiB: the next request then pays a page fault for each 4 KiB it touches.
+Converting a 512^2 image to PNG rows took 1.2 ms so and 0.11 ms with the memory kept (1024^2: 5.6 against
+0.34 ms, on this project's CPU machine). Freed blocks under 32 MiB now stay in the heap for reuse, and a
+heap keeps up to 64 MiB of free memory. Weights and other tensors of 32 MiB or more are still mapped apart.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20  # the largest glibc takes on a 64-bit host
+TRIM_THRESHOLD = 64 << 20
+# The user's own settings win: glibc reads these from the environment at start.
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc's malloc as above; False where it is not glibc on Linux or the user set the heap up."""
+    if not sys.platform.startswith("linux") or any(name in os.environ for name in USER_SETTINGS):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return False
+    # musl's mallopt does nothing and returns 0; so does glibc for a value it refuses
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
