@@ -12,6 +12,8 @@ images, or a photo-like image (``--image photo``), after the host sat idle (``co
 - ``not_nice``: strip workers at the caller's priority;
 - ``preview_bytesio``: the JPEG preview encoded into a ``BytesIO``, as until RESULTS §20 (Pillow holds the GIL
   for that whole encode, so the strip workers wait to finish; ``store/pillow_encode.py``);
+- ``written_whole``: the PNG encoded whole, then written and flushed, as until RESULTS §20 (the store now writes
+  each strip as it is deflated and starts its writeback at once, ``atomic_write``);
 - ``prewarmed``: the strip workers kept spinning for a few ms just before the pixels land (a pure-Python spin:
   it holds the GIL, and on the GPU host it made every request 40 ms slower; kept to show that).
 
@@ -49,7 +51,7 @@ from zimage_mcp.contract import Pixels
 from zimage_mcp.server import generation
 from zimage_mcp.server import preview as preview_module
 from zimage_mcp.server.preview import make_preview, worker_limit
-from zimage_mcp.store import ImageStore, png
+from zimage_mcp.store import ImageStore, image_store, png
 
 BUDGET = 1_000_000  # the server's default result budget, roughly: the thumbnail is never shrunk for it
 
@@ -63,7 +65,12 @@ def spin(seconds: float) -> None:
 @contextmanager
 def variant(name: str) -> Iterator[Callable[[], None]]:
     """Patch the store's PNG writer for ``name``; yield what runs just before the pixels land."""
-    rows, pool, encode_preview = png.STRIP_ROWS, png._POOL, preview_module._encode
+    rows, pool, encode_preview, encode_image = (
+        png.STRIP_ROWS,
+        png._POOL,
+        preview_module._encode,
+        image_store.encode_image,
+    )
     before: Callable[[], None] = lambda: None  # noqa: E731
     if name.startswith("rows_"):
         png.STRIP_ROWS = int(name.split("_")[1])
@@ -77,6 +84,13 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
             return buf.getvalue(), "image/jpeg"
 
         preview_module._encode = to_bytesio
+    elif name == "written_whole":
+
+        def whole(pixels: Pixels, fmt: str, metadata: dict) -> bytes | Iterator[bytes]:
+            data = encode_image(pixels, fmt, metadata)
+            return data if isinstance(data, bytes) else b"".join(data)
+
+        image_store.encode_image = whole
     elif name == "prewarmed":
 
         def before() -> None:  # every worker spins 3 ms, while this thread waits as the server's waits
@@ -87,7 +101,7 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
     try:
         yield before
     finally:
-        png.STRIP_ROWS, preview_module._encode = rows, encode_preview
+        png.STRIP_ROWS, preview_module._encode, image_store.encode_image = rows, encode_preview, encode_image
         if png._POOL is not pool:
             png._POOL.shutdown()
             png._POOL = pool

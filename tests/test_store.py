@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
 
 from zimage_mcp.contract import Pixels
-from zimage_mcp.store import ImageStore
+from zimage_mcp.store import ImageStore, atomic_write, image_store, png
 
 
 def _pixels(color: tuple[int, int, int] = (10, 20, 30)) -> Pixels:
@@ -152,3 +155,45 @@ def test_a_jpeg_without_its_sidecar_stays_unlisted_and_a_foreign_png_is_left_alo
     restarted.recover()
     assert restarted.recent() == [] and restarted.get(jpeg.id) is None
     assert not foreign.with_suffix(".json").exists()
+
+
+def _noise(width: int, height: int) -> Pixels:
+    rng = np.random.default_rng(3)
+    return Pixels(width, height, rng.integers(0, 256, width * height * 3, dtype=np.uint8).tobytes())
+
+
+def test_a_png_is_written_strip_by_strip_with_its_writeback_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PNG goes to disk in pieces as its strips are deflated, each piece's writeback started as it lands:
+    the ranges cover the file end to end, and the file is the very PNG ``encode_png`` makes."""
+    monkeypatch.setattr(png, "STRIP_ROWS", 16)
+    ranges: list[tuple[int, int]] = []
+    real = image_store.start_writeback
+    monkeypatch.setattr(image_store, "start_writeback", lambda fd, at, n: (ranges.append((at, n)), real(fd, at, n)))
+    pixels = _noise(40, 64)
+    stored = ImageStore(tmp_path).save(pixels, "png", {"prompt": "strips", "created": "1"})
+    data = stored.path.read_bytes()
+    assert len(ranges) == 2 + min(png.STRIPS, 64 // 16)  # the header, each strip, the trailer
+    assert [at for at, _ in ranges] == [0, *(at + n for at, n in ranges[:-1])] and sum(n for _, n in ranges) == len(
+        data
+    )
+    assert stored.size_bytes == len(data) and {"image_encode", "save"} <= set(stored.timings)
+    text = {"parameters": json.dumps(json.loads(Image.open(stored.path).text["parameters"]), sort_keys=True)}
+    assert data == png.encode_png(pixels, {**text, "Software": "zimage-mcp"})
+    with Image.open(stored.path) as img:
+        assert img.tobytes() == pixels.data
+
+
+def test_a_write_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -> None:
+    def pieces() -> Iterator[bytes]:
+        yield b"first half"
+        raise OSError("disk full")
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    target = folder / "image.png"
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, pieces())
+    assert not list(folder.iterdir())
+    assert atomic_write(target, iter([b"ab", b"", b"cde"])) == 5 and target.read_bytes() == b"abcde"

@@ -26,6 +26,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from PIL import Image
 
 from zimage_mcp.contract import Pixels
 from zimage_mcp.store.pillow_encode import encode_without_gil
-from zimage_mcp.store.png import encode_png
+from zimage_mcp.store.png import png_pieces
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +83,29 @@ def _umask() -> int:
 _UMASK_LOCK = threading.Lock()
 
 
-def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``.
+def atomic_write(path: Path, data: bytes | Iterable[bytes], durable: bool = True) -> int:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``; the bytes written.
 
     ``mkstemp`` creates the file 0600; it gets the mode an ordinary ``open()`` would (0666 less the
     umask), so the user's image viewer, backup or web server can read what the store saved.
     ``durable``: flush it to the disk before the rename (a power cut cannot leave an empty file under
     that name); only what can be rebuilt, the index, skips it (about 1.5 ms a save).
+    ``data`` may come in pieces (a PNG's strips as they are deflated): each is written as it comes and, when
+    durable, its writeback to the disk starts at once, so the flush at the end waits for little more than
+    the last piece.
     """
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o666 & ~_umask())
+        size = 0
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                f.write(piece)
+                if durable and not isinstance(data, bytes):
+                    f.flush()
+                    start_writeback(f.fileno(), size, len(piece))
+                size += len(piece)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
@@ -103,14 +113,32 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return size
 
 
-def encode_image(pixels: Pixels, output_format: str, metadata: dict[str, Any]) -> bytes:
-    """Encode RGB8 pixels once into ``output_format``; PNGs carry the parameters as text chunks."""
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing these bytes to the disk now rather than at the ``fsync``. On Linux,
+    ``POSIX_FADV_DONTNEED`` starts the writeback of the range's dirty pages, then drops its clean ones: there
+    are none, the bytes were just written. A 700 KB file written in 8 pieces then flushed: fsync 0.89 ms
+    against 0.27 ms (2.8 MB: 2.3 against 0.47), the calls included 1.24 against 0.94 ms (this project's CPU
+    machine). Elsewhere nothing happens."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def encode_image(pixels: Pixels, output_format: str, metadata: dict[str, Any]) -> bytes | Iterator[bytes]:
+    """Encode RGB8 pixels once into ``output_format``; PNGs carry the parameters as text chunks and come in
+    pieces, each ready as its strips are (``png.png_pieces``: the strips are already being deflated)."""
     if output_format == "png":
-        return encode_png(pixels, {"parameters": json.dumps(metadata, sort_keys=True), "Software": "zimage-mcp"})
+        return png_pieces(pixels, {"parameters": json.dumps(metadata, sort_keys=True), "Software": "zimage-mcp"})
     img = Image.frombuffer("RGB", (pixels.width, pixels.height), pixels.data, "raw", "RGB", 0, 1)
     return encode_without_gil(img, FORMATS[output_format][0], quality=95)
+
+
+def _stamped(pieces: Iterator[bytes], done: list[float]) -> Iterator[bytes]:
+    """``pieces``; once the last is out (and written), the time is appended to ``done``."""
+    yield from pieces
+    done.append(time.perf_counter())
 
 
 class ImageStore:
@@ -145,10 +173,14 @@ class ImageStore:
             meta = {**self._portable(metadata), "id": image_id, "uri": f"zimage://images/{image_id}", "file": path.name}
             meta.pop("path", None)
             started = time.perf_counter()
+            encoded: list[float] = []  # when the image was encoded (a PNG's pieces: and all written but the flush)
             data = encode_image(pixels, output_format, meta)
-            encoded = time.perf_counter()
-            atomic_write(path, data)
-            meta = self._write_sidecar(image_id, meta, output_format, len(data))
+            if isinstance(data, bytes):
+                encoded.append(time.perf_counter())
+            else:
+                data = _stamped(data, encoded)
+            size = atomic_write(path, data)
+            meta = self._write_sidecar(image_id, meta, output_format, size)
             with self._lock:
                 self._load_index()
                 if image_id not in self._indexed:
@@ -156,8 +188,8 @@ class ImageStore:
         finally:
             with self._lock:
                 self._reserved.discard(image_id)
-        timings = {"image_encode": encoded - started, "save": time.perf_counter() - encoded}
-        return StoredImage(image_id, path, mime, len(data), {**meta, "path": str(path)}, timings)
+        timings = {"image_encode": encoded[0] - started, "save": time.perf_counter() - encoded[0]}
+        return StoredImage(image_id, path, mime, size, {**meta, "path": str(path)}, timings)
 
     def _portable(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """``metadata`` without absolute paths of this machine: edit inputs become a store id or a file name.

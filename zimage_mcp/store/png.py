@@ -18,6 +18,7 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image, ImageChops
@@ -95,18 +96,31 @@ def _strip(pixels: Pixels, top: int, bottom: int, last: bool, level: int) -> tup
     return chunk(b"IDAT", body), zlib.adler32(data), len(data)
 
 
-def encode_png(pixels: Pixels, text: dict[str, str], level: int = PNG_LEVEL) -> bytes:
-    """A complete PNG file: IHDR, one tEXt chunk per ``text`` item (Latin-1), the IDAT chunks, IEND."""
+def png_pieces(pixels: Pixels, text: dict[str, str], level: int = PNG_LEVEL) -> Iterator[bytes]:
+    """The PNG file of ``encode_png`` in order, piece by piece: the header (IHDR, ``text``, the zlib header),
+    then each strip's IDAT chunk as soon as it and those above it are done, then the Adler-32 and IEND. The
+    strips are handed to the workers now, before the first piece is asked for, so a caller can write each
+    piece while the strips after it are still being deflated."""
     n = max(1, min(STRIPS, pixels.height // STRIP_ROWS))
     bounds = [pixels.height * i // n for i in range(n + 1)]
     jobs = [(pixels, a, b, i == n - 1, level) for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
-    strips = list(_POOL.map(lambda job: _strip(*job), jobs)) if n > 1 else [_strip(*jobs[0])]
-    adler = 1  # the Adler-32 of nothing
-    for _, strip_adler, length in strips:
-        adler = adler32_combine(adler, strip_adler, length)
+    pending = [_POOL.submit(_strip, *job) for job in jobs] if n > 1 else []
     header = struct.pack(">IIBBBBB", pixels.width, pixels.height, 8, 2, 0, 0, 0)  # 8-bit RGB, not interlaced
-    out = [SIGNATURE, chunk(b"IHDR", header)]
-    out += [chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")) for key, value in text.items()]
-    out += [chunk(b"IDAT", ZLIB_HEADER), *(idat for idat, _, _ in strips), chunk(b"IDAT", struct.pack(">I", adler))]
-    out.append(chunk(b"IEND", b""))
-    return b"".join(out)
+    head = [SIGNATURE, chunk(b"IHDR", header)]
+    head += [chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")) for key, value in text.items()]
+    head.append(chunk(b"IDAT", ZLIB_HEADER))
+
+    def pieces() -> Iterator[bytes]:
+        yield b"".join(head)
+        adler = 1  # the Adler-32 of nothing
+        for idat, strip_adler, length in (f.result() for f in pending) if pending else [_strip(*jobs[0])]:
+            adler = adler32_combine(adler, strip_adler, length)
+            yield idat
+        yield chunk(b"IDAT", struct.pack(">I", adler)) + chunk(b"IEND", b"")
+
+    return pieces()
+
+
+def encode_png(pixels: Pixels, text: dict[str, str], level: int = PNG_LEVEL) -> bytes:
+    """A complete PNG file: IHDR, one tEXt chunk per ``text`` item (Latin-1), the IDAT chunks, IEND."""
+    return b"".join(png_pieces(pixels, text, level))
