@@ -49,3 +49,14 @@ def test_a_failing_encode_leaves_no_descriptor_open() -> None:
             encode_without_gil(rgba, "JPEG")
     if before is not None:
         assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_refused_memfd_falls_back_to_a_temporary_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sandbox (seccomp) or an old kernel may refuse ``memfd_create``: the preview is still made."""
+    img = _image()
+
+    def refused(*args: object) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", refused, raising=False)
+    assert encode_without_gil(img, "JPEG", quality=85) == _via_bytesio(img, "JPEG", quality=85)

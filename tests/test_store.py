@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,3 +198,18 @@ def test_a_write_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -> No
         atomic_write(target, pieces())
     assert not list(folder.iterdir())
     assert atomic_write(target, iter([b"ab", b"", b"cde"])) == 5 and target.read_bytes() == b"abcde"
+
+
+def test_a_file_system_that_refuses_the_writeback_advice_still_gets_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``posix_fadvise`` is advice: where a file system refuses it, the PNG is saved all the same."""
+
+    def refused(*args: object) -> None:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refused, raising=False)
+    pixels = _noise(40, 64)
+    stored = ImageStore(tmp_path).save(pixels, "png", {"prompt": "advice", "created": "1"})
+    with Image.open(stored.path) as img:
+        assert img.tobytes() == pixels.data

@@ -18,9 +18,13 @@ from PIL import Image
 
 
 def _scratch() -> IO[bytes]:
-    """An unbuffered, anonymous read-write file: in memory where the OS has ``memfd_create`` (Linux)."""
+    """An unbuffered, anonymous read-write file: in memory where the OS has ``memfd_create`` (Linux), else (or
+    where a sandbox refuses it) an unnamed temporary file."""
     if hasattr(os, "memfd_create"):
-        return os.fdopen(os.memfd_create("zimage-encode", os.MFD_CLOEXEC), "w+b", buffering=0)
+        try:
+            return os.fdopen(os.memfd_create("zimage-encode", os.MFD_CLOEXEC), "w+b", buffering=0)
+        except OSError:
+            pass
     return tempfile.TemporaryFile(buffering=0)
 
 
