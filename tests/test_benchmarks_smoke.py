@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.server_fixtures import registry_file, tiny_model_dir  # noqa: F401  (fixtures)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -193,3 +195,44 @@ def test_check_host_copy_tiny_agrees() -> None:
     """The GPU check of the deferred host copy runs (on the CPU here) and finds the same pixels."""
     rows = _run("check_host_copy.py")
     assert rows and rows[0]["ok"] and len(rows[0]["runs"]) == 3, rows
+
+
+def _probe(script: str, *args: str) -> list[dict]:
+    """A probe script (no ``--tiny`` mode: it takes its sizes and runs) as a subprocess, its JSON lines."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins"), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_probe_store_save_times_each_variant() -> None:
+    """The store's CPU part per variant, cold and hot, the engine backend's pixels included (RESULTS §20)."""
+    variants = ["as_is", "written_whole", "preview_bytesio"]
+    rows = _probe("probe_store_save.py", "--sizes", "64", "--runs", "1", "--idle", "0", "--variants", *variants)
+    saves = [r for r in rows if r.get("probe") == "store_save"]
+    assert [r["variant"] for r in saves] == variants and all(r["heap"] == "default" for r in saves)
+    for row in saves:
+        for state in ("cold", "hot"):
+            timing = row[state]
+            assert {"total", "pixels", "image_encode", "save", "preview_done"} <= set(timing)
+            assert timing["total"] >= timing["pixels"] + timing["image_encode"] > 0, row
+    (scaling,) = [r for r in rows if r.get("probe") == "deflate_threads_wall_ms"]
+    assert all(scaling[str(n)] > 0 for n in (1, 2, 4, 8, 16)), scaling
+
+
+def test_probe_sdk_client_splits_a_reply(registry_file: Path) -> None:
+    """The reply's hops from the server's built result to the SDK client's return, each marked once."""
+    (row,) = _probe("probe_sdk_client.py", "--registry", str(registry_file), "--size", "256", "--runs", "2")
+    assert row["probe"] == "sdk_client_reply_ms" and row["runs"] == 2
+    hops = [k for k in row if "->" in k]
+    assert len(hops) == 4 and all(row[k] >= 0 for k in hops), row
