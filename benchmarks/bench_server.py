@@ -298,9 +298,16 @@ class Server:
             **extra,
         }
         args.setdefault("steps", self.a.steps)
+        notes = []
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            notes.append(done)
+
         offset = trace_mark("client_send")
         t = time.perf_counter()
-        res = await self.client.call_tool("generate_image", args)
+        res = await self.client.call_tool(
+            "generate_image", args, progress_callback=progress if self.a.progress else None
+        )
         wall = time.perf_counter() - t
         trace_mark("client_recv")
         if res.is_error:
@@ -316,6 +323,7 @@ class Server:
             "started_at": sc.get("started_at"),
             "size_bytes": sc["images"][0]["size_bytes"],
             "preview_b64_bytes": inline,
+            "progress_notifications": len(notes),
             **({"trace_offset": offset} if REQUEST_TRACE else {}),
         }
 
@@ -402,6 +410,7 @@ async def latency(srv: Server, a: argparse.Namespace, prompts: list[str]) -> lis
                             "server_denoise_ms_all": [round(r["timings"].get("denoise", 0) * 1000, 1) for r in rs],
                             "size_bytes": int(statistics.median(r["size_bytes"] for r in rs)),
                             "preview_b64_bytes": int(statistics.median(r["preview_b64_bytes"] for r in rs)),
+                            "progress_notifications": int(statistics.median(r["progress_notifications"] for r in rs)),
                             **traced_hops(rs),
                         }
                     )
@@ -763,6 +772,7 @@ async def run_sections(a: argparse.Namespace) -> dict:
                 "warmup": a.warmup,
                 "sizes": a.sizes,
                 "sections": a.sections,
+                "progress": a.progress,
             }
         }
     )
@@ -901,6 +911,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--steps", type=int, default=8, help="Turbo steps (the variant default)")
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument(
+        "--progress",
+        action="store_true",
+        help="ask for progress notifications on every call, as hosts that show progress do (Claude, Cursor, VS Code)",
+    )
     ap.add_argument("--server-log", type=Path, default=None, help="folder for the first-image servers' INFO logs")
     ap.add_argument("--images", type=int, default=16, help="throughput: images in all")
     ap.add_argument("--restarts", type=int, default=0, help="first_image: more restarts with the cache kept")
