@@ -1,11 +1,12 @@
 """glibc's heap kept for the server's large per-request buffers instead of handed back to the OS at each free.
 
-Every request allocates the same few large buffers (a 512^2 image's pixels and PNG rows, 0.8 MB each; its
-PNG, preview and reply). glibc serves a block over 128 KiB from a fresh ``mmap`` and unmaps it when freed, and
-trims a heap's free top above 128 KiB: the next request then pays a page fault for each 4 KiB it touches.
-Converting a 512^2 image to PNG rows took 1.2 ms, and 0.11 ms with the memory kept (1024^2: 5.6 against
-0.34 ms) on this project's CPU machine; on the H100 host, with the store's work after it, 1.41 against 0.76 ms
-(1024^2: 7.39 against 2.22; RESULTS §20). Freed blocks under 32 MiB now stay in the heap for reuse, and a
+Every request allocates the same few large buffers (a 1024^2 image's pixels and PNG rows, 3 MB each; its
+PNG, preview and reply). glibc serves a block over its mmap threshold from a fresh ``mmap`` and unmaps it when
+freed, and trims a heap's free top: the next request then pays a page fault for each 4 KiB it touches. On a
+worker thread, as the server's job runs, converting a 1024^2 image to pixels and PNG rows took 5.3-6.6 ms, and
+1.0-1.35 ms with the memory kept; its preview 10.8-13.3 against 5.1-7.2 ms (this project's CPU machine, with
+``benchmarks/probe_store_save.py``; 512^2 showed no difference there).
+Freed blocks under 32 MiB now stay in the heap for reuse, and a
 heap keeps up to 64 MiB of free memory. Weights and other tensors of 32 MiB or more are still mapped apart.
 """
 
