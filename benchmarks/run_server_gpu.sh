@@ -259,12 +259,13 @@ PY
     exit 0 ;;
   equal)  # what a user waits for, both sides at the same duty cycle (bench_server --pause, 1 s on a GPU: RESULTS
           # §18): the engine alone before and after the server, the server traced hop by hop at 1024^2 and 512^2
-          # and with 4 clients, the GPU's clocks throughout (about 6 minutes)
+          # and with 4 clients, the GPU's clocks throughout (about 7 minutes). TRACE_SIZES=512x512 measures one
+          # size; TRACE_PROGRESS=1 has every call ask for progress notifications, as hosts that show progress do
     start_clock_sampler
     host_cpus | tee "$OUT/logs/host_cpus.txt"
     read -r -a sizes <<< "${TRACE_SIZES:-1024x1024 512x512}"
     engine before --sizes "${sizes[@]}" --runs 7
-    traced current --sections latency throughput --sizes "${sizes[@]}" --runs 7
+    traced current --sections latency throughput --sizes "${sizes[@]}" --runs 7 ${TRACE_PROGRESS:+--progress}
     engine after --sizes "${sizes[@]}" --runs 7
     kill "$clock_sampler" || true
     # the store's CPU part in one process, malloc tuned as serve does: the PNG written strip by strip or whole
