@@ -15,11 +15,13 @@ from tests.server_fixtures import registry_file, tiny_model_dir  # noqa: F401  (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, *args: str, paths: tuple[Path, ...] = (), **env_extra: str) -> list[dict]:
+def _run(script: str, *args: str, paths: tuple[Path, ...] = (), tiny: bool = True, **env_extra: str) -> list[dict]:
+    """``benchmarks/<script>`` as a subprocess (``--tiny`` unless told: the probes take sizes and runs instead),
+    its JSON lines."""
     path = [*map(str, paths), str(REPO), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), **env_extra}
     out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), "--tiny", *args],
+        [sys.executable, str(REPO / "benchmarks" / script), *(["--tiny"] if tiny else []), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -197,28 +199,11 @@ def test_check_host_copy_tiny_agrees() -> None:
     assert rows and rows[0]["ok"] and len(rows[0]["runs"]) == 3, rows
 
 
-def _probe(script: str, *args: str) -> list[dict]:
-    """A probe script (no ``--tiny`` mode: it takes its sizes and runs) as a subprocess, its JSON lines."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins"), os.environ.get("PYTHONPATH", "")]),
-    }
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=REPO,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-
-
 def test_probe_store_save_times_each_variant() -> None:
     """The store's CPU part per variant, cold and hot, the engine backend's pixels included (RESULTS §20)."""
     variants = ["as_is", "written_whole", "preview_bytesio"]
-    rows = _probe("probe_store_save.py", "--sizes", "64", "--runs", "1", "--idle", "0", "--variants", *variants)
+    args = ["--sizes", "64", "--runs", "1", "--idle", "0", "--variants", *variants]
+    rows = _run("probe_store_save.py", *args, paths=(REPO / "plugins",), tiny=False)
     saves = [r for r in rows if r.get("probe") == "store_save"]
     assert [r["variant"] for r in saves] == variants and all(r["heap"] == "default" for r in saves)
     for row in saves:
@@ -232,7 +217,8 @@ def test_probe_store_save_times_each_variant() -> None:
 
 def test_probe_sdk_client_splits_a_reply(registry_file: Path) -> None:
     """The reply's hops from the server's built result to the SDK client's return, each marked once."""
-    (row,) = _probe("probe_sdk_client.py", "--registry", str(registry_file), "--size", "256", "--runs", "2")
+    args = ["--registry", str(registry_file), "--size", "256", "--runs", "2"]
+    (row,) = _run("probe_sdk_client.py", *args, tiny=False)
     assert row["probe"] == "sdk_client_reply_ms" and row["runs"] == 2
     hops = [k for k in row if "->" in k]
     assert len(hops) == 4 and all(row[k] >= 0 for k in hops), row
