@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,9 @@ def main() -> None:
 
 
 async def run(args: argparse.Namespace, trace: Path, out: Path) -> list[dict[str, float]]:
-    def mark(name: str) -> None:
-        with trace.open("a") as f:
-            f.write(f"{name} {time.time():.6f}\n")
+    os.environ["ZIMAGE_BENCH_REQUEST_TRACE"] = str(trace)  # read by request_trace at its import, and by the server
+    from request_trace.sitecustomize import mark
+    from request_trace.spans import call_marks
 
     parse = sdk_stdio._parse_line
 
@@ -61,7 +60,6 @@ async def run(args: argparse.Namespace, trace: Path, out: Path) -> list[dict[str
 
     sdk_stdio._parse_line = marked_parse  # looked up at each line
     env = dict(os.environ, ZIMAGE_MCP_REGISTRY=str(Path(args.registry).resolve()), ZIMAGE_MCP_OUTPUT_DIR=str(out))
-    env["ZIMAGE_BENCH_REQUEST_TRACE"] = str(trace)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE / "request_trace"), env.get("PYTHONPATH", "")])
     calls = []
     async with Client(StdioServerParameters(command=sys.executable, args=["-m", "zimage_mcp", "serve"], env=env)) as c:
@@ -78,18 +76,7 @@ async def run(args: argparse.Namespace, trace: Path, out: Path) -> list[dict[str
                 calls.append(offset)
             await asyncio.sleep(0.3)
     data = trace.read_bytes()
-    return [marks_of(data, offset) for offset in calls]
-
-
-def marks_of(trace: bytes, offset: int) -> dict[str, float]:
-    """The first time of each mark from ``offset`` up to the next ``client_send``."""
-    marks: dict[str, float] = {}
-    for line in trace[offset:].decode().splitlines():
-        name, _, stamp = line.partition(" ")
-        if name == "client_send" and marks:
-            break
-        marks.setdefault(name, float(stamp))
-    return marks
+    return [call_marks(data, offset) for offset in calls]
 
 
 if __name__ == "__main__":
