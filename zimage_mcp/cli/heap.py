@@ -5,9 +5,9 @@ PNG, preview and reply). glibc serves a block over its mmap threshold from a fre
 freed, and trims a heap's free top: the next request then pays a page fault for each 4 KiB it touches. On a
 worker thread, as the server's job runs, converting a 1024^2 image to pixels and PNG rows took 5.3-6.6 ms, and
 1.0-1.35 ms with the memory kept; its preview 10.8-13.3 against 5.1-7.2 ms (this project's CPU machine, with
-``benchmarks/probe_store_save.py``; 512^2 showed no difference there).
-Freed blocks under 32 MiB now stay in the heap for reuse, and a
-heap keeps up to 64 MiB of free memory. Weights and other tensors of 32 MiB or more are still mapped apart.
+``benchmarks/probe_store_save.py``; 512^2 showed no difference there). Freed blocks under 32 MiB now stay in
+the heap for reuse, and a heap keeps up to 64 MiB of free memory. Weights and other tensors of 32 MiB or more
+are still mapped apart.
 """
 
 from __future__ import annotations

@@ -98,11 +98,12 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], durable: bool = True
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o666 & ~_umask())
+        whole = isinstance(data, bytes)
         size = 0
         with os.fdopen(fd, "wb") as f:
-            for piece in [data] if isinstance(data, bytes) else data:
+            for piece in [data] if whole else data:
                 f.write(piece)
-                if durable and not isinstance(data, bytes):
+                if durable and not whole:
                     f.flush()
                     start_writeback(f.fileno(), size, len(piece))
                 size += len(piece)

@@ -1,12 +1,12 @@
 """Pillow's encoders with the GIL released: the image is saved to a file descriptor, not to a ``BytesIO``.
 
 Pillow's tile encoders (JPEG among them; not WebP, which encodes in one call either way) encode into a Python
-buffer in 64 KiB calls that hold the GIL. A 512 px JPEG preview of noise held
-it for up to the whole 2.5 ms encode (a thread waiting for it waited out the 5 ms switch interval), and the
-preview is built beside the PNG's strip workers, which need the GIL for a moment as each strip ends. Saved
-to an object with a real ``fileno()``, Pillow runs the whole encode in ``encode_to_file``, which writes to
-the descriptor without the GIL: the same bytes, and another thread waited at most 0.26 ms. On the H100 host
-the store's 512^2 PNG encode, with the preview beside it, took 3.3 ms against 5.9 (RESULTS §20).
+buffer in 64 KiB calls that hold the GIL. A 512 px JPEG preview of noise held it for up to the whole 2.5 ms
+encode (a thread waiting for it waited out the 5 ms switch interval), and the preview is built beside the PNG's
+strip workers, which need the GIL for a moment as each strip ends. Saved to an object with a real
+``fileno()``, Pillow runs the whole encode in ``encode_to_file``, which writes to the descriptor without the
+GIL: the same bytes, and another thread waited at most 0.26 ms. On the H100 host the store's 512^2 PNG encode,
+with the preview beside it, took 3.3 ms against 5.9 (RESULTS §20).
 """
 
 from __future__ import annotations
