@@ -13,7 +13,6 @@ import io
 import json
 import statistics
 import time
-import zlib
 
 import numpy as np
 from PIL import Image
@@ -22,7 +21,7 @@ from zimage_mcp.store import png
 
 
 def deflate_strip(data: bytes) -> None:
-    c = zlib.compressobj(png.PNG_LEVEL, zlib.DEFLATED, -15, 8, png.PNG_STRATEGY)  # as store/png.py does a strip
+    c = png.DEFLATE.compressobj(png.PNG_LEVEL, png.DEFLATE.DEFLATED, -15)  # as store/png.py does a strip
     c.compress(data)
     c.flush()
 

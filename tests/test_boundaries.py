@@ -51,7 +51,7 @@ RULES = (
         ("zimage_mcp.contract", "zimage_mcp.registry", "zimage_mcp"),
         frozenset(TORCH_FREE_THIRD_PARTY),
     ),
-    Rule(PACKAGE / "store", ("zimage_mcp.contract", "zimage_mcp.store"), frozenset({"PIL"})),
+    Rule(PACKAGE / "store", ("zimage_mcp.contract", "zimage_mcp.store"), frozenset({"PIL", "isal"})),
     Rule(
         PACKAGE / "server",
         ("zimage_mcp.contract", "zimage_mcp.registry", "zimage_mcp.store", "zimage_mcp.server", "zimage_mcp"),

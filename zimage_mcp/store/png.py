@@ -2,16 +2,16 @@
 
 A PNG's image data is one zlib stream, but it may be split over any number of IDAT chunks, and a deflate
 stream may be cut into pieces that end byte-aligned (a sync flush). So each strip of rows becomes its own
-IDAT chunk, built start to finish by one worker: the Sub filter (Pillow's C loops), raw deflate at level 1
-with run-length matches only (``PNG_STRATEGY``), the chunk's CRC, and the strip's Adler-32. The zlib header
+IDAT chunk, built start to finish by one worker: the Sub filter (Pillow's C loops), raw deflate (Intel's
+ISA-L at level 1, ``DEFLATE``), the chunk's CRC, and the strip's Adler-32. The zlib header
 and the combined Adler-32 trailer are two tiny chunks of their own. Nothing else passes over the whole image.
 ``png_pieces`` hands the file out in order as the strips finish, so the store writes each one while the strips
 after it are still being deflated.
 
 Measured by ``benchmarks/bench_encode.py`` on a photo-like 1024^2 image (2 shared cores): Pillow's default
-(level 6, adaptive filter) 233-268 ms / 1.62 MB, Pillow level 1 101 ms / 1.88 MB, this writer 19 ms on 2 strips
-/ 1.88 MB. On the 16-core GPU host, 4 strips with the filter and checksums done once over the whole image
-took 54 ms at 1024^2 and 16 such strips 33 ms; the encode is on every call's path.
+(level 6, adaptive filter) 233-268 ms / 1.62 MB, Pillow level 1 101 ms / 1.88 MB, this writer with zlib 19 ms
+on 2 strips / 1.88 MB. On the 16-core GPU host, 4 strips with the filter and checksums done once over the whole
+image took 54 ms at 1024^2 and 16 such strips 33 ms; the encode is on every call's path.
 """
 
 from __future__ import annotations
@@ -23,14 +23,17 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from isal import isal_zlib
 from PIL import Image, ImageChops
 
 from zimage_mcp.contract import Pixels
 
-PNG_LEVEL = 1  # zlib level: ~2x faster than Pillow's level 1, ~5x faster than its default; +16% size
-# Run-length matches only: on Sub-filtered rows of photos as small as level 1's full matching (a 1024^2 photo:
-# 2.02 against 2.07 MB) in 30 % less time, and 2.4x faster on noise (the random-weight benchmarks' images).
-PNG_STRATEGY = zlib.Z_RLE
+# ISA-L's deflate (SIMD; levels 0-3), not zlib's: on the Sub-filtered rows of a 720x477 photo, level 1 took
+# 2.9 ms against 9.8 for zlib at level 1 with run-length matches only (the best zlib setting for these rows),
+# for 1.4 % more bytes; on a strip of noise (the random-weight benchmarks' images) 0.12 against 0.42 ms.
+# Same format: any PNG reader reads it. It releases the GIL while it deflates, as zlib does.
+DEFLATE = isal_zlib
+PNG_LEVEL = 1
 ENCODER_NICENESS = 5  # encoder threads yield the CPU to the thread that feeds the GPU (see nice_thread)
 STRIPS = max(1, min(16, os.cpu_count() or 1))  # parallel workers, one strip (and one IDAT chunk) each
 # The fewest rows a strip gets: each strip costs a hand-off. On the 16-core H100 host (noise, RESULTS §19) the
@@ -92,10 +95,10 @@ def _strip(pixels: Pixels, top: int, bottom: int, last: bool, level: int) -> tup
         data: bytes | memoryview = memoryview(pixels.png_rows)[top * line : bottom * line]
     else:
         data = _filtered_rows(pixels, top, bottom)
-    c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, PNG_STRATEGY)  # raw deflate: the zlib wrapper is apart
+    c = DEFLATE.compressobj(level, DEFLATE.DEFLATED, -15)  # raw deflate: the zlib wrapper is apart
     # Every strip but the last ends byte-aligned (sync flush), so the pieces concatenate into one stream.
-    body = c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-    return chunk(b"IDAT", body), zlib.adler32(data), len(data)
+    body = c.compress(data) + c.flush(DEFLATE.Z_FINISH if last else DEFLATE.Z_SYNC_FLUSH)
+    return chunk(b"IDAT", body), DEFLATE.adler32(data), len(data)
 
 
 def png_pieces(pixels: Pixels, text: dict[str, str], level: int = PNG_LEVEL) -> Iterator[bytes]:
