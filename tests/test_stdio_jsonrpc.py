@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,42 @@ def test_malformed_lines_are_answered_and_the_server_keeps_serving(settings: Set
     ], codes
     assert 1 in by_id and 6 in by_id  # served before and after the bad lines
     assert "generate_image" in {t["name"] for t in by_id[6]["result"]["tools"]}
+
+
+def _serve(settings: Settings, lines: list[dict[str, object]], stdin_file: Path | None = None) -> dict[object, dict]:
+    """Send ``lines`` and close stdin at once (through a pipe, or from a regular file); the answers by id."""
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    if stdin_file is not None:
+        stdin_file.write_bytes(data)
+    with open(stdin_file, "rb") if stdin_file else nullcontext(None) as source:
+        proc = subprocess.run(
+            [sys.executable, "-m", "zimage_mcp", "serve"],
+            input=None if source else data,
+            stdin=source,
+            env=server_env(settings),
+            cwd=REPO,
+            capture_output=True,
+            timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert "Traceback" not in proc.stderr.decode(), proc.stderr.decode()[-2000:]
+    return {msg.get("id"): msg for msg in map(json.loads, proc.stdout.decode().splitlines())}
+
+
+def test_requests_in_flight_at_end_of_input_are_answered_before_the_server_exits(settings: Settings) -> None:
+    """A client may close its side as soon as it has sent its last request: the generation still finishes."""
+    call = {"name": "generate_image", "arguments": {"prompt": "a red cube", "width": 256, "height": 256, "seed": 3}}
+    lines = [INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    lines.append({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": call})
+    answers = _serve(settings, lines)
+    result = answers[7]["result"]
+    assert not result.get("isError"), result
+    assert Path(result["structuredContent"]["images"][0]["path"]).is_file()
+
+
+def test_stdin_from_a_regular_file_is_served(settings: Settings, tmp_path: Path) -> None:
+    """epoll cannot wait for a regular file: such a stdin is read on a worker thread instead."""
+    lines = [INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    lines.append({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    answers = _serve(settings, lines, stdin_file=tmp_path / "requests.jsonl")
+    assert "generate_image" in {t["name"] for t in answers[2]["result"]["tools"]}

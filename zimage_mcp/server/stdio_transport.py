@@ -9,14 +9,20 @@ malformed line gets a JSON-RPC error and the server keeps serving:
   with the line's ``id`` when it is a valid one, else null.
 
 Blank lines are skipped. Such lines never reach the SDK.
+
+Where stdin is a pipe, a socket or a terminal (how hosts start a server), the event loop itself waits for
+it (``connect_read_pipe``): a request then wakes one thread, not a worker thread blocked in ``readline`` and
+then the loop. Anything else (a regular file) is read line by line on a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO
@@ -29,6 +35,9 @@ from mcp.shared.message import SessionMessage
 
 log = logging.getLogger(__name__)
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
+# The longest line the loop's reader buffers before it must see a newline: far above any request (an
+# edit_image with an inline base64 image is a few MB), and memory is only used as bytes arrive.
+LINE_LIMIT = 1 << 30
 
 
 def classify(line: bytes) -> SessionMessage | dict[str, Any] | None:
@@ -78,10 +87,11 @@ async def stdio_streams(stdin: BinaryIO, stdout: io.TextIOBase) -> AsyncIterator
         async with lock:  # one worker-thread hop a message (about 0.15 ms each), not one for write and one for flush
             await anyio.to_thread.run_sync(write_line, text)
 
+    unanswered = Unanswered()
+
     async def reader() -> None:
-        source = anyio.wrap_file(stdin)
         async with read_send:
-            async for line in source:
+            async for line in _lines(stdin):
                 item = classify(line)
                 if item is None:
                     continue
@@ -89,12 +99,17 @@ async def stdio_streams(stdin: BinaryIO, stdout: io.TextIOBase) -> AsyncIterator
                     log.info("answered a malformed JSON-RPC line: %s", item["error"]["message"])
                     await emit(json.dumps(item))
                     continue
+                unanswered.read(item.message)
                 await read_send.send(item)
+            # End of input: a client may close its side and still read. Closing the read stream now would
+            # have the SDK cancel every request in flight, so first let them finish (a signal still stops us).
+            await unanswered.wait()
 
     async def writer() -> None:
         async with write_recv:
             async for message in write_recv:
                 await emit(message.message.model_dump_json(by_alias=True, exclude_unset=True))
+                unanswered.written(message.message)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
@@ -103,6 +118,74 @@ async def stdio_streams(stdin: BinaryIO, stdout: io.TextIOBase) -> AsyncIterator
             yield read_recv, write_send
         finally:
             await write_send.aclose()  # the writer drains what is left, then ends (as the SDK's transport)
+
+
+class Unanswered:
+    """The requests read whose answer is not written yet (by id), for the end of input to wait on."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._none = anyio.Event()
+        self._none.set()
+
+    def read(self, message: types.JSONRPCMessage) -> None:
+        if isinstance(message, types.JSONRPCRequest):
+            if not self._ids:
+                self._none = anyio.Event()
+            self._ids.add(str(message.id))
+        elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+            self._settle((message.params or {}).get("requestId"))  # the SDK does not answer a cancelled request
+
+    def written(self, message: types.JSONRPCMessage) -> None:
+        if isinstance(message, (types.JSONRPCResponse, types.JSONRPCError)):
+            self._settle(message.id)
+
+    async def wait(self) -> None:
+        await self._none.wait()
+
+    def _settle(self, request_id: object) -> None:
+        self._ids.discard(str(request_id))
+        if not self._ids:
+            self._none.set()
+
+
+async def _lines(stdin: BinaryIO) -> AsyncIterator[bytes]:
+    """``stdin``'s lines (each with its newline; the last may lack it), until end of file."""
+    loop = _asyncio_loop()
+    if loop is None or not _pollable(stdin):
+        async for line in anyio.wrap_file(stdin):
+            yield line
+        return
+    fd = stdin.fileno()
+    stream = asyncio.StreamReader(limit=LINE_LIMIT)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), stdin)
+    try:
+        while True:
+            try:
+                yield await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as end:  # end of file, maybe after a line without its newline
+                if end.partial:
+                    yield end.partial
+                return
+    finally:
+        transport.close()  # closes the file object, not the descriptor (opened with closefd=False)
+        os.set_blocking(fd, True)  # the pipe's read end may be shared with the process that started us
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # another anyio backend
+        return None
+
+
+def _pollable(stdin: BinaryIO) -> bool:
+    """Whether the loop can wait for ``stdin``: epoll refuses regular files."""
+    try:
+        mode = os.fstat(stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
 
 
 def _claim_stdin() -> BinaryIO:
