@@ -14,6 +14,10 @@ images, or a photo-like image (``--image photo``), after the host sat idle (``co
   for that whole encode, so the strip workers wait to finish; ``store/pillow_encode.py``);
 - ``written_whole``: the PNG encoded whole, then written and flushed, as until RESULTS §20 (the store now writes
   each strip as it is deflated and starts its writeback at once, ``atomic_write``);
+- ``zlib_rle``: the strips deflated by zlib at level 1 with run-length matches only, as until RESULTS §21
+  (``png.DEFLATE`` is ISA-L's deflate since);
+- ``preview_whole``: the preview's JPEG encoded whole on one thread, as until RESULTS §21 (it is encoded in
+  bands joined by restart markers since, ``store/jpeg_bands.py``);
 - ``prewarmed``: the strip workers kept spinning for a few ms just before the pixels land (a pure-Python spin:
   it holds the GIL, and on the GPU host it made every request 40 ms slower; kept to show that).
 
@@ -35,10 +39,12 @@ import statistics
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TypeVar
 
 import numpy as np
@@ -53,6 +59,7 @@ from zimage_mcp.server import generation
 from zimage_mcp.server import preview as preview_module
 from zimage_mcp.server.preview import make_preview, worker_limit
 from zimage_mcp.store import ImageStore, image_store, png
+from zimage_mcp.store.pillow_encode import encode_without_gil
 
 T = TypeVar("T")
 BUDGET = 1_000_000  # the server's default result budget, roughly: the thumbnail is never shrunk for it
@@ -64,14 +71,25 @@ def spin(seconds: float) -> None:
         pass
 
 
+# zlib with the settings the PNG writer used until RESULTS §21, behind the part of zlib's API that png.py calls
+ZLIB_RLE = SimpleNamespace(
+    compressobj=lambda level, method, wbits: zlib.compressobj(level, method, wbits, 8, zlib.Z_RLE),
+    adler32=zlib.adler32,
+    DEFLATED=zlib.DEFLATED,
+    Z_FINISH=zlib.Z_FINISH,
+    Z_SYNC_FLUSH=zlib.Z_SYNC_FLUSH,
+)
+
+
 @contextmanager
 def variant(name: str) -> Iterator[Callable[[], None]]:
     """Patch the store's PNG writer for ``name``; yield what runs just before the pixels land."""
-    rows, pool, encode_preview, encode_image = (
+    rows, pool, encode_preview, encode_image, deflate = (
         png.STRIP_ROWS,
         png._POOL,
         preview_module._encode,
         image_store.encode_image,
+        png.DEFLATE,
     )
     before: Callable[[], None] = lambda: None  # noqa: E731
     if name.startswith("rows_"):
@@ -86,6 +104,10 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
             return buf.getvalue(), "image/jpeg"
 
         preview_module._encode = to_bytesio
+    elif name == "zlib_rle":
+        png.DEFLATE = ZLIB_RLE
+    elif name == "preview_whole":
+        preview_module._encode = lambda img, quality: (encode_without_gil(img, "JPEG", quality=quality), "image/jpeg")
     elif name == "written_whole":
 
         def whole(pixels: Pixels, fmt: str, metadata: dict) -> bytes | Iterator[bytes]:
@@ -104,6 +126,7 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
         yield before
     finally:
         png.STRIP_ROWS, preview_module._encode, image_store.encode_image = rows, encode_preview, encode_image
+        png.DEFLATE = deflate
         if png._POOL is not pool:
             png._POOL.shutdown()
             png._POOL = pool

@@ -44,6 +44,7 @@ host_cpus() {  # what the encoders can use: cores, affinity, any cgroup quota, t
   cat /sys/fs/cgroup/cpu.max 2>/dev/null || true
   cat /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor 2>/dev/null | sort | uniq -c || true
   grep -m1 "model name" /proc/cpuinfo || true
+  grep -m1 -o -w "avx2\|avx512f\|avx512bw" /proc/cpuinfo | sort -u | tr "\n" " " || true; echo  # the encoders' SIMD paths
 }
 start_clock_sampler() {  # the GPU's clocks, power and throttle reasons every 250 ms, into the logs folder
   mkdir -p "$OUT/logs"
@@ -266,11 +267,18 @@ PY
     read -r -a sizes <<< "${TRACE_SIZES:-1024x1024 512x512}"
     engine before --sizes "${sizes[@]}" --runs 7
     traced current --sections latency throughput --sizes "${sizes[@]}" --runs 7 ${TRACE_PROGRESS:+--progress}
+    # what a user sees at 512^2 without the trace's own marks (about 16 file appends a request)
+    [ "$SECONDS" -lt 330 ] && { echo "server untraced starts $(date +%s.%N)" >> "$OUT/logs/phases.txt"
+      timeout 90 python3 benchmarks/bench_server.py --formats png --previews thumbnail --sections latency \
+        --sizes 512x512 --runs 7 ${TRACE_PROGRESS:+--progress} --server-log "$OUT/logs/untraced" \
+        --json "$OUT/bench_server_untraced.json" > "$OUT/logs/bench_untraced.log" 2>&1 || tail -5 "$OUT/logs/bench_untraced.log"; }
     engine after --sizes "${sizes[@]}" --runs 7
     kill "$clock_sampler" || true
-    # the store's CPU part in one process, malloc tuned as serve does: the PNG written strip by strip or whole
-    [ "$SECONDS" -lt 440 ] && timeout 60 python3 benchmarks/probe_store_save.py --runs 9 --idle 0.5 --heap kept \
-      --variants as_is written_whole > "$OUT/probe_store_save.jsonl" 2>&1 && cut -c1-400 "$OUT/probe_store_save.jsonl"
+    # the store's CPU part in one process, malloc tuned as serve does: as it ships, then each change of RESULTS §21
+    # undone (zlib's deflate, the preview's JPEG on one thread), and strips of 128 rows
+    [ "$SECONDS" -lt 450 ] && timeout 80 python3 benchmarks/probe_store_save.py --runs 9 --idle 0.5 --heap kept \
+      --variants as_is zlib_rle preview_whole rows_128 > "$OUT/probe_store_save.jsonl" 2>&1 \
+      && cut -c1-400 "$OUT/probe_store_save.jsonl"
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
   store)  # the server's after-the-GPU CPU work in one process, after an idle host and back to back, per PNG strip
