@@ -49,8 +49,6 @@ def _wrap_calls(owner: Any, attr: str, before: str, after: str) -> None:
 
 
 def _install() -> None:
-    import anyio.to_thread
-
     from zimage_mcp.contract import GenerationResult
     from zimage_mcp.server import generation, jobs, stdio_transport, tools
     from zimage_mcp.store import ImageStore
@@ -65,17 +63,16 @@ def _install() -> None:
 
     stdio_transport.classify = traced_classify  # the reader looks it up at each line
 
-    run_sync = anyio.to_thread.run_sync
+    write_line = stdio_transport.write_line
 
-    async def traced_run_sync(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        # The transport's writer hands each outgoing line to a worker thread; progress notifications carry no
-        # structured content, a tool's result does. No mark after the write: the writer thread needs the GIL
-        # back first, and on a busy host the client had read the line and sent its next call by then.
-        if getattr(fn, "__name__", "") == "write_line" and '"structuredContent"' in str(args[0] if args else ""):
+    async def traced_write_line(wire: Any, line: bytes) -> None:
+        # Progress notifications carry no structured content, a tool's result does. No mark after the write: on
+        # a busy host the client had read the line and sent its next call by then.
+        if b'"structuredContent"' in line:
             mark("write_start")
-        return await run_sync(fn, *args, **kwargs)
+        await write_line(wire, line)
 
-    anyio.to_thread.run_sync = traced_run_sync  # looked up at each call
+    stdio_transport.write_line = traced_write_line  # looked up at each line
 
     run_inline = jobs.JobManager.run_inline
 

@@ -18,7 +18,6 @@ then the loop. Anything else (a regular file) is read line by line on a worker t
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import os
@@ -73,19 +72,16 @@ def _error(msg_id: str | int | None, code: int, message: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def stdio_streams(stdin: BinaryIO, stdout: io.TextIOBase) -> AsyncIterator[tuple[Any, Any]]:
-    """(read, write) streams for ``Server.run`` over binary ``stdin`` and text ``stdout``."""
+async def stdio_streams(stdin: BinaryIO, wire: BinaryIO) -> AsyncIterator[tuple[Any, Any]]:
+    """(read, write) streams for ``Server.run`` over binary ``stdin`` and the binary ``wire`` (stdout)."""
     read_send, read_recv = create_context_streams[SessionMessage | Exception](0)
     write_send, write_recv = create_context_streams[SessionMessage](0)
     lock = anyio.Lock()
 
-    def write_line(text: str) -> None:
-        stdout.write(text + "\n")
-        stdout.flush()
-
     async def emit(text: str) -> None:
-        async with lock:  # one worker-thread hop a message (about 0.15 ms each), not one for write and one for flush
-            await anyio.to_thread.run_sync(write_line, text)
+        async with lock:
+            with anyio.CancelScope(shield=True):  # a line goes out whole: a cut one would break the protocol
+                await write_line(wire, (text + "\n").encode())
 
     unanswered = Unanswered()
 
@@ -118,6 +114,54 @@ async def stdio_streams(stdin: BinaryIO, stdout: io.TextIOBase) -> AsyncIterator
             yield read_recv, write_send
         finally:
             await write_send.aclose()  # the writer drains what is left, then ends (as the SDK's transport)
+
+
+async def write_line(wire: BinaryIO, line: bytes) -> None:
+    """Write ``line`` whole. From the event loop itself as far as the pipe takes it, then, for a long line (a
+    preview fills the 64 KiB pipe several times), again each time the loop sees room: a reply wakes no worker
+    thread. A worker thread writes it where the loop cannot wait for the descriptor."""
+    loop = _asyncio_loop()
+    fd = _descriptor(wire)
+    view = memoryview(line)
+    if loop is not None and fd is not None:
+        try:
+            while view := view[_write_ready(fd, view) :]:
+                await _writable(loop, fd)
+            return
+        except PermissionError:  # epoll refuses this kind of file: finish the line on a thread
+            pass
+    await anyio.to_thread.run_sync(wire.write, bytes(view))
+    await anyio.to_thread.run_sync(wire.flush)
+
+
+def _write_ready(fd: int, data: memoryview) -> int:
+    """Write what the pipe takes now, without waiting; how many bytes that was."""
+    blocking = os.get_blocking(fd)
+    if blocking:  # non-blocking only for this call: the pipe's write end may be shared with the process that started us
+        os.set_blocking(fd, False)
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    finally:
+        if blocking:
+            os.set_blocking(fd, True)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    room: asyncio.Future[None] = loop.create_future()
+    loop.add_writer(fd, lambda: room.done() or room.set_result(None))
+    try:
+        await room
+    finally:
+        loop.remove_writer(fd)
+
+
+def _descriptor(file: BinaryIO) -> int | None:
+    try:
+        return file.fileno()
+    except (AttributeError, OSError, ValueError):  # io.BytesIO and other in-memory files
+        return None
 
 
 class Unanswered:
@@ -204,8 +248,7 @@ def run_stdio(server: Any, wire: BinaryIO) -> None:
     stdin = _claim_stdin()
 
     async def run() -> None:
-        out = io.TextIOWrapper(wire, encoding="utf-8", write_through=True)
-        async with stdio_streams(stdin, out) as (read, write):
+        async with stdio_streams(stdin, wire) as (read, write):
             await low.run(read, write, low.create_initialization_options())
 
     anyio.run(run)
