@@ -51,4 +51,4 @@ def test_pending_pixels_round_as_the_images_do() -> None:
     assert (pending.count, pending.height, pending.width) == (2, 5, 7)
     for a, image in zip(pending.arrays(), tensor_to_images(x), strict=True):
         assert np.array_equal(a, np.asarray(image))
-    assert set(pending.timings()) == {"decode", "total"}
+    assert set(pending.timings()) == {"decode", "prepare", "total"}

@@ -22,8 +22,9 @@ def test_phases_partition_the_call_from_its_start() -> None:
     time.sleep(0.05)
     clock.mark("denoise")
     timings = clock.timings()
-    assert list(timings) == ["encode", "denoise", "total"]
+    assert list(timings) == ["encode", "denoise", "prepare", "total"]
     assert timings["encode"] >= 0.05 and 0.05 <= timings["denoise"] < timings["total"]
+    assert 0.02 <= timings["prepare"] < timings["encode"]  # the preparation alone, also inside the first phase
     assert timings["encode"] + timings["denoise"] <= timings["total"]
 
 

@@ -18,7 +18,8 @@ class PhaseClock:
     """``mark(name)`` at the end of each phase; ``timings()`` once the last phase's results are on the host.
 
     ``t0`` is when the call began on the CPU (``time.perf_counter()``): the first phase also counts the CPU
-    time from ``t0`` to this clock's creation, and ``total`` is the CPU's wall time from ``t0``.
+    time from ``t0`` to this clock's creation (the initial noise, from a CPU generator), which ``prepare``
+    gives on its own, and ``total`` is the CPU's wall time from ``t0``.
     """
 
     def __init__(self, device: torch.device, t0: float) -> None:
@@ -52,5 +53,6 @@ class PhaseClock:
                 seconds = at - prev
             out[phase] = seconds + (self.created - self.t0 if i == 0 else 0.0)
             prev = at
+        out["prepare"] = self.created - self.t0
         out["total"] = time.perf_counter() - self.t0
         return out
