@@ -107,3 +107,18 @@ def test_stdin_from_a_regular_file_is_served(settings: Settings, tmp_path: Path)
     lines.append({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
     answers = _serve(settings, lines, stdin_file=tmp_path / "requests.jsonl")
     assert "generate_image" in {t["name"] for t in answers[2]["result"]["tools"]}
+
+
+@pytest.mark.parametrize("through", ["pipe", "file"])
+def test_a_line_over_the_limit_is_refused_and_the_next_one_served(
+    settings: Settings, tmp_path: Path, through: str
+) -> None:
+    from zimage_mcp.server.stdio_transport import LINE_LIMIT
+
+    huge = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": {"pad": "x" * LINE_LIMIT}}}
+    lines = [INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"}, huge]
+    lines.append({"jsonrpc": "2.0", "id": 4, "method": "tools/list"})
+    answers = _serve(settings, lines, stdin_file=tmp_path / "requests.jsonl" if through == "file" else None)
+    refused = answers[None]["error"]
+    assert refused["code"] == -32600 and "longer than 64 MiB" in refused["message"]
+    assert 3 not in answers and "generate_image" in {t["name"] for t in answers[4]["result"]["tools"]}

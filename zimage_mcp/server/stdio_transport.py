@@ -34,9 +34,10 @@ from mcp.shared.message import SessionMessage
 
 log = logging.getLogger(__name__)
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
-# The longest line the loop's reader buffers before it must see a newline: far above any request (an
-# edit_image with an inline base64 image is a few MB), and memory is only used as bytes arrive.
-LINE_LIMIT = 1 << 30
+# The longest request line read: far above any real one (prompts are at most 4000 characters and images come
+# by reference, never inline), while a runaway client cannot make the server buffer gigabytes. A longer line
+# is dropped and answered with -32600.
+LINE_LIMIT = 64 << 20
 
 
 def classify(line: bytes) -> SessionMessage | dict[str, Any] | None:
@@ -67,6 +68,9 @@ def classify(line: bytes) -> SessionMessage | dict[str, Any] | None:
     return SessionMessage(message)
 
 
+TOO_LONG = f"Invalid Request: the line is longer than {LINE_LIMIT >> 20} MiB"
+
+
 def _error(msg_id: str | int | None, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}}
 
@@ -88,7 +92,7 @@ async def stdio_streams(stdin: BinaryIO, wire: BinaryIO) -> AsyncIterator[tuple[
     async def reader() -> None:
         async with read_send:
             async for line in _lines(stdin):
-                item = classify(line)
+                item = classify(line) if line is not None else _error(None, INVALID_REQUEST, TOO_LONG)
                 if item is None:
                     continue
                 if isinstance(item, dict):
@@ -193,11 +197,12 @@ class Unanswered:
             self._none.set()
 
 
-async def _lines(stdin: BinaryIO) -> AsyncIterator[bytes]:
-    """``stdin``'s lines (each with its newline; the last may lack it), until end of file."""
+async def _lines(stdin: BinaryIO) -> AsyncIterator[bytes | None]:
+    """``stdin``'s lines (each with its newline; the last may lack it) until end of file; None for a line
+    longer than ``LINE_LIMIT``, which is dropped."""
     loop = _asyncio_loop()
     if loop is None or not _pollable(stdin):
-        async for line in anyio.wrap_file(stdin):
+        async for line in _lines_on_a_thread(stdin):
             yield line
         return
     fd = stdin.fileno()
@@ -207,6 +212,10 @@ async def _lines(stdin: BinaryIO) -> AsyncIterator[bytes]:
         while True:
             try:
                 yield await stream.readuntil(b"\n")
+            except asyncio.LimitOverrunError as over:
+                if not await _drop_line(stream, over.consumed):
+                    return
+                yield None
             except asyncio.IncompleteReadError as end:  # end of file, maybe after a line without its newline
                 if end.partial:
                     yield end.partial
@@ -214,6 +223,31 @@ async def _lines(stdin: BinaryIO) -> AsyncIterator[bytes]:
     finally:
         transport.close()  # closes the file object, not the descriptor (opened with closefd=False)
         os.set_blocking(fd, True)  # the pipe's read end may be shared with the process that started us
+
+
+async def _drop_line(stream: asyncio.StreamReader, buffered: int) -> bool:
+    """Discard an over-long line through its newline; False if the input ended first."""
+    try:
+        while True:
+            await stream.readexactly(buffered)
+            try:
+                await stream.readuntil(b"\n")
+                return True
+            except asyncio.LimitOverrunError as over:
+                buffered = over.consumed
+    except asyncio.IncompleteReadError:
+        return False
+
+
+async def _lines_on_a_thread(stdin: BinaryIO) -> AsyncIterator[bytes | None]:
+    """``_lines`` for what the loop cannot wait for (a regular file): a worker thread reads each line."""
+    while line := await anyio.to_thread.run_sync(stdin.readline, LINE_LIMIT + 1):
+        if len(line) <= LINE_LIMIT or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = await anyio.to_thread.run_sync(stdin.readline, LINE_LIMIT + 1)
+        yield None
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
