@@ -59,11 +59,12 @@ def rgb_pixels(rgb: np.ndarray) -> Pixels:
     height, width = rgb.shape[0], rgb.shape[1]
     data = rgb.tobytes()  # the one copy out of the engine's buffer; the filter below reads it in place
     a = np.frombuffer(data, np.uint8).reshape(height, width * 3)  # (H, 3W) bytes
-    rows = np.empty((height, 1 + width * 3), np.uint8)  # (H, 1 + 3W): a filter byte, then the row
+    scanlines = bytearray(height * (1 + width * 3))  # filled in place below: no second copy into bytes
+    rows = np.frombuffer(scanlines, np.uint8).reshape(height, 1 + width * 3)  # (H, 1 + 3W): filter byte, row
     rows[:, 0] = 1  # Sub
     rows[:, 1:4] = a[:, :3]  # the first pixel has no left neighbour
     np.subtract(a[:, 3:], a[:, :-3], out=rows[:, 4:])  # uint8 wraps: mod 256
-    return Pixels(width, height, data, rows.tobytes())
+    return Pixels(width, height, data, scanlines)
 
 
 class MemoryHighWater:

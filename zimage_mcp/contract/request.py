@@ -69,7 +69,7 @@ class Pixels:
     # Optional: the same rows as PNG scanlines with the Sub filter (``height * (1 + width * 3)`` bytes: a
     # filter byte 1, then each byte minus the one 3 to its left, mod 256). A backend that can compute them
     # without holding the GIL (numpy) saves the PNG writer its only pass that holds it.
-    png_rows: bytes | None = None
+    png_rows: bytes | bytearray | None = None
 
     def __post_init__(self) -> None:
         if len(self.data) != self.width * self.height * 3:
