@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 import os
-import stat
+import selectors
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO
@@ -258,12 +258,14 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _pollable(stdin: BinaryIO) -> bool:
-    """Whether the loop can wait for ``stdin``: epoll refuses regular files."""
+    """Whether the loop can wait for ``stdin``: epoll refuses regular files and /dev/null (which a mode check
+    cannot tell from a terminal), and the loop would only find out in a callback, with the reader stuck."""
     try:
-        mode = os.fstat(stdin.fileno()).st_mode
+        with selectors.DefaultSelector() as probe:
+            probe.register(stdin.fileno(), selectors.EVENT_READ)
     except (OSError, ValueError):
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+    return True
 
 
 def _claim_stdin() -> BinaryIO:
