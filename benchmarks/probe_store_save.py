@@ -5,7 +5,7 @@ to back (RESULTS §19; 5.1 ms on 8 strips since). Between two chat requests the 
 strip workers wake only once the pixels land. This runs what the server's job thread runs after the pixels (the
 store's encode and atomic save, the JPEG preview beside it on its pool) on noise, the random-weight benchmarks'
 images, or a photo-like image (``--image photo``), after the host sat idle (``cold``) and back to back
-(``hot``), for:
+(``hot``), the variants taking turns request by request (so a drift in the host's speed hits each alike), for:
 
 - ``as_is``: the store as it ships;
 - ``rows_N``: strips of at least N rows (``png.STRIP_ROWS``; 128 shipped until RESULTS §19, 64 since);
@@ -14,6 +14,7 @@ images, or a photo-like image (``--image photo``), after the host sat idle (``co
   for that whole encode, so the strip workers wait to finish; ``store/pillow_encode.py``);
 - ``written_whole``: the PNG encoded whole, then written and flushed, as until RESULTS §20 (the store now writes
   each strip as it is deflated and starts its writeback at once, ``atomic_write``);
+- ``bands_N``: the preview's JPEG in N bands (``jpeg_bands.BANDS``; 1 is whole);
 - ``zlib_rle``: the strips deflated by zlib at level 1 with run-length matches only, as until RESULTS §21
   (``png.DEFLATE`` is ISA-L's deflate since);
 - ``preview_whole``: the preview's JPEG encoded whole on one thread, as until RESULTS §21 (it is encoded in
@@ -58,7 +59,7 @@ from zimage_mcp.contract import Pixels
 from zimage_mcp.server import generation
 from zimage_mcp.server import preview as preview_module
 from zimage_mcp.server.preview import make_preview, worker_limit
-from zimage_mcp.store import ImageStore, image_store, png
+from zimage_mcp.store import ImageStore, image_store, jpeg_bands, png
 from zimage_mcp.store.pillow_encode import encode_without_gil
 
 T = TypeVar("T")
@@ -84,12 +85,13 @@ ZLIB_RLE = SimpleNamespace(
 @contextmanager
 def variant(name: str) -> Iterator[Callable[[], None]]:
     """Patch the store's PNG writer for ``name``; yield what runs just before the pixels land."""
-    rows, pool, encode_preview, encode_image, deflate = (
+    rows, pool, encode_preview, encode_image, deflate, bands = (
         png.STRIP_ROWS,
         png._POOL,
         preview_module._encode,
         image_store.encode_image,
         png.DEFLATE,
+        jpeg_bands.BANDS,
     )
     before: Callable[[], None] = lambda: None  # noqa: E731
     if name.startswith("rows_"):
@@ -104,6 +106,8 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
             return buf.getvalue(), "image/jpeg"
 
         preview_module._encode = to_bytesio
+    elif name.startswith("bands_"):
+        jpeg_bands.BANDS = int(name.split("_")[1])
     elif name == "zlib_rle":
         png.DEFLATE = ZLIB_RLE
     elif name == "preview_whole":
@@ -126,7 +130,7 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
         yield before
     finally:
         png.STRIP_ROWS, preview_module._encode, image_store.encode_image = rows, encode_preview, encode_image
-        png.DEFLATE = deflate
+        png.DEFLATE, jpeg_bands.BANDS = deflate, bands
         if png._POOL is not pool:
             png._POOL.shutdown()
             png._POOL = pool
@@ -244,23 +248,28 @@ def main() -> None:
             )
             pixels = rgb_pixels(rgb)  # as the engine's backend hands them over
             for name in args.variants:
-                with variant(name) as before:
+                with variant(name):
                     on_job_thread(one_request, store, rgb)  # the pools' threads exist
-                    row: dict[str, object] = {
-                        "probe": "store_save",
-                        "image": args.image,
-                        "size": side,
-                        "variant": name,
-                        "heap": args.heap,
-                    }
-                    for state in ("cold", "hot"):
-                        runs = []
-                        for _ in range(args.runs):
+            runs: dict[str, dict[str, list[dict[str, float]]]] = {n: {"cold": [], "hot": []} for n in args.variants}
+            for state in ("cold", "hot"):
+                for _ in range(args.runs):
+                    for name in args.variants:  # round robin: a host whose speed drifts slows every variant alike
+                        with variant(name) as before:
                             if state == "cold":
                                 time.sleep(args.idle)
                             before()
-                            runs.append(on_job_thread(one_request, store, rgb))
-                        row[state] = {key: round(statistics.median(r[key] for r in runs) * 1000, 2) for key in runs[0]}
+                            runs[name][state].append(on_job_thread(one_request, store, rgb))
+            for name in args.variants:
+                row: dict[str, object] = {
+                    "probe": "store_save",
+                    "image": args.image,
+                    "size": side,
+                    "variant": name,
+                    "heap": args.heap,
+                }
+                for state, done in runs[name].items():
+                    row[state] = {key: round(statistics.median(r[key] for r in done) * 1000, 2) for key in done[0]}
+                with variant(name):
                     row["threads"] = threading.active_count()
                     row["cold_strips_ms"] = on_job_thread(strip_schedule, store, pixels, args.idle)
                 print(json.dumps(row), flush=True)

@@ -22,12 +22,14 @@ from zimage_mcp.store.pillow_encode import encode_without_gil
 from zimage_mcp.store.png import nice_thread
 
 MCU_SIDE = 16  # 4:2:0: one MCU covers 16x16 pixels
-# A 512 px preview: 4 bands of 128 rows, beside the PNG's strip workers, where there are cores for both (on
-# this project's 2-core CI machine 4 bands took 1.43 ms against 1.32 whole; 2 bands 1.16)
-BANDS = max(1, min(4, (os.cpu_count() or 1) // 4))
+# A 512 px preview in 2 bands of 256 rows, beside the PNG's strips, where there are cores for both: on a
+# 16-vCPU host 4 bands beside 8 strips oversubscribed its cores (RESULTS §21), and on this project's 2-core CI
+# machine 4 bands took 1.43 ms against 1.32 whole (2 bands 1.16, but then the PNG's strips wait).
+BANDS = 2 if (os.cpu_count() or 1) >= 8 else 1
 MIN_BAND_ROWS = 64  # each band costs an encoder start and a hand-off
 SOI, SOF0, DHT, SOS, EOI, DRI, RST0 = 0xD8, 0xC0, 0xC4, 0xDA, 0xD9, 0xDD, 0xD0
-_POOL = ThreadPoolExecutor(max_workers=BANDS, thread_name_prefix="zimage-jpeg", initializer=nice_thread)
+# up to 4 bands at once: two previews (count 2) of 2 bands each
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zimage-jpeg", initializer=nice_thread)
 
 
 def encode_jpeg(img: Image.Image, quality: int) -> bytes:
