@@ -23,7 +23,7 @@
 #          request, against the engine alone.
 # imports: torch's bytecode cache, and torch, the MCP stack and the CUDA context timed alone and side by side.
 # loader:  the loader's A/B (preadv or mmap copies; 8 or 16 readers), then the first image over five restarts.
-# ab:      the server against an earlier commit's (ab_base/), untraced at 512^2 in turns, then the store probe.
+# ab:      the server against an earlier commit's (ab_base/), traced at 512^2 in turns, then the store probe.
 # trace:   one request's time split at each hop (benchmarks/request_trace), the engine before and after, GPU clocks.
 # equal:   the engine alone before and after the server, the server traced at 1024^2 and 512^2 and with 4 clients,
 #          each timed request after the same 1 s idle on both sides (the corrected method of RESULTS §18), GPU clocks;
@@ -283,7 +283,7 @@ PY
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
   ab)  # the server as it is against the one in ab_base/ (an earlier commit's tree, put there for this call only),
-      # untraced at 512^2, in turns (new, base, new, base) after the engine alone; then the store probe's
+      # traced at 512^2, in turns (new, base, new, base) after the engine alone; then the store probe's
       # variants, taking turns request by request (about 6 minutes)
     [ -f ab_base/benchmarks/bench_server.py ] || { echo "ab: no ab_base/ tree"; exit 2; }
     start_clock_sampler
@@ -291,10 +291,13 @@ PY
     engine before --sizes 512x512 --runs 7
     for turn in 1 2; do
       for side in new base; do
-        script=benchmarks/bench_server.py
-        [ "$side" = base ] && script=ab_base/benchmarks/bench_server.py
+        tree=.
+        [ "$side" = base ] && tree=ab_base
         echo "server $side $turn starts $(date +%s.%N)" >> "$OUT/logs/phases.txt"
-        timeout 100 python3 "$script" --formats png --previews thumbnail --sections latency --sizes 512x512 \
+        # traced, each tree by its own request_trace: the hops say which part moved
+        PYTHONPATH="$PWD/$tree/benchmarks/request_trace:${PYTHONPATH:-}" \
+        ZIMAGE_BENCH_REQUEST_TRACE="$OUT/logs/marks_${side}_$turn.txt" \
+        timeout 100 python3 "$tree/benchmarks/bench_server.py" --formats png --previews thumbnail --sections latency --sizes 512x512 \
           --runs 7 --json "$OUT/ab_${side}_$turn.json" > "$OUT/logs/ab_${side}_$turn.log" 2>&1 \
           || tail -5 "$OUT/logs/ab_${side}_$turn.log"
         grep '"section": "latency"' "$OUT/logs/ab_${side}_$turn.log" | cut -c1-260 || true
