@@ -288,9 +288,11 @@ PY
     [ -f ab_base/benchmarks/bench_server.py ] || { echo "ab: no ab_base/ tree"; exit 2; }
     start_clock_sampler
     host_cpus | tee "$OUT/logs/host_cpus.txt"
-    engine before --sizes 512x512 --runs 7
-    for turn in 1 2; do
-      for side in new base; do
+    [ "${AB_ENGINE:-1}" = 1 ] && engine before --sizes 512x512 --runs 7  # AB_ENGINE=0: the servers only
+    turn=0
+    for side in ${AB_TURNS:-new base new base}; do  # e.g. AB_TURNS="new base new" for a shorter call
+      turn=$((turn + 1))
+      {
         tree=.
         [ "$side" = base ] && tree=ab_base
         echo "server $side $turn starts $(date +%s.%N)" >> "$OUT/logs/phases.txt"
@@ -301,12 +303,14 @@ PY
           --runs 7 --json "$OUT/ab_${side}_$turn.json" > "$OUT/logs/ab_${side}_$turn.log" 2>&1 \
           || tail -5 "$OUT/logs/ab_${side}_$turn.log"
         grep '"section": "latency"' "$OUT/logs/ab_${side}_$turn.log" | cut -c1-260 || true
-      done
+      }
     done
     kill "$clock_sampler" || true
-    [ "$SECONDS" -lt 420 ] && timeout 70 python3 benchmarks/probe_store_save.py --sizes 512 --runs 7 --idle 0.5 \
-      --heap kept --variants as_is rows_64 bands_4 bands_1 zlib_rle > "$OUT/probe_store_save.jsonl" 2>&1 \
-      ; cut -c1-330 "$OUT/probe_store_save.jsonl"
+    if [ "${AB_PROBE:-1}" = 1 ] && [ "$SECONDS" -lt 420 ]; then
+      timeout 70 python3 benchmarks/probe_store_save.py --sizes 512 --runs 7 --idle 0.5 --heap kept \
+        --variants as_is rows_64 bands_4 bands_1 zlib_rle > "$OUT/probe_store_save.jsonl" 2>&1 || true
+      cut -c1-330 "$OUT/probe_store_save.jsonl"
+    fi
     tar czf "$OUT/server_logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
     exit 0 ;;
   store)  # the server's after-the-GPU CPU work in one process, after an idle host and back to back, per PNG strip
