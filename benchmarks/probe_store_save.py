@@ -14,11 +14,10 @@ images, or a photo-like image (``--image photo``), after the host sat idle (``co
   for that whole encode, so the strip workers wait to finish; ``store/pillow_encode.py``);
 - ``written_whole``: the PNG encoded whole, then written and flushed, as until RESULTS §20 (the store now writes
   each strip as it is deflated and starts its writeback at once, ``atomic_write``);
-- ``bands_N``: the preview's JPEG in N bands (``jpeg_bands.BANDS``; 1 is whole);
+- ``bands_N``: the preview's JPEG in N bands joined by restart markers (``store/jpeg_bands.py``, which the store
+  uses for JPEG outputs; the preview ships whole, RESULTS §21);
 - ``zlib_rle``: the strips deflated by zlib at level 1 with run-length matches only, as until RESULTS §21
   (``png.DEFLATE`` is ISA-L's deflate since);
-- ``preview_whole``: the preview's JPEG encoded whole on one thread, as until RESULTS §21 (it is encoded in
-  bands joined by restart markers since, ``store/jpeg_bands.py``);
 - ``prewarmed``: the strip workers kept spinning for a few ms just before the pixels land (a pure-Python spin:
   it holds the GIL, and on the GPU host it made every request 40 ms slower; kept to show that).
 
@@ -59,8 +58,8 @@ from zimage_mcp.contract import Pixels
 from zimage_mcp.server import generation
 from zimage_mcp.server import preview as preview_module
 from zimage_mcp.server.preview import make_preview, worker_limit
-from zimage_mcp.store import ImageStore, image_store, jpeg_bands, png
-from zimage_mcp.store.pillow_encode import encode_without_gil
+from zimage_mcp.store import ImageStore, image_store, png
+from zimage_mcp.store.jpeg_bands import encode_jpeg
 
 T = TypeVar("T")
 BUDGET = 1_000_000  # the server's default result budget, roughly: the thumbnail is never shrunk for it
@@ -85,13 +84,12 @@ ZLIB_RLE = SimpleNamespace(
 @contextmanager
 def variant(name: str) -> Iterator[Callable[[], None]]:
     """Patch the store's PNG writer for ``name``; yield what runs just before the pixels land."""
-    rows, pool, encode_preview, encode_image, deflate, bands = (
+    rows, pool, encode_preview, encode_image, deflate = (
         png.STRIP_ROWS,
         png._POOL,
         preview_module._encode,
         image_store.encode_image,
         png.DEFLATE,
-        jpeg_bands.BANDS,
     )
     before: Callable[[], None] = lambda: None  # noqa: E731
     if name.startswith("rows_"):
@@ -107,11 +105,10 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
 
         preview_module._encode = to_bytesio
     elif name.startswith("bands_"):
-        jpeg_bands.BANDS = int(name.split("_")[1])
+        bands = int(name.split("_")[1])
+        preview_module._encode = lambda img, quality: (encode_jpeg(img, quality, bands), "image/jpeg")
     elif name == "zlib_rle":
         png.DEFLATE = ZLIB_RLE
-    elif name == "preview_whole":
-        preview_module._encode = lambda img, quality: (encode_without_gil(img, "JPEG", quality=quality), "image/jpeg")
     elif name == "written_whole":
 
         def whole(pixels: Pixels, fmt: str, metadata: dict) -> bytes | Iterator[bytes]:
@@ -130,7 +127,7 @@ def variant(name: str) -> Iterator[Callable[[], None]]:
         yield before
     finally:
         png.STRIP_ROWS, preview_module._encode, image_store.encode_image = rows, encode_preview, encode_image
-        png.DEFLATE, jpeg_bands.BANDS = deflate, bands
+        png.DEFLATE = deflate
         if png._POOL is not pool:
             png._POOL.shutdown()
             png._POOL = pool

@@ -201,8 +201,8 @@ def test_check_host_copy_tiny_agrees() -> None:
 
 def test_probe_store_save_times_each_variant() -> None:
     """The store's CPU part per variant, cold and hot, the engine backend's pixels included (RESULTS §20)."""
-    variants = ["as_is", "written_whole", "preview_bytesio"]
-    args = ["--sizes", "64", "--runs", "1", "--idle", "0", "--variants", *variants]
+    variants = ["as_is", "written_whole", "preview_bytesio", "zlib_rle", "bands_2"]
+    args = ["--sizes", "128", "--runs", "1", "--idle", "0", "--variants", *variants]
     rows = _run("probe_store_save.py", *args, paths=(REPO / "plugins",), tiny=False)
     saves = [r for r in rows if r.get("probe") == "store_save"]
     assert [r["variant"] for r in saves] == variants and all(r["heap"] == "default" for r in saves)

@@ -14,12 +14,6 @@ from zimage_mcp.store import jpeg_bands
 from zimage_mcp.store.jpeg_bands import encode_jpeg, join_bands
 
 
-@pytest.fixture(autouse=True)
-def four_bands(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The banded path on any machine (a host with fewer than 16 cores encodes in fewer bands)."""
-    monkeypatch.setattr(jpeg_bands, "BANDS", 4)
-
-
 def _image(width: int, height: int, kind: str) -> Image.Image:
     rng = np.random.default_rng(width * 7919 + height)
     if kind == "noise":
@@ -44,7 +38,7 @@ def _markers(jpeg: bytes) -> list[int]:
 @pytest.mark.parametrize(("width", "height"), [(512, 512), (1024, 1024), (500, 333), (768, 200), (17, 1000)])
 def test_bands_decode_to_the_whole_images_pixels(width: int, height: int, kind: str) -> None:
     img = _image(width, height, kind)
-    banded = encode_jpeg(img, 85)
+    banded = encode_jpeg(img, 85, 4)
     with Image.open(io.BytesIO(banded)) as decoded:
         assert decoded.format == "JPEG" and decoded.size == (width, height)
         pixels = np.asarray(decoded.convert("RGB"))
@@ -56,7 +50,7 @@ def test_bands_decode_to_the_whole_images_pixels(width: int, height: int, kind: 
 
 
 def test_a_tall_image_is_cut_into_bands_joined_by_restart_markers() -> None:
-    banded = encode_jpeg(_image(512, 512, "noise"), 85)
+    banded = encode_jpeg(_image(512, 512, "noise"), 85, 4)
     markers = _markers(banded)
     assert markers.count(jpeg_bands.DRI) == 1 and markers.count(jpeg_bands.SOS) == 1
     restarts = [m for m in markers if jpeg_bands.RST0 <= m <= jpeg_bands.RST0 + 7]
@@ -65,9 +59,11 @@ def test_a_tall_image_is_cut_into_bands_joined_by_restart_markers() -> None:
     assert int.from_bytes(banded[dri + 4 : dri + 6], "big") == (512 // 16) * (128 // 16)  # MCUs per band
 
 
-def test_a_short_image_is_encoded_whole() -> None:
+def test_a_short_image_or_one_band_is_encoded_whole() -> None:
     img = _image(256, 64, "noise")
-    assert encode_jpeg(img, 85) == _whole(img, 85)
+    assert encode_jpeg(img, 85, 4) == _whole(img, 85)
+    tall = _image(256, 512, "noise")
+    assert encode_jpeg(tall, 85, 1) == _whole(tall, 85)
 
 
 def test_bands_with_different_tables_are_not_joined() -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from zimage_mcp.contract import Pixels
 from zimage_mcp.store import StoredImage
-from zimage_mcp.store.jpeg_bands import encode_jpeg
+from zimage_mcp.store.pillow_encode import encode_without_gil
 
 PreviewMode = Literal["none", "thumbnail", "full"]
 THUMBNAIL_SIDE = 512
@@ -40,9 +40,9 @@ class Preview:
 
 
 def _encode(img: Image.Image, quality: int) -> tuple[bytes, str]:
-    # no optimize: -11 % bytes for +130 % time (and tables tuned per band could not be joined); in bands, each
-    # without the GIL, beside the PNG's workers
-    return encode_jpeg(img, quality), "image/jpeg"
+    # no optimize: -11 % bytes for +130 % time; without the GIL: the PNG's workers run beside it; whole, on one
+    # thread: in bands (store/jpeg_bands.py) beside the PNG's strips it oversubscribed a 16-vCPU host (RESULTS §21)
+    return encode_without_gil(img, "JPEG", quality=quality), "image/jpeg"
 
 
 def make_preview(pixels: Pixels, mode: PreviewMode, max_b64_chars: int) -> Preview | None:

@@ -34,7 +34,7 @@ from typing import Any
 from PIL import Image
 
 from zimage_mcp.contract import Pixels
-from zimage_mcp.store.jpeg_bands import encode_jpeg
+from zimage_mcp.store.jpeg_bands import OUTPUT_BANDS, encode_jpeg
 from zimage_mcp.store.pillow_encode import encode_without_gil
 from zimage_mcp.store.png import png_pieces
 
@@ -140,7 +140,7 @@ def encode_image(pixels: Pixels, output_format: str, metadata: dict[str, Any]) -
         return png_pieces(pixels, {"parameters": json.dumps(metadata, sort_keys=True), "Software": "zimage-mcp"})
     img = Image.frombuffer("RGB", (pixels.width, pixels.height), pixels.data, "raw", "RGB", 0, 1)
     if output_format == "jpeg":
-        return encode_jpeg(img, quality=95)
+        return encode_jpeg(img, 95, OUTPUT_BANDS)
     return encode_without_gil(img, FORMATS[output_format][0], quality=95)
 
 

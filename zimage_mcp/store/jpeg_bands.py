@@ -1,7 +1,8 @@
 """A baseline JPEG encoded in horizontal bands on several threads, joined by restart markers.
 
-One JPEG is one thread's work in libjpeg, and a 512 px preview of noise took 3.7-4.6 ms on the H100 host's
-cores (RESULTS §20), the longest part of the store's work once the PNG was parallel. A baseline scan may be
+One JPEG is one thread's work in libjpeg: a full-size JPEG output is the store's longest encode. (The 512 px
+preview stays whole: beside the PNG's strip workers, 4 bands oversubscribed a 16-vCPU host, RESULTS §21.)
+A baseline scan may be
 cut into restart intervals: at each ``RSTn`` marker the entropy coder starts again on a byte boundary with
 its DC predictions at zero, which is exactly how a separately encoded JPEG starts and ends. So each band of
 whole MCU rows (16 px with 4:2:0 chroma) is encoded on its own, by Pillow with the GIL released, and the
@@ -22,26 +23,24 @@ from zimage_mcp.store.pillow_encode import encode_without_gil
 from zimage_mcp.store.png import nice_thread
 
 MCU_SIDE = 16  # 4:2:0: one MCU covers 16x16 pixels
-# A 512 px preview in 2 bands of 256 rows, beside the PNG's strips, where there are cores for both: on a
-# 16-vCPU host 4 bands beside 8 strips oversubscribed its cores (RESULTS §21), and on this project's 2-core CI
-# machine 4 bands took 1.43 ms against 1.32 whole (2 bands 1.16, but then the PNG's strips wait).
-BANDS = 2 if (os.cpu_count() or 1) >= 8 else 1
+# The store's JPEG outputs (nothing else encodes beside them but the preview): a 1024^2 one at quality 95 took
+# 5.9 ms in 2 bands against 8.8 whole on this project's 2-core machine (noise; a photo 3.3 against 4.1).
+OUTPUT_BANDS = max(2, min(4, (os.cpu_count() or 1) // 4))
 MIN_BAND_ROWS = 64  # each band costs an encoder start and a hand-off
 SOI, SOF0, DHT, SOS, EOI, DRI, RST0 = 0xD8, 0xC0, 0xC4, 0xDA, 0xD9, 0xDD, 0xD0
-# up to 4 bands at once: two previews (count 2) of 2 bands each
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zimage-jpeg", initializer=nice_thread)
 
 
-def encode_jpeg(img: Image.Image, quality: int) -> bytes:
-    """``img`` (RGB) as a baseline 4:2:0 JPEG at ``quality``, in bands when it is tall enough."""
+def encode_jpeg(img: Image.Image, quality: int, bands: int) -> bytes:
+    """``img`` (RGB) as a baseline 4:2:0 JPEG at ``quality``, in up to ``bands`` bands when it is tall enough."""
     params = {"quality": quality, "subsampling": "4:2:0"}  # the MCU size below depends on it
     mcu_rows = -(-img.height // MCU_SIDE)
-    rows_per_band = MCU_SIDE * -(-mcu_rows // max(1, min(BANDS, img.height // MIN_BAND_ROWS)))
+    rows_per_band = MCU_SIDE * -(-mcu_rows // max(1, min(bands, img.height // MIN_BAND_ROWS)))
     if rows_per_band >= img.height:
         return encode_without_gil(img, "JPEG", **params)
     tops = range(0, img.height, rows_per_band)
-    bands = [img.crop((0, top, img.width, min(img.height, top + rows_per_band))) for top in tops]
-    encoded = [f.result() for f in [_POOL.submit(encode_without_gil, band, "JPEG", **params) for band in bands]]
+    parts = [img.crop((0, top, img.width, min(img.height, top + rows_per_band))) for top in tops]
+    encoded = [f.result() for f in [_POOL.submit(encode_without_gil, part, "JPEG", **params) for part in parts]]
     joined = join_bands(encoded, img.height, -(-img.width // MCU_SIDE) * (rows_per_band // MCU_SIDE))
     return joined if joined is not None else encode_without_gil(img, "JPEG", **params)
 

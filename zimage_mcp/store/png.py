@@ -35,12 +35,13 @@ from zimage_mcp.contract import Pixels
 DEFLATE = isal_zlib
 PNG_LEVEL = 1
 ENCODER_NICENESS = 5  # encoder threads yield the CPU to the thread that feeds the GPU (see nice_thread)
-STRIPS = max(1, min(16, os.cpu_count() or 1))  # parallel workers, one strip (and one IDAT chunk) each
-# The fewest rows a strip gets: each strip costs a hand-off and a core. On the 16-core H100 host (noise, RESULTS
-# §19) the server's 512^2 encode with zlib took 5.1 ms on 8 strips against 7.3 on 4. ISA-L deflates a strip about
-# 3x faster, and with the preview's JPEG bands beside them 12 busy threads ran 2-3x slower each than 8 did on
-# that host's 16 vCPUs (RESULTS §21): 128 rows, so 4 strips at 512^2 and 8 at 1024^2.
-STRIP_ROWS = 128
+# Parallel workers, one strip (and one IDAT chunk) each: half the host's vCPUs (its cores, where they are
+# hyperthreads). On the 16-vCPU H100 host 12 busy encode threads ran 2-3x slower each than 8 or 9 (RESULTS §21),
+# and 8 strips were the best measured at both sizes (512^2: 8 of 64 rows; 1024^2: 8 of 128 rows).
+STRIPS = max(2, min(16, (os.cpu_count() or 1) // 2))
+# The fewest rows a strip gets: each strip costs a hand-off. On the 16-core H100 host (noise, RESULTS §19) the
+# server's 512^2 encode took 5.1 ms on 8 strips against 7.3 on 4.
+STRIP_ROWS = 64
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, the "fastest" level flag
 _ADLER_BASE = 65521
