@@ -285,6 +285,9 @@ PY
   ab)  # the server as it is against the one in ab_base/ (an earlier commit's tree, put there for this call only),
       # traced at 512^2, in turns (new, base, new, base) after the engine alone; then the store probe's
       # variants, taking turns request by request (about 6 minutes)
+    # ab_base/ (untracked, not ignored, so the call carries it; delete it afterwards): from the repo root,
+    #   mkdir ab_base && git archive REV zimage_mcp plugins registry.toml pyproject.toml benchmarks/bench_server.py \
+    #     benchmarks/request_trace benchmarks/components.py | tar x -C ab_base
     [ -f ab_base/benchmarks/bench_server.py ] || { echo "ab: no ab_base/ tree"; exit 2; }
     start_clock_sampler
     host_cpus | tee "$OUT/logs/host_cpus.txt"
