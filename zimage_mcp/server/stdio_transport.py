@@ -6,13 +6,16 @@ malformed line gets a JSON-RPC error and the server keeps serving:
 - not JSON (or not UTF-8): ``-32700`` parse error, ``id`` null;
 - JSON that is not a single request, notification or response (a batch array, a non-object,
   ``jsonrpc`` not "2.0", no ``method``, a bad ``id`` or ``params``): ``-32600`` invalid request,
-  with the line's ``id`` when it is a valid one, else null.
+  with the line's ``id`` when it is a valid one, else null;
+- a line over ``LINE_LIMIT`` (64 MiB): ``-32600``, and the line is dropped unread.
 
-Blank lines are skipped. Such lines never reach the SDK.
+Blank lines are skipped. Such lines never reach the SDK. At end of input the requests in flight are answered
+before the streams close (the SDK would cancel them).
 
-Where stdin is a pipe, a socket or a terminal (how hosts start a server), the event loop itself waits for
-it (``connect_read_pipe``): a request then wakes one thread, not a worker thread blocked in ``readline`` and
-then the loop. Anything else (a regular file) is read line by line on a worker thread.
+Where stdin is a pipe, a socket or a terminal (how hosts start a server), the event loop itself waits for it
+(``connect_read_pipe``) and writes the replies as the pipe has room: a request and its reply wake no worker
+thread. Waking one after the host sat idle was what cost (RESULTS §21). What epoll refuses (a regular file,
+/dev/null) is read and written on worker threads.
 """
 
 from __future__ import annotations
@@ -134,8 +137,14 @@ async def write_line(wire: BinaryIO, line: bytes) -> None:
             return
         except PermissionError:  # epoll refuses this kind of file: finish the line on a thread
             pass
-    await anyio.to_thread.run_sync(wire.write, bytes(view))
-    await anyio.to_thread.run_sync(wire.flush)
+    await anyio.to_thread.run_sync(_write_all, wire, view)
+
+
+def _write_all(wire: BinaryIO, data: memoryview) -> None:
+    """Blocking: an unbuffered file's ``write`` may take less than it was given."""
+    while data:
+        data = data[wire.write(data) or 0 :]
+    wire.flush()
 
 
 def _write_ready(fd: int, data: memoryview) -> int:
