@@ -2,13 +2,13 @@
 
 One JPEG is one thread's work in libjpeg: a full-size JPEG output is the store's longest encode. (The 512 px
 preview stays whole: beside the PNG's strip workers, 4 bands oversubscribed a 16-vCPU host, RESULTS §21.)
-A baseline scan may be
-cut into restart intervals: at each ``RSTn`` marker the entropy coder starts again on a byte boundary with
-its DC predictions at zero, which is exactly how a separately encoded JPEG starts and ends. So each band of
-whole MCU rows (16 px with 4:2:0 chroma) is encoded on its own, by Pillow with the GIL released, and the
-bands' scans are joined under one header that gives the full height and the interval (``DRI``). The
-coefficients are those of the whole image encoded at once (same quantisation and standard Huffman tables,
-and 4:2:0 downsampling never looks across an MCU row), so a decoder gives the same pixels.
+
+A baseline scan may be cut into restart intervals: at each ``RSTn`` marker the entropy coder starts again on
+a byte boundary with its DC predictions at zero, which is exactly how a separately encoded JPEG starts and
+ends. So each band of whole MCU rows (16 px with 4:2:0 chroma) is encoded on its own, by Pillow with the GIL
+released, and the bands' scans are joined under one header that gives the full height and the interval
+(``DRI``). The coefficients are those of the whole image encoded at once (same quantisation and standard
+Huffman tables, and 4:2:0 downsampling never looks across an MCU row), so a decoder gives the same pixels.
 """
 
 from __future__ import annotations
@@ -49,16 +49,16 @@ def join_bands(bands: list[bytes], height: int, interval: int) -> bytes | None:
     """One JPEG of ``height`` rows from separately encoded bands of ``interval`` MCUs each (the last may have
     fewer), or None if they cannot be joined: not baseline, or tables that differ from band to band (an
     encoder that tunes them per image)."""
-    split = [_split(band) for band in bands]
-    headers = {part[:3] for part in split if part is not None}
-    if None in split or len(headers) != 1:
+    split = [part for part in map(_split, bands) if part is not None]
+    headers = {part[:3] for part in split}
+    if len(split) != len(bands) or len(headers) != 1:
         return None
     before_height, after_height, sos = headers.pop()
     out = [before_height, struct.pack(">H", height), after_height, struct.pack(">BBHH", 0xFF, DRI, 4, interval), sos]
-    for i, part in enumerate(split):
+    for i, (*_, scan) in enumerate(split):
         if i:
             out.append(bytes((0xFF, RST0 + (i - 1) % 8)))
-        out.append(part[3])  # type: ignore[index]
+        out.append(scan)
     out.append(bytes((0xFF, EOI)))
     return b"".join(out)
 
