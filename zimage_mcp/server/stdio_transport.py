@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import selectors
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO
@@ -130,7 +131,7 @@ async def write_line(wire: BinaryIO, line: bytes) -> None:
     loop = _asyncio_loop()
     fd = _descriptor(wire)
     view = memoryview(line)
-    if loop is not None and fd is not None:
+    if loop is not None and fd is not None and os.name == "posix":
         try:
             while view := view[_write_ready(fd, view) :]:
                 await _writable(loop, fd)
@@ -267,9 +268,13 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _pollable(stdin: BinaryIO) -> bool:
-    """Whether the loop can wait for ``stdin``: epoll refuses regular files and /dev/null (which a mode check
-    cannot tell from a terminal), and the loop would only find out in a callback, with the reader stuck."""
+    """Whether the loop can wait for ``stdin``: a pipe, socket or character device (what asyncio's pipe
+    transport takes) that the OS's selector accepts. epoll refuses /dev/null, a character device, and asyncio
+    would only find out in a callback, with the reader stuck; elsewhere than POSIX, never."""
     try:
+        mode = os.fstat(stdin.fileno()).st_mode
+        if os.name != "posix" or not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            return False
         with selectors.DefaultSelector() as probe:
             probe.register(stdin.fileno(), selectors.EVENT_READ)
     except (OSError, ValueError):
