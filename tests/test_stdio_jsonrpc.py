@@ -122,3 +122,15 @@ def test_a_line_over_the_limit_is_refused_and_the_next_one_served(
     refused = answers[None]["error"]
     assert refused["code"] == -32600 and "longer than 64 MiB" in refused["message"]
     assert 3 not in answers and "generate_image" in {t["name"] for t in answers[4]["result"]["tools"]}
+
+
+def test_a_request_cancelled_before_end_of_input_does_not_hold_the_server_open(settings: Settings) -> None:
+    """The SDK never answers a cancelled request, so the end of input must not wait for its answer."""
+    call = {"name": "generate_image", "arguments": {"prompt": "a red cube", "width": 256, "height": 256, "seed": 3}}
+    lines = [INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    lines.append({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": call})
+    lines.append({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
+    lines.append({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
+    answers = _serve(settings, lines)  # returns once the server exited (a hang fails on the timeout)
+    assert 7 not in answers  # cancelled: never answered, as the spec asks
+    assert "generate_image" in {t["name"] for t in answers[8]["result"]["tools"]}
