@@ -9,7 +9,8 @@ images, or a photo-like image (``--image photo``), after the host sat idle (``co
 
 - ``as_is``: the store as it ships;
 - ``rows_N``: strips of at least N rows (``png.STRIP_ROWS``; 128 shipped until RESULTS §19, 64 since);
-- ``not_nice``: strip workers at the caller's priority;
+- ``not_nice``: strip workers at the caller's priority (a fresh pool for each of its requests, since the
+  variants take turns: its threads also start new);
 - ``preview_bytesio``: the JPEG preview encoded into a ``BytesIO``, as until RESULTS §20 (Pillow holds the GIL
   for that whole encode, so the strip workers wait to finish; ``store/pillow_encode.py``);
 - ``written_whole``: the PNG encoded whole, then written and flushed, as until RESULTS §20 (the store now writes
