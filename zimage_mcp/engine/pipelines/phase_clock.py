@@ -40,7 +40,8 @@ class PhaseClock:
         self._marks.append((phase, self._now()))
 
     def timings(self) -> dict[str, float]:
-        """Seconds per phase and ``total``; on CUDA, waits for the last mark (normally done already)."""
+        """Seconds per phase, ``prepare`` and ``total``; on CUDA, waits for the last mark (normally done already)."""
+        prepare = self.created - self.t0
         out: dict[str, float] = {}
         prev = self._start
         for i, (phase, at) in enumerate(self._marks):
@@ -51,8 +52,8 @@ class PhaseClock:
             else:
                 assert isinstance(prev, float)
                 seconds = at - prev
-            out[phase] = seconds + (self.created - self.t0 if i == 0 else 0.0)
+            out[phase] = seconds + (prepare if i == 0 else 0.0)
             prev = at
-        out["prepare"] = self.created - self.t0
+        out["prepare"] = prepare
         out["total"] = time.perf_counter() - self.t0
         return out
