@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import threading
 import time
 from pathlib import Path
 
 import anyio
+import pytest
 
-from zimage_mcp.server.stdio_transport import write_line
+from zimage_mcp.server.stdio_transport import WIRE_PIPE_BYTES, widen_pipe, write_line
 
 
 def test_a_line_longer_than_the_pipe_goes_out_whole_while_the_reader_is_slow() -> None:
@@ -46,3 +48,24 @@ def test_a_regular_file_is_written_whole(tmp_path: Path) -> None:
             anyio.run(write_line, wire, b"x" * 100_000 + str(i).encode() + b"\n")
     data = path.read_bytes().splitlines()
     assert [len(x) for x in data] == [100_001] * 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pipe sizes are set through Linux's fcntl")
+def test_the_wire_pipe_is_widened_so_a_reply_goes_in_with_one_write() -> None:
+    import fcntl
+
+    read_fd, write_fd = os.pipe()
+    try:
+        with os.fdopen(write_fd, "wb", buffering=0, closefd=False) as wire:
+            assert widen_pipe(wire) == WIRE_PIPE_BYTES
+        assert fcntl.fcntl(read_fd, fcntl.F_GETPIPE_SZ) == WIRE_PIPE_BYTES  # the pipe itself, seen from the client
+        assert os.write(write_fd, b"x" * 400_000) == 400_000  # a preview's reply, taken whole without a reader
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_what_is_no_pipe_is_left_as_it_is(tmp_path: Path) -> None:
+    assert widen_pipe(io.BytesIO()) is None
+    with (tmp_path / "out.jsonl").open("wb") as regular:
+        assert widen_pipe(regular) is None

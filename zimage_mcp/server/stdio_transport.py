@@ -15,7 +15,8 @@ before the streams close (the SDK would cancel them).
 Where stdin is a pipe, a socket or a terminal (how hosts start a server), the event loop itself waits for it
 (``connect_read_pipe``) and writes the replies as the pipe has room: a request and its reply wake no worker
 thread. Waking one after the host sat idle was what cost (RESULTS §21). What epoll refuses (a regular file,
-/dev/null) is read and written on worker threads.
+/dev/null) is read and written on worker threads. On Linux, a stdout pipe is widened to ``WIRE_PIPE_BYTES``
+so that a reply with a preview goes in with one write instead of one per 64 KiB the client drained.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import os
 import selectors
 import stat
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO
@@ -42,6 +44,10 @@ PARSE_ERROR, INVALID_REQUEST = -32700, -32600
 # by reference, never inline), while a runaway client cannot make the server buffer gigabytes. A longer line
 # is dropped and answered with -32600.
 LINE_LIMIT = 64 << 20
+# Linux's limit for an unprivileged process (/proc/sys/fs/pipe-max-size); a 512 px preview of a detailed image
+# makes a reply line of 300-400 KB. On this project's CPU machine the wider pipe brought the reply to the SDK
+# client 0.15-0.2 ms sooner (the writer no longer waits for the client to drain each 64 KiB).
+WIRE_PIPE_BYTES = 1 << 20
 
 
 def classify(line: bytes) -> SessionMessage | dict[str, Any] | None:
@@ -171,6 +177,21 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         loop.remove_writer(fd)
 
 
+def widen_pipe(wire: BinaryIO, size: int = WIRE_PIPE_BYTES) -> int | None:
+    """Grow ``wire``'s pipe buffer to ``size`` bytes where Linux allows it; the size it has then, or None
+    where ``wire`` is no pipe or the platform cannot (the replies are the same, only written in more pieces)."""
+    fd = _descriptor(wire)
+    if sys.platform != "linux" or fd is None or not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        return None
+    import fcntl  # POSIX only; its pipe-size commands are Linux's
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:  # EPERM: over pipe-max-size, or the user's pipe pages are spent; the default still works
+        pass
+    return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+
 def _descriptor(file: BinaryIO) -> int | None:
     try:
         return file.fileno()
@@ -296,6 +317,7 @@ def run_stdio(server: Any, wire: BinaryIO) -> None:
     """Serve ``server`` (an ``MCPServer`` or a low-level ``Server``) over stdin and the binary ``wire``."""
     low = getattr(server, "_lowlevel_server", server)
     stdin = _claim_stdin()
+    widen_pipe(wire)
 
     async def run() -> None:
         async with stdio_streams(stdin, wire) as (read, write):
