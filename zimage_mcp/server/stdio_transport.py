@@ -44,9 +44,10 @@ PARSE_ERROR, INVALID_REQUEST = -32700, -32600
 # by reference, never inline), while a runaway client cannot make the server buffer gigabytes. A longer line
 # is dropped and answered with -32600.
 LINE_LIMIT = 64 << 20
-# Linux's limit for an unprivileged process (/proc/sys/fs/pipe-max-size); a 512 px preview of a detailed image
-# makes a reply line of 300-400 KB. On this project's CPU machine the wider pipe brought the reply to the SDK
-# client 0.15-0.2 ms sooner (the writer no longer waits for the client to drain each 64 KiB).
+# Linux's limit for an unprivileged process (/proc/sys/fs/pipe-max-size); a 512 px preview makes a reply line of
+# about 200 KB for the random-weight benchmarks' images (up to 350 KB for pure noise). On this project's CPU
+# machine the wider pipe brought the reply to the SDK client 0.15-0.2 ms sooner (the writer no longer waits for
+# the client to drain each 64 KiB; RESULTS §22).
 WIRE_PIPE_BYTES = 1 << 20
 
 
