@@ -65,6 +65,20 @@ def test_the_wire_pipe_is_widened_so_a_reply_goes_in_with_one_write() -> None:
         os.close(write_fd)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="pipe sizes are set through Linux's fcntl")
+def test_a_pipe_the_host_made_wider_is_not_shrunk() -> None:
+    import fcntl
+
+    read_fd, write_fd = os.pipe()
+    try:
+        fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, WIRE_PIPE_BYTES)  # the host's choice, wider than what we ask below
+        with os.fdopen(write_fd, "wb", buffering=0, closefd=False) as wire:
+            assert widen_pipe(wire, size=WIRE_PIPE_BYTES // 4) == WIRE_PIPE_BYTES
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def test_what_is_no_pipe_is_left_as_it_is(tmp_path: Path) -> None:
     assert widen_pipe(io.BytesIO()) is None
     with (tmp_path / "out.jsonl").open("wb") as regular:

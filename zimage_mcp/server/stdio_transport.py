@@ -179,17 +179,19 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
 
 def widen_pipe(wire: BinaryIO, size: int = WIRE_PIPE_BYTES) -> int | None:
-    """Grow ``wire``'s pipe buffer to ``size`` bytes where Linux allows it; the size it has then, or None
-    where ``wire`` is no pipe or the platform cannot (the replies are the same, only written in more pieces)."""
+    """Grow ``wire``'s pipe buffer to ``size`` bytes where Linux allows it (never shrink one the host made
+    wider); the size it has then, or None where ``wire`` is no pipe or the platform cannot (the replies are the
+    same, only written in more pieces)."""
     fd = _descriptor(wire)
     if sys.platform != "linux" or fd is None or not stat.S_ISFIFO(os.fstat(fd).st_mode):
         return None
     import fcntl  # POSIX only; its pipe-size commands are Linux's
 
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
-    except OSError:  # EPERM: over pipe-max-size, or the user's pipe pages are spent; the default still works
-        pass
+    if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < size:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+        except OSError:  # EPERM: over pipe-max-size, or the user's pipe pages are spent; the default still works
+            pass
     return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
 
 
