@@ -71,7 +71,7 @@ def main() -> None:
     for variant, spans in times.items():
         row = {"probe": "initial_noise", "variant": variant, "size": args.size, "pause_s": args.pause}
         row.update({f"{k}_ms": round(statistics.median(v), 3) for k, v in spans.items()})
-        row.update({f"{k}_ms_all": [round(t, 2) for t in v] for k, v in spans.items()})
+        row.update({f"{k}_ms_all": [round(t, 3) for t in v] for k, v in spans.items()})
         print(json.dumps(row), flush=True)
 
 

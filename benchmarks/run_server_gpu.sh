@@ -27,7 +27,7 @@
 # trace:   one request's time split at each hop (benchmarks/request_trace), the engine before and after, GPU clocks.
 # equal:   the engine alone before and after the server, the server traced at 1024^2 and 512^2 and with 4 clients,
 #          each timed request after the same 1 s idle on both sides (the corrected method of RESULTS §18), GPU clocks;
-#          then, with time left, the store probe (as `store` runs it).
+#          first the initial noise's copy (probe_initial_noise.py), then, with time left, the store probe.
 # store:   the store's encode and save with the preview beside it, cold and hot, per strip setting (one process).
 # verify:  the deferred host copy's pixels on the GPU, the first image cold, warm and over three more restarts, latency, 4 clients and the engine, then
 #          (when the call has time left) the default mode's traced peaks (one call, about 7 minutes; at most 8 files come back from the lent machine).
@@ -265,6 +265,9 @@ PY
           # size; TRACE_PROGRESS=1 has every call ask for progress notifications, as hosts that show progress do
     start_clock_sampler
     host_cpus | tee "$OUT/logs/host_cpus.txt"
+    # the initial noise's copy to the GPU, pageable (as shipped) against pinned (RESULTS §23; about 30 s)
+    timeout 60 python3 benchmarks/probe_initial_noise.py --runs 12 > "$OUT/probe_initial_noise.jsonl" 2>&1 \
+      && cut -c1-200 "$OUT/probe_initial_noise.jsonl"
     read -r -a sizes <<< "${TRACE_SIZES:-1024x1024 512x512}"
     engine before --sizes "${sizes[@]}" --runs 7
     traced current --sections latency throughput --sizes "${sizes[@]}" --runs 7 ${TRACE_PROGRESS:+--progress}

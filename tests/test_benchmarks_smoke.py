@@ -222,3 +222,13 @@ def test_probe_sdk_client_splits_a_reply(registry_file: Path) -> None:
     assert row["probe"] == "sdk_client_reply_ms" and row["runs"] == 2
     hops = [k for k in row if "->" in k]
     assert len(hops) == 4 and all(row[k] >= 0 for k in hops), row
+
+
+def test_probe_initial_noise_times_both_copies() -> None:
+    """The initial noise's copy, pageable against pinned, each run timed (on the CPU both copy the same way)."""
+    args = ["--device", "cpu", "--runs", "2", "--pause", "0", "--layers", "2", "--size", "256"]
+    rows = _run("probe_initial_noise.py", *args, tiny=False)
+    assert [r["variant"] for r in rows] == ["pageable", "pinned"], rows
+    for row in rows:
+        assert len(row["noise_ms_all"]) == len(row["total_ms_all"]) == 2
+        assert all(t >= n > 0 for n, t in zip(row["noise_ms_all"], row["total_ms_all"], strict=True)), row
