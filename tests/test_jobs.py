@@ -106,7 +106,8 @@ def test_queue_limit() -> None:
 
 
 @pytest.mark.anyio
-async def test_cancelling_the_caller_stops_the_worker() -> None:
+@pytest.mark.parametrize("reported", [True, False], ids=["progress", "no_progress"])
+async def test_cancelling_the_caller_stops_the_worker(reported: bool) -> None:
     jobs = JobManager(4, 60)
     job = jobs.create("m", 200)
 
@@ -117,7 +118,7 @@ async def test_cancelling_the_caller_stops_the_worker() -> None:
     async with anyio.create_task_group() as tg:
 
         async def caller() -> None:
-            await jobs.run_inline(job, _wait_for_stop(started), report)
+            await jobs.run_inline(job, _wait_for_stop(started), report if reported else None)
 
         tg.start_soon(caller)
         await anyio.to_thread.run_sync(started.wait, 30)

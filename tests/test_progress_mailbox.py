@@ -44,3 +44,22 @@ async def test_a_stuck_progress_reader_never_holds_the_worker() -> None:
         gate.set()
     assert result["value"] == "pixels"
     assert sent == sorted(sent) and len(sent) >= 4 and sent[-1] == job.total  # every step, in order, then done
+
+
+async def test_a_job_nobody_asked_progress_of_still_records_it() -> None:
+    """``report`` None (a stdio call without a progress token): no task sends progress, and ``get_job`` still
+    sees each step and the end."""
+    jobs = JobManager(max_queue=4, timeout_seconds=60)
+    job = jobs.create("z-image-turbo", steps=3)
+    seen: list[float] = []
+
+    def work(progress, should_stop) -> str:  # noqa: ANN001 (the Work callable's two arguments)
+        for step in range(1, 4):
+            progress("denoising", step, 3, f"step {step}/3")
+            seen.append(job.progress)
+        return "pixels"
+
+    with anyio.fail_after(20):
+        assert await jobs.run_inline(job, work, None) == "pixels"
+    assert seen == sorted(seen) and seen[0] < seen[-1] < job.total
+    assert job.state == "done" and job.progress == job.total and job.message == "done" and not jobs.lock.held

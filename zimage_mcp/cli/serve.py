@@ -114,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         assert wire is not None
         mcp = build_server(settings, registry)
+        mcp.state.progress_token_in_meta = True  # JSON-RPC: no token, no progress task (RESULTS §23)
         ready_line("stdio", "(stdin/stdout)", settings.output_dir, _installed(mcp))
         run_stdio(mcp, wire)
     return 0

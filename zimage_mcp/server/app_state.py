@@ -20,3 +20,7 @@ class AppState:
     jobs: JobManager
     metrics: Metrics = field(default_factory=Metrics)
     preload: dict[str, str] | None = None  # variant -> "ready" or its error, once [runtime] preload is done
+    # True when every request comes over JSON-RPC on stdio, where a call that wants progress carries a progress
+    # token in its ``_meta`` (``serve`` sets it). In memory the SDK calls the client's callback directly and the
+    # request shows nothing of it, so progress is always sent there, and over HTTP too.
+    progress_token_in_meta: bool = False

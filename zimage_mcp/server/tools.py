@@ -66,6 +66,13 @@ Prompt = Annotated[
 ]
 
 
+def asks_for_progress(ctx: Context, token_in_meta: bool) -> bool:
+    """Whether a call may want progress notifications. ``token_in_meta`` (``AppState.progress_token_in_meta``):
+    the transport puts a wanted progress token in the request's ``_meta``, and without one the SDK would
+    drop every report."""
+    return not token_in_meta or "progress_token" in (ctx.request_context.meta or {})
+
+
 class ImageTools:
     """The tool functions, bound to the shared ``AppState``."""
 
@@ -295,8 +302,9 @@ class ImageTools:
             queued = self._job_result(job)  # the snapshot before it runs: always "queued" with the job_id
             st.jobs.start_background(job, work)
             return queued
+        report = ctx.report_progress if asks_for_progress(ctx, st.progress_token_in_meta) else None
         try:
-            await st.jobs.run_inline(job, work, ctx.report_progress)
+            await st.jobs.run_inline(job, work, report)
         except anyio.get_cancelled_exc_class():
             log.info("job %s cancelled by the caller", job.id)
             st.metrics.record_failure(tool, prepared.variant_id, "cancelled")
