@@ -183,7 +183,8 @@ class Job:
 
 
 def _unreported(value: float, total: float, message: str) -> None:
-    """The reporter of a job whose caller asked for no progress."""
+    """The reporter of a job nobody listens to: its caller asked for no progress, or it runs in the background
+    (``get_job`` reads the progress the job records itself)."""
 
 
 PROGRESS_PERIOD = 0.02  # seconds between progress sends: finer than one denoising step on any GPU
@@ -372,7 +373,7 @@ class JobManager:
 
         def run() -> None:
             try:
-                self.execute(job, work, lambda *_: None)
+                self.execute(job, work, _unreported)
             except BaseException:
                 pass  # recorded on the job
 
